@@ -1,0 +1,114 @@
+# podvm: containerd-shim-podvm-v2 and its guest.
+#
+#   make deps demo    set up a fresh Debian 12 machine and show podvm working
+#   make deps test    set up a fresh Debian 12 machine and run the tests
+
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+GO        ?= go
+BUILD     := $(CURDIR)/build
+TOOLS     := $(BUILD)/tools
+GUEST     := $(BUILD)/guest
+VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+MODULE    := github.com/podvm/podvm
+LDFLAGS   := -s -w -X $(MODULE)/version.Version=$(VERSION)
+
+# Tool versions are pinned; `make deps` installs exactly these.
+PROTOC_GEN_GO_VERSION := v1.36.12
+TTRPC_VERSION         := v1.2.10
+
+APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-plugins \
+	busybox-static protobuf-compiler libseccomp-dev linux-source-6.1 flex bison \
+	libelf-dev libssl-dev bc cpio xz-utils iproute2 gcc libc6-dev make git pkg-config
+
+export PATH := $(TOOLS):$(PATH)
+
+.PHONY: all deps build guest generate install uninstall test unit bench demo check clean \
+	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo bin/podvm-bench $(GUEST)/initramfs.cpio
+
+all: build guest
+
+## deps: Debian packages, pinned Go tools and modules (idempotent)
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f '$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(TTRPC_VERSION)
+	$(GO) mod download
+
+## build: the shim (static, no cgo) and the guest agent (static)
+build: bin/containerd-shim-podvm-v2 bin/podvm-agent
+
+bin/containerd-shim-podvm-v2:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-podvm-v2
+
+bin/podvm-agent:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/podvm-agent
+
+bin/podvm-demo:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/podvm-demo
+
+bin/podvm-bench:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./test/bench/podvm-bench
+
+## guest: the guest kernel (cached by its config) and the initramfs
+guest: $(GUEST)/vmlinux $(GUEST)/initramfs.cpio
+
+$(GUEST)/vmlinux: guest/kernel/podvm.config guest/kernel/build.sh $(wildcard guest/kernel/patches/*.patch)
+	guest/kernel/build.sh $(GUEST)
+	@touch $@
+
+$(GUEST)/initramfs.cpio: bin/podvm-agent
+	$(GO) run ./guest/mkinitramfs -agent bin/podvm-agent -o $@
+
+## generate: the protobuf and ttrpc code of api/ (committed)
+generate:
+	protoc -I api --go_out=. --go_opt=module=$(MODULE) \
+		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto
+
+## install: the shim in $(PREFIX)/bin, the guest in $(PREFIX)/share/podvm,
+## an example configuration in /etc/podvm (kept if one exists)
+install: build guest
+	install -D -m 0755 bin/containerd-shim-podvm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-podvm-v2
+	install -D -m 0644 $(GUEST)/vmlinux $(DESTDIR)$(PREFIX)/share/podvm/vmlinux
+	install -D -m 0644 $(GUEST)/vmlinux.version $(DESTDIR)$(PREFIX)/share/podvm/vmlinux.version
+	install -D -m 0644 $(GUEST)/initramfs.cpio $(DESTDIR)$(PREFIX)/share/podvm/initramfs.cpio
+	install -D -m 0644 config/config.toml $(DESTDIR)$(PREFIX)/share/podvm/config.toml.example
+	@if [ ! -e $(DESTDIR)/etc/podvm/config.toml ]; then \
+		install -D -m 0644 config/config.toml $(DESTDIR)/etc/podvm/config.toml; \
+	else echo "kept existing $(DESTDIR)/etc/podvm/config.toml"; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-podvm-v2
+	rm -rf $(DESTDIR)$(PREFIX)/share/podvm
+
+## test: every test, as root, with real QEMU guests; nothing may be skipped
+test: build guest
+	gofmt_out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$gofmt_out" ]; then echo "gofmt needed:" $$gofmt_out; exit 1; fi
+	$(GO) vet ./...
+	PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+		$(GO) test -count=1 -p 1 -timeout 45m ./...
+
+## unit: the tests that need neither root nor QEMU
+unit:
+	$(GO) test -count=1 -short ./...
+
+## bench: boot time and memory of the guest, median and spread
+bench: build guest bin/podvm-bench
+	bin/podvm-bench -kernel $(GUEST)/vmlinux -initramfs $(GUEST)/initramfs.cpio
+
+## demo: the furthest podvm gets on this machine
+demo: build guest bin/podvm-demo
+	PODVM_DEMO_KERNEL=$(GUEST)/vmlinux PODVM_DEMO_INITRAMFS=$(GUEST)/initramfs.cpio bin/podvm-demo
+
+## check: what this host has and lacks for podvm
+check: build guest
+	bin/containerd-shim-podvm-v2 check
+
+clean:
+	rm -rf bin build/guest build/tools

@@ -1,0 +1,38 @@
+package agent
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// replyGrace is how long the agent waits after accepting a Shutdown call
+// before the VM goes away, so that the reply reaches the host first.
+const replyGrace = 20 * time.Millisecond
+
+// powerOff stops every process, syncs and resets the guest. The host runs
+// QEMU with -no-reboot and the kernel with reboot=t, so a reset ends QEMU: a
+// microvm without ACPI has no other way to power off.
+func powerOff(grace time.Duration) {
+	defer recoverPanic("power off")
+	time.Sleep(replyGrace)
+	if grace > 0 {
+		_ = unix.Kill(-1, unix.SIGTERM)
+		deadline := time.Now().Add(grace)
+		for time.Now().Before(deadline) && othersAlive() {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	_ = unix.Kill(-1, unix.SIGKILL)
+	unix.Sync()
+	logf(levelInfo, "powering off")
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		logf(levelError, "reboot: %v", err)
+	}
+}
+
+// othersAlive reports whether any process besides PID 1 and kernel threads
+// still runs: kill(-1, 0) succeeds while one can be signalled.
+func othersAlive() bool {
+	return unix.Kill(-1, 0) == nil
+}

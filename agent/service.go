@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/version"
+)
+
+// service implements agentapi.AgentService: the guest as a whole.
+type service struct {
+	readyNs  int64 // CLOCK_BOOTTIME when the agent started serving
+	stopping atomic.Bool
+	shutdown func(grace time.Duration)
+}
+
+var _ agentapi.AgentService = (*service)(nil)
+
+func (s *service) Health(ctx context.Context, _ *agentapi.HealthRequest) (*agentapi.HealthResponse, error) {
+	st := agentapi.HealthResponse_SERVING
+	if s.stopping.Load() {
+		st = agentapi.HealthResponse_STOPPING
+	}
+	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs}, nil
+}
+
+func (s *service) Version(ctx context.Context, _ *agentapi.VersionRequest) (*agentapi.VersionResponse, error) {
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	var si unix.Sysinfo_t
+	_ = unix.Sysinfo(&si)
+	return &agentapi.VersionResponse{
+		AgentVersion:  version.Version,
+		ApiVersion:    version.APIVersion,
+		KernelRelease: unix.ByteSliceToString(u.Release[:]),
+		KernelVersion: unix.ByteSliceToString(u.Version[:]),
+		GoVersion:     runtime.Version(),
+		Cpus:          uint32(runtime.NumCPU()),
+		MemoryBytes:   uint64(si.Totalram) * uint64(si.Unit),
+	}, nil
+}
+
+func (s *service) Shutdown(ctx context.Context, req *agentapi.ShutdownRequest) (*agentapi.ShutdownResponse, error) {
+	if s.stopping.CompareAndSwap(false, true) {
+		go s.shutdown(time.Duration(req.GraceNs))
+	}
+	return &agentapi.ShutdownResponse{}, nil
+}
+
+func bootTime() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
+}

@@ -1,0 +1,27 @@
+package agentapi
+
+// The host configures the agent through the guest kernel's command line,
+// the only channel that exists before the agent serves. These names are part
+// of the protocol, like the messages.
+const (
+	// ParamTransport is "serial" or "vsock".
+	ParamTransport = "podvm.transport"
+	// ParamPort names the virtio-serial port the agent serves on.
+	ParamPort = "podvm.port"
+	// ParamVsockPort is the vsock port the agent listens on.
+	ParamVsockPort = "podvm.vsock_port"
+	// ParamDebug makes the agent log verbosely to the console.
+	ParamDebug = "podvm.debug"
+	// ParamProbe makes the agent print ProbeMarker and power off at once.
+	ParamProbe = "podvm.probe"
+)
+
+const (
+	// SerialPortName is the default name of the agent's virtio-serial port.
+	SerialPortName = "podvm.agent"
+	// VsockPort is the default vsock port of the agent.
+	VsockPort = 1024
+	// ProbeMarker is the console line a probe boot prints once the agent
+	// runs: proof that the accelerator ran a real guest to user space.
+	ProbeMarker = "podvm-agent: probe ok"
+)

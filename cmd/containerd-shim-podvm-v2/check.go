@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"time"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/vm"
+	"github.com/podvm/podvm/vmconfig"
+)
+
+// finding is one line of `check`: what was looked at, what was found, and
+// for a failure the command that fixes it.
+type finding struct {
+	status string // ok, info, FAIL
+	what   string
+	detail string
+	fix    string
+}
+
+// runCheck is `containerd-shim-podvm-v2 check`, podvm's answer to
+// `kata-runtime check`: it exits non-zero when something podvm needs is
+// missing and says how to get it.
+func runCheck(args []string) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	configPath := fs.String("config", "", "configuration file (default: $PODVM_CONFIG or "+vmconfig.DefaultPath+")")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fds := check(ctx, *configPath)
+	return report(os.Stdout, fds)
+}
+
+func report(w io.Writer, fds []finding) int {
+	failed := 0
+	for _, f := range fds {
+		fmt.Fprintf(w, "%-5s %s: %s\n", f.status, f.what, f.detail)
+		if f.status == "FAIL" {
+			failed++
+			if f.fix != "" {
+				fmt.Fprintf(w, "      fix: %s\n", f.fix)
+			}
+		}
+	}
+	if failed > 0 {
+		fmt.Fprintf(w, "%d problem(s) found: podvm cannot run pods on this host until they are fixed\n", failed)
+		return 1
+	}
+	fmt.Fprintln(w, "this host can run podvm")
+	return 0
+}
+
+func check(ctx context.Context, configPath string) []finding {
+	var fds []finding
+	add := func(f finding) { fds = append(fds, f) }
+
+	var cfg *vmconfig.Config
+	var err error
+	if configPath != "" {
+		cfg, err = vmconfig.LoadFile(configPath)
+	} else {
+		cfg, err = vmconfig.Load()
+	}
+	path, _ := vmconfig.Path()
+	if configPath != "" {
+		path = configPath
+	}
+	if err != nil {
+		add(finding{"FAIL", "configuration", err.Error(), "correct " + path + " (see " + "share/podvm/config.toml.example)"})
+		return fds
+	}
+	if _, err := os.Stat(path); err != nil {
+		add(finding{"ok", "configuration", "built-in defaults (" + path + " does not exist)", ""})
+	} else {
+		add(finding{"ok", "configuration", path, ""})
+	}
+
+	qemuOK := true
+	if v, err := qemuVersion(cfg.Hypervisor.Path); err != nil {
+		qemuOK = false
+		add(finding{"FAIL", "qemu", err.Error(), "apt-get install qemu-system-x86 (or set hypervisor.path)"})
+	} else {
+		add(finding{"ok", "qemu", v, ""})
+	}
+	kernelOK := assetFinding(add, "guest kernel", cfg.Hypervisor.Kernel, kernelVersion(cfg.Hypervisor.Kernel))
+	initOK := assetFinding(add, "guest initramfs", cfg.Hypervisor.Initramfs, "")
+
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		add(finding{"info", "kvm", "no /dev/kvm: guests run under TCG (software emulation, several times slower)", ""})
+	}
+	if qemuOK && kernelOK && initOK {
+		fds = append(fds, bootFindings(ctx, cfg)...)
+	}
+	if hypervisor.VsockAvailable() {
+		add(finding{"ok", "vhost-vsock", "available: the agent channel can use vsock", ""})
+	} else {
+		add(finding{"info", "vhost-vsock", "not available: the agent channel uses virtio-serial", ""})
+	}
+	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
+		add(finding{"FAIL", "/dev/net/tun", err.Error(), "modprobe tun (pods need TAP devices)"})
+	} else {
+		f.Close()
+		add(finding{"ok", "/dev/net/tun", "TAP devices can be created", ""})
+	}
+	if v, err := commandVersion("containerd", "--version"); err != nil {
+		add(finding{"FAIL", "containerd", err.Error(), "apt-get install containerd"})
+	} else {
+		add(finding{"ok", "containerd", v, ""})
+	}
+	add(cgroupFinding())
+	return fds
+}
+
+func assetFinding(add func(finding), what, path, version string) bool {
+	st, err := os.Stat(path)
+	switch {
+	case err != nil:
+		add(finding{"FAIL", what, path + " not found", "make guest install (from the podvm source tree)"})
+		return false
+	case st.Size() == 0:
+		add(finding{"FAIL", what, path + " is empty", "make guest install"})
+		return false
+	}
+	detail := fmt.Sprintf("%s (%d KiB)", path, st.Size()>>10)
+	if version != "" {
+		detail += ", " + version
+	}
+	add(finding{"ok", what, detail, ""})
+	return true
+}
+
+// bootFindings boots the configured guest: the accelerator probe's answer,
+// then the agent's own account of the guest.
+func bootFindings(ctx context.Context, cfg *vmconfig.Config) []finding {
+	var fds []finding
+	g, err := vm.Boot(ctx, cfg, vm.Options{ID: "podvm-check"})
+	if err != nil {
+		return append(fds, finding{"FAIL", "guest boot", err.Error(), "make guest install, then run `containerd-shim-podvm-v2 check` again; with debug = true in the configuration the guest console is logged"})
+	}
+	defer g.Shutdown(context.Background())
+	accel := fmt.Sprintf("%s (%s)", g.Accel.Accel, g.Accel.Reason)
+	if g.Accel.Cached {
+		accel += ", cached"
+	}
+	fds = append(fds, finding{"ok", "accelerator", accel, ""})
+	v, err := g.Agent.Version(ctx, &agentapi.VersionRequest{})
+	if err != nil {
+		return append(fds, finding{"FAIL", "guest agent", err.Error(), "make guest install"})
+	}
+	fds = append(fds, finding{"ok", "guest boot", fmt.Sprintf("agent %s (API %s) on kernel %s answered %v after QEMU started",
+		v.AgentVersion, v.ApiVersion, v.KernelRelease, g.BootTime.Round(time.Millisecond)), ""})
+	if err := g.Shutdown(ctx); err != nil {
+		fds = append(fds, finding{"FAIL", "guest shutdown", err.Error(), ""})
+	}
+	return fds
+}
+
+var qemuVersionRE = regexp.MustCompile(`QEMU emulator version (\S+)`)
+
+func qemuVersion(path string) (string, error) {
+	full, err := exec.LookPath(path)
+	if err != nil {
+		return "", fmt.Errorf("%s not found", path)
+	}
+	out, err := exec.Command(full, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", full, err)
+	}
+	m := qemuVersionRE.FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("%s does not look like QEMU", full)
+	}
+	machines, _ := exec.Command(full, "-machine", "help").Output()
+	var have []string
+	for _, name := range hypervisor.Machines() {
+		if regexp.MustCompile(`(?m)^` + name + `\s`).Match(machines) {
+			have = append(have, name)
+		}
+	}
+	return fmt.Sprintf("%s, QEMU %s, machines %s", full, m[1], strings.Join(have, " ")), nil
+}
+
+func commandVersion(name string, args ...string) (string, error) {
+	full, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found in PATH", name)
+	}
+	out, err := exec.Command(full, args...).Output()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", full, strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func cgroupFinding() finding {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return finding{"ok", "cgroups", "v2 (unified hierarchy)", ""}
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err == nil {
+		return finding{"ok", "cgroups", "v1 (legacy or hybrid hierarchy)", ""}
+	}
+	return finding{"FAIL", "cgroups", "no cgroup hierarchy mounted at /sys/fs/cgroup", "mount -t cgroup2 none /sys/fs/cgroup"}
+}

@@ -1,0 +1,114 @@
+package hypervisor
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// fds are the file descriptor numbers QEMU finds its pre-connected sockets
+// on (through exec's ExtraFiles, which start at 3).
+type fds struct {
+	qmp, console, agent, vhostVsock int
+	vsockCID                        uint32
+}
+
+// kernelBase is the guest kernel command line every VM gets. Each option
+// saves boot time or keeps a guest that crashed from lingering:
+//   - quiet: printing to the console is slow under TCG;
+//   - panic=-1, reboot=t: a panicking guest resets, and -no-reboot turns
+//     the reset into QEMU exiting;
+//   - tsc=reliable no_timer_check: skip clock sanity checks made for real
+//     hardware;
+//   - noreplace-smp cryptomgr.notests mitigations=off: skip work that buys
+//     nothing inside a VM that only runs the agent's containers;
+//   - 8250.nr_uarts=0: the VM has no UART; the console is virtio.
+var kernelBase = []string{
+	"console=hvc0", "panic=-1", "reboot=t",
+	"tsc=reliable", "no_timer_check", "noreplace-smp",
+	"cryptomgr.notests", "mitigations=off", "8250.nr_uarts=0",
+}
+
+// lapicTimerKHz is the input clock of QEMU's emulated local APIC timer
+// (1 GHz). The podvm kernel takes it as lapic_timer_khz= and skips the
+// 100-200 ms calibration against the PIT under TCG.
+const lapicTimerKHz = 1000000
+
+// kernelCmdline returns the guest kernel command line.
+func kernelCmdline(c *Config, m machine) string {
+	p := append([]string{}, kernelBase...)
+	if !c.Debug {
+		p = append(p, "quiet")
+	}
+	p = append(p, m.kernelParams(c)...)
+	if c.Accel == TCG {
+		if c.TSCKHz > 0 {
+			p = append(p, "tsc_early_khz="+strconv.FormatUint(c.TSCKHz, 10))
+		}
+		p = append(p, "lapic_timer_khz="+strconv.Itoa(lapicTimerKHz))
+	}
+	switch c.Transport {
+	case Vsock:
+		p = append(p, agentapi.ParamTransport+"=vsock", agentapi.ParamVsockPort+"="+strconv.FormatUint(uint64(c.VsockPort), 10))
+	default:
+		p = append(p, agentapi.ParamTransport+"=serial", agentapi.ParamPort+"="+agentapi.SerialPortName)
+	}
+	if c.Debug {
+		p = append(p, agentapi.ParamDebug+"=1")
+	}
+	if c.Probe {
+		p = append(p, agentapi.ParamProbe+"=1")
+	}
+	return strings.Join(append(p, c.KernelParams...), " ")
+}
+
+// args returns QEMU's command line (without the binary).
+func args(c *Config, f fds) ([]string, error) {
+	m, ok := machines[c.Machine]
+	if !ok {
+		return nil, fmt.Errorf("unknown machine type %q: use one of %v", c.Machine, Machines())
+	}
+	a := []string{
+		"-name", c.ID,
+		"-machine", m.machineArg(c),
+		"-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+		"-serial", "none", "-parallel", "none", "-net", "none",
+		// A guest reset is how a microvm without ACPI powers off.
+		"-no-reboot",
+		"-smp", strconv.Itoa(c.CPUs),
+		"-m", strconv.Itoa(c.MemoryMiB) + "M",
+	}
+	switch c.Accel {
+	case KVM:
+		a = append(a, "-accel", "kvm", "-cpu", "host")
+	case TCG:
+		accel := "tcg"
+		if c.TBSizeMiB > 0 {
+			accel += ",tb-size=" + strconv.Itoa(c.TBSizeMiB)
+		}
+		a = append(a, "-accel", accel, "-cpu", "max")
+	}
+	a = append(a,
+		"-kernel", c.Kernel,
+		"-initrd", c.Initramfs,
+		"-append", kernelCmdline(c, m),
+		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d", f.qmp),
+		"-mon", "chardev=qmp,mode=control",
+		"-device", m.virtio("serial")+",max_ports=4",
+		"-chardev", fmt.Sprintf("socket,id=console,fd=%d", f.console),
+		"-device", "virtconsole,chardev=console,name=console",
+		"-device", m.virtio("rng"),
+	)
+	switch c.Transport {
+	case Vsock:
+		a = append(a, "-device", fmt.Sprintf("%s,id=vsock,guest-cid=%d,vhostfd=%d", m.virtio("vsock"), f.vsockCID, f.vhostVsock))
+	default:
+		a = append(a,
+			"-chardev", fmt.Sprintf("socket,id=agent,fd=%d", f.agent),
+			"-device", "virtserialport,chardev=agent,name="+agentapi.SerialPortName,
+		)
+	}
+	return a, nil
+}

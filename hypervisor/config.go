@@ -1,0 +1,139 @@
+// Package hypervisor runs podvm guests in QEMU: the command line, the
+// process and its supervision, the QMP client, the choice between KVM and
+// TCG, and the guest console.
+package hypervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+)
+
+// Accel is the accelerator QEMU runs the guest with.
+type Accel string
+
+const (
+	KVM Accel = "kvm"
+	TCG Accel = "tcg"
+)
+
+// Transport is how the host reaches the guest agent.
+type Transport string
+
+const (
+	// Serial is a virtio-serial port whose host end is a socket the VM
+	// hands out through DialAgent. It works everywhere.
+	Serial Transport = "serial"
+	// Vsock is AF_VSOCK through the host's /dev/vhost-vsock.
+	Vsock Transport = "vsock"
+)
+
+// Config is what one QEMU process is started with.
+type Config struct {
+	// ID names the VM in QEMU's -name and in logs; usually the sandbox ID.
+	ID string
+	// QEMU is the qemu-system-x86_64 binary (a name is looked up in PATH).
+	QEMU      string
+	Kernel    string // uncompressed vmlinux with a PVH entry
+	Initramfs string // uncompressed cpio with the agent as /init
+	// Machine is a QEMU machine type: "microvm" (default) or "q35".
+	Machine string
+	Accel   Accel
+	CPUs    int
+	// MemoryMiB is the guest's RAM.
+	MemoryMiB int
+	// TBSizeMiB caps TCG's translation cache, which otherwise reserves 1 GiB
+	// and grows under load. Zero leaves QEMU's default.
+	TBSizeMiB int
+	// TSCKHz is the host TSC rate given to a TCG guest (tsc_early_khz),
+	// which cannot calibrate it without ACPI; zero leaves it out.
+	TSCKHz uint64
+	// Transport and VsockPort select the agent channel.
+	Transport Transport
+	VsockPort uint32
+	// KernelParams are appended to the guest kernel command line.
+	KernelParams []string
+	// Debug makes the guest kernel and agent verbose.
+	Debug bool
+	// Console receives each line the guest writes to its console. It is
+	// called from one goroutine; nil discards (the VM still keeps the last
+	// lines for error messages).
+	Console func(line string)
+	// Probe boots the guest only until its agent prints the probe marker.
+	Probe bool
+}
+
+// Machines lists the supported QEMU machine types.
+func Machines() []string {
+	var ms []string
+	for name := range machines {
+		ms = append(ms, name)
+	}
+	sort.Strings(ms)
+	return ms
+}
+
+// validate checks what would otherwise fail later with a less helpful
+// message from QEMU or, worse, a guest that never answers.
+func (c *Config) validate() error {
+	var errs []error
+	if c.QEMU == "" {
+		errs = append(errs, errors.New("no QEMU binary configured (hypervisor.path)"))
+	} else if _, err := exec.LookPath(c.QEMU); err != nil {
+		errs = append(errs, fmt.Errorf("QEMU binary %s not found: install it with `apt-get install qemu-system-x86` or set hypervisor.path", c.QEMU))
+	}
+	errs = append(errs, checkKernel(c.Kernel), checkInitramfs(c.Initramfs))
+	if _, ok := machines[c.Machine]; !ok {
+		errs = append(errs, fmt.Errorf("unknown machine type %q: use one of %v", c.Machine, Machines()))
+	}
+	if c.Accel != KVM && c.Accel != TCG {
+		errs = append(errs, fmt.Errorf("unknown accelerator %q: use kvm or tcg", c.Accel))
+	}
+	if c.CPUs < 1 || c.CPUs > maxCPUs {
+		errs = append(errs, fmt.Errorf("vCPUs must be between 1 and %d, not %d", maxCPUs, c.CPUs))
+	}
+	if c.MemoryMiB < minMemoryMiB {
+		errs = append(errs, fmt.Errorf("guest memory must be at least %d MiB, not %d", minMemoryMiB, c.MemoryMiB))
+	}
+	if c.TBSizeMiB < 0 {
+		errs = append(errs, fmt.Errorf("TCG translation cache size must not be negative, not %d MiB", c.TBSizeMiB))
+	}
+	switch c.Transport {
+	case Serial:
+	case Vsock:
+		if c.VsockPort == 0 {
+			errs = append(errs, errors.New("vsock transport needs a port"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown agent transport %q: use serial or vsock", c.Transport))
+	}
+	return errors.Join(errs...)
+}
+
+const (
+	// maxCPUs matches CONFIG_NR_CPUS of the guest kernel.
+	maxCPUs = 64
+	// minMemoryMiB leaves room for the kernel, the initramfs (unpacked
+	// into RAM) and the agent.
+	minMemoryMiB = 64
+)
+
+func checkAsset(what, path string) error {
+	if path == "" {
+		return fmt.Errorf("no %s configured: run `make guest` and set its path", what)
+	}
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s %s does not exist: run `make guest install` or fix the path", what, path)
+	case err != nil:
+		return fmt.Errorf("%s %s: %w", what, path, err)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%s %s is not a regular file", what, path)
+	case st.Size() == 0:
+		return fmt.Errorf("%s %s is empty: rebuild it with `make guest`", what, path)
+	}
+	return nil
+}

@@ -1,0 +1,352 @@
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// VM is one running QEMU process.
+type VM struct {
+	cfg     Config
+	pid     int
+	started time.Time
+	qmp     *QMP
+
+	mu        sync.Mutex
+	agentConn net.Conn // serial: the host end, handed out once
+	vsockCID  uint32
+
+	args    []string
+
+	console *tail
+	stderr  *tail
+	closers []io.Closer // host-side files to close once QEMU is gone
+
+	done    chan struct{}
+	exitErr error // how QEMU ended; valid once done is closed
+	killed  bool  // Stop or Kill ended it, so an exit by signal is expected
+}
+
+// Start starts QEMU for cfg and returns once QEMU answers QMP. The agent is
+// not waited for: see DialAgent. A failure leaves no process behind.
+func Start(ctx context.Context, cfg Config) (*VM, error) {
+	if cfg.ID == "" {
+		cfg.ID = "podvm"
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
+	}
+	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), done: make(chan struct{})}
+	if err := vm.start(ctx); err != nil {
+		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
+	}
+	return vm, nil
+}
+
+func (vm *VM) start(ctx context.Context) (err error) {
+	// Everything QEMU talks over is a socket pair made here and inherited,
+	// never a path: nothing to race for at start, nothing left on disk.
+	var guestEnds []*os.File
+	defer func() {
+		for _, f := range guestEnds {
+			f.Close()
+		}
+		if err != nil {
+			vm.closeHostEnds()
+		}
+	}()
+	pair := func() (host net.Conn, guest *os.File, err error) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("socketpair: %w", err)
+		}
+		hf := os.NewFile(uintptr(fds[0]), "host")
+		defer hf.Close()
+		host, err = net.FileConn(hf)
+		if err != nil {
+			unix.Close(fds[1])
+			return nil, nil, err
+		}
+		vm.closers = append(vm.closers, host)
+		return host, os.NewFile(uintptr(fds[1]), "guest"), nil
+	}
+	f := fds{qmp: 3, console: 4, agent: 5, vhostVsock: 5}
+	qmpHost, qmpGuest, err := pair()
+	if err != nil {
+		return err
+	}
+	guestEnds = append(guestEnds, qmpGuest)
+	consoleHost, consoleGuest, err := pair()
+	if err != nil {
+		return err
+	}
+	guestEnds = append(guestEnds, consoleGuest)
+	switch vm.cfg.Transport {
+	case Vsock:
+		vhost, cid, err := openVhostVsock()
+		if err != nil {
+			return err
+		}
+		guestEnds = append(guestEnds, vhost)
+		f.vsockCID, vm.vsockCID = cid, cid
+	default:
+		agentHost, agentGuest, err := pair()
+		if err != nil {
+			return err
+		}
+		guestEnds = append(guestEnds, agentGuest)
+		vm.agentConn = agentHost
+	}
+
+	a, err := args(&vm.cfg, f)
+	if err != nil {
+		return err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	guestEnds = append(guestEnds, outW)
+	cmd := exec.Command(vm.cfg.QEMU, a...)
+	vm.args = cmd.Args
+	cmd.ExtraFiles = guestEnds[:len(guestEnds)-1]
+	cmd.Stdout, cmd.Stderr = outW, outW
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// QEMU dies with whoever started it: a killed shim must not leave a
+		// VM running. Its own process group keeps a terminal's ^C from
+		// reaching it before the shim stops it properly.
+		Pdeathsig: syscall.SIGKILL,
+		Setpgid:   true,
+	}
+	err = vm.run(cmd)
+	// QEMU has its copies now; ours would keep the output pipe from ever
+	// reaching EOF.
+	for _, f := range guestEnds {
+		f.Close()
+	}
+	guestEnds = nil
+	if err != nil {
+		outR.Close()
+		return fmt.Errorf("exec %s: %w", vm.cfg.QEMU, err)
+	}
+	go vm.stderr.follow(outR, nil)
+	go vm.console.follow(consoleHost, vm.cfg.Console)
+
+	q, err := vm.connectQMP(ctx, qmpHost)
+	if err != nil {
+		vm.Kill()
+		<-vm.done
+		return err
+	}
+	vm.qmp = q
+	vm.closers = append(vm.closers, q)
+	return nil
+}
+
+// run starts QEMU on a goroutine locked to its OS thread, which stays until
+// QEMU exits: Pdeathsig fires when the starting *thread* ends, so the thread
+// must live as long as the process.
+func (vm *VM) run(cmd *exec.Cmd) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		vm.started = time.Now()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		vm.pid = cmd.Process.Pid
+		started <- nil
+		err := cmd.Wait()
+		// Output readers end when QEMU's copy of the pipe closes.
+		<-vm.stderr.done
+		vm.mu.Lock()
+		vm.exitErr = vm.describeExit(cmd, err)
+		vm.mu.Unlock()
+		vm.closeHostEnds()
+		close(vm.done)
+	}()
+	return <-started
+}
+
+func (vm *VM) describeExit(cmd *exec.Cmd, err error) error {
+	st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case err == nil:
+		return nil
+	case ok && st.Signaled():
+		return &ExitError{Signal: st.Signal(), Stderr: vm.stderr.Lines()}
+	case ok && st.Exited():
+		return &ExitError{Code: st.ExitStatus(), Stderr: vm.stderr.Lines()}
+	default:
+		return fmt.Errorf("wait for qemu: %w", err)
+	}
+}
+
+func (vm *VM) connectQMP(ctx context.Context, conn net.Conn) (*QMP, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	q, err := NewQMP(ctx, conn)
+	if err == nil {
+		return q, nil
+	}
+	// The usual cause of a failed greeting is QEMU refusing its command
+	// line; its exit and stderr say why, so give it a moment to exit.
+	select {
+	case <-vm.done:
+		if exit := vm.Err(); exit != nil {
+			return nil, fmt.Errorf("qemu failed to start: %w", exit)
+		}
+		return nil, errors.New("qemu exited during start")
+	case <-time.After(2 * time.Second):
+		return nil, err
+	}
+}
+
+func (vm *VM) closeHostEnds() {
+	vm.mu.Lock()
+	cs := vm.closers
+	vm.closers = nil
+	vm.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// ExitError says how QEMU ended, with its last words.
+type ExitError struct {
+	Code   int
+	Signal syscall.Signal
+	Stderr []string
+}
+
+func (e *ExitError) Error() string {
+	what := fmt.Sprintf("qemu exited with status %d", e.Code)
+	if e.Signal != 0 {
+		what = fmt.Sprintf("qemu killed by signal %d (%v)", int(e.Signal), e.Signal)
+	}
+	if n := len(e.Stderr); n > 0 {
+		// QEMU's last line is usually the reason; the rest is context.
+		what += ": " + e.Stderr[n-1]
+		return what + formatTail("qemu", e.Stderr[:n-1])
+	}
+	return what
+}
+
+// CommandLine is QEMU's argv.
+func (vm *VM) CommandLine() []string { return vm.args }
+
+// PID is QEMU's process ID.
+func (vm *VM) PID() int { return vm.pid }
+
+// Started is when QEMU was executed.
+func (vm *VM) Started() time.Time { return vm.started }
+
+// QMP is the VM's QMP connection.
+func (vm *VM) QMP() *QMP { return vm.qmp }
+
+// Done is closed when QEMU has exited and been reaped.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// Err returns how QEMU exited: nil for a clean exit (the guest powered
+// off), an *ExitError otherwise. It must only be called after Done.
+func (vm *VM) Err() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.exitErr
+}
+
+// Wait blocks until QEMU exits or ctx ends.
+func (vm *VM) Wait(ctx context.Context) error {
+	select {
+	case <-vm.done:
+		return vm.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ConsoleTail returns the last lines the guest wrote to its console.
+func (vm *VM) ConsoleTail() []string { return vm.console.Lines() }
+
+// Kill sends SIGKILL to QEMU. It is safe to call at any time.
+func (vm *VM) Kill() {
+	vm.mu.Lock()
+	vm.killed = true
+	vm.mu.Unlock()
+	select {
+	case <-vm.done:
+	default:
+		_ = unix.Kill(vm.pid, unix.SIGKILL)
+	}
+}
+
+// Stop ends QEMU and waits until it is reaped. It first gives the guest
+// grace to power off by itself (the caller has asked its agent to), then
+// asks QEMU to quit over QMP, then kills it. Calling it again, or after QEMU
+// exited, is harmless.
+func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-vm.done:
+		return nil
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	vm.mu.Lock()
+	vm.killed = true
+	vm.mu.Unlock()
+	if err := vm.qmp.Quit(qctx); err == nil {
+		select {
+		case <-vm.done:
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+	vm.Kill()
+	select {
+	case <-vm.done:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("stop VM %s: qemu (pid %d) did not exit after SIGKILL", vm.cfg.ID, vm.pid)
+	}
+}
+
+// DialAgent returns a connection to the guest agent's channel. For the
+// serial transport it is the one host end of the port and can be taken
+// once; for vsock it dials, retrying until the agent listens or ctx ends.
+func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
+	if vm.cfg.Transport == Vsock {
+		return dialVsock(ctx, vm.vsockCID, vm.cfg.VsockPort, vm.done)
+	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.agentConn == nil {
+		return nil, errors.New("the agent's serial channel was already taken")
+	}
+	c := vm.agentConn
+	vm.agentConn = nil
+	return c, nil
+}

@@ -1,0 +1,194 @@
+// Package vmconfig is podvm's configuration: the TOML file with its
+// documented defaults and the rules that reject a bad value by its key.
+package vmconfig
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the configuration file lives unless PODVM_CONFIG
+// names another.
+const DefaultPath = "/etc/podvm/config.toml"
+
+// Config is the whole configuration. The TOML keys are the `toml` tags.
+type Config struct {
+	Hypervisor Hypervisor `toml:"hypervisor"`
+	Agent      Agent      `toml:"agent"`
+	Timeouts   Timeouts   `toml:"timeouts"`
+	// Debug makes the shim, the guest kernel and the agent log verbosely.
+	Debug bool `toml:"debug"`
+	// StateDir holds runtime state such as the accelerator probe's answer.
+	StateDir string `toml:"state_dir"`
+}
+
+// Hypervisor is the [hypervisor] table: the QEMU process and the guest.
+type Hypervisor struct {
+	// Path is the qemu-system-x86_64 binary.
+	Path string `toml:"path"`
+	// Kernel is the guest vmlinux (uncompressed, PVH entry).
+	Kernel string `toml:"kernel"`
+	// Initramfs is the guest initramfs with the agent as /init.
+	Initramfs string `toml:"initramfs"`
+	// Machine is "microvm" (fastest boot) or "q35" (PCI, ACPI).
+	Machine string `toml:"machine"`
+	// Accelerator is "auto" (KVM if a probe boot works, else TCG), "kvm"
+	// or "tcg".
+	Accelerator string `toml:"accelerator"`
+	// VCPUs and MemoryMiB size the guest.
+	VCPUs     int `toml:"vcpus"`
+	MemoryMiB int `toml:"memory_mib"`
+	// TCGCacheMiB caps TCG's translation cache (0: QEMU's default, which
+	// reserves 1 GiB and grows under load).
+	TCGCacheMiB int `toml:"tcg_cache_mib"`
+	// KernelParams are appended to the guest kernel command line.
+	KernelParams string `toml:"kernel_params"`
+}
+
+// Agent is the [agent] table: the channel to the guest agent.
+type Agent struct {
+	// Transport is "auto" (vsock where /dev/vhost-vsock exists, else
+	// serial), "serial" or "vsock".
+	Transport string `toml:"transport"`
+	// VsockPort is the agent's vsock port.
+	VsockPort uint32 `toml:"vsock_port"`
+}
+
+// Timeouts is the [timeouts] table.
+type Timeouts struct {
+	// Boot bounds QEMU's start to the agent's first answer.
+	Boot Duration `toml:"boot"`
+	// Shutdown is how long the guest gets to power off before QEMU is
+	// told to quit, then killed.
+	Shutdown Duration `toml:"shutdown"`
+}
+
+// Duration is a time.Duration written as a string ("30s", "1m").
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"30s\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as Go does ("30s").
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the built-in configuration.
+func Default() *Config {
+	share := assetDir()
+	return &Config{
+		Hypervisor: Hypervisor{
+			Path:        "qemu-system-x86_64",
+			Kernel:      filepath.Join(share, "vmlinux"),
+			Initramfs:   filepath.Join(share, "initramfs.cpio"),
+			Machine:     "microvm",
+			Accelerator: "auto",
+			VCPUs:       1,
+			MemoryMiB:   512,
+			TCGCacheMiB: 32,
+		},
+		Agent: Agent{Transport: "auto", VsockPort: 1024},
+		Timeouts: Timeouts{
+			Boot:     Duration{30 * time.Second},
+			Shutdown: Duration{5 * time.Second},
+		},
+		StateDir: "/run/podvm",
+	}
+}
+
+// assetDir finds the guest assets: beside an installed binary
+// ($PREFIX/bin/../share/podvm), else the usual prefixes.
+func assetDir() string {
+	var dirs []string
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Join(filepath.Dir(exe), "..", "share", "podvm"))
+	}
+	dirs = append(dirs, "/usr/local/share/podvm", "/usr/share/podvm")
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "vmlinux")); err == nil {
+			return filepath.Clean(d)
+		}
+	}
+	return "/usr/local/share/podvm"
+}
+
+// Path returns the configuration file to read: $PODVM_CONFIG if set, else
+// DefaultPath. explicit reports whether it was named by the environment, in
+// which case it must exist.
+func Path() (path string, explicit bool) {
+	if p := os.Getenv("PODVM_CONFIG"); p != "" {
+		return p, true
+	}
+	return DefaultPath, false
+}
+
+// Load reads the configuration: the defaults overlaid with the file at
+// Path(). A missing default file means the defaults; a missing file named by
+// PODVM_CONFIG is an error.
+func Load() (*Config, error) {
+	path, explicit := Path()
+	c, err := LoadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !explicit {
+		c = Default()
+		return c, c.Validate()
+	}
+	return c, err
+}
+
+// LoadFile reads the defaults overlaid with the file at path.
+func LoadFile(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read podvm config: %w", err)
+	}
+	c, err := Parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("podvm config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse overlays the defaults with a TOML document and validates the
+// result. Unknown keys are errors: a misspelt key silently ignored is a
+// setting that silently does not apply.
+func Parse(doc string) (*Config, error) {
+	c := Default()
+	md, err := toml.Decode(doc, c)
+	if err != nil {
+		return nil, describeDecodeError(err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("unknown key %s: see the example config.toml for the keys podvm knows", strings.Join(keys, ", "))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func describeDecodeError(err error) error {
+	var perr toml.ParseError
+	if errors.As(err, &perr) {
+		if perr.LastKey != "" {
+			return fmt.Errorf("%s: %s (line %d)", perr.LastKey, perr.Message, perr.Position.Line)
+		}
+		return fmt.Errorf("%s (line %d)", perr.Message, perr.Position.Line)
+	}
+	return err
+}

@@ -1,0 +1,74 @@
+package vmconfig
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"time"
+)
+
+// Validate checks every value and names the key of each bad one. Paths are
+// checked for form only: whether the files exist is for the hypervisor (and
+// `containerd-shim-podvm-v2 check`) to say, with the command that makes them.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	h := c.Hypervisor
+	if h.Path == "" {
+		bad("hypervisor.path", "must name the QEMU binary (qemu-system-x86_64)")
+	}
+	for key, p := range map[string]string{"hypervisor.kernel": h.Kernel, "hypervisor.initramfs": h.Initramfs} {
+		if !filepath.IsAbs(p) {
+			bad(key, "must be an absolute path, not %q", p)
+		}
+	}
+	if h.Machine != "microvm" && h.Machine != "q35" {
+		bad("hypervisor.machine", "%q is not a supported machine type (microvm or q35)", h.Machine)
+	}
+	if h.Accelerator != "auto" && h.Accelerator != "kvm" && h.Accelerator != "tcg" {
+		bad("hypervisor.accelerator", "%q is not auto, kvm or tcg", h.Accelerator)
+	}
+	if h.VCPUs < 1 || h.VCPUs > MaxVCPUs() {
+		bad("hypervisor.vcpus", "%d is outside 1..%d (the host's CPUs)", h.VCPUs, MaxVCPUs())
+	}
+	if h.MemoryMiB < MinMemoryMiB || h.MemoryMiB > MaxMemoryMiB {
+		bad("hypervisor.memory_mib", "%d is outside %d..%d", h.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
+	}
+	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > 4096 {
+		bad("hypervisor.tcg_cache_mib", "%d is outside 0..4096 (0 means QEMU's default)", h.TCGCacheMiB)
+	}
+	switch c.Agent.Transport {
+	case "auto", "serial", "vsock":
+	default:
+		bad("agent.transport", "%q is not auto, serial or vsock", c.Agent.Transport)
+	}
+	if c.Agent.VsockPort == 0 {
+		bad("agent.vsock_port", "must not be 0")
+	}
+	checkDuration := func(key string, d Duration, min time.Duration) {
+		if d.Duration < min {
+			bad(key, "%v is shorter than %v", d.Duration, min)
+		}
+	}
+	checkDuration("timeouts.boot", c.Timeouts.Boot, time.Second)
+	checkDuration("timeouts.shutdown", c.Timeouts.Shutdown, 0)
+	if !filepath.IsAbs(c.StateDir) {
+		bad("state_dir", "must be an absolute path, not %q", c.StateDir)
+	}
+	return errors.Join(errs...)
+}
+
+// Bounds of the guest's size.
+const (
+	MinMemoryMiB = 64
+	MaxMemoryMiB = 256 * 1024
+)
+
+// MaxVCPUs is the most vCPUs a guest may have: the host's CPUs, and never
+// more than the guest kernel supports.
+func MaxVCPUs() int {
+	return min(runtime.NumCPU(), 64)
+}
