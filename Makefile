@@ -104,7 +104,7 @@ bench: build guest bin/podvm-bench
 
 ## demo: the furthest podvm gets on this machine
 demo: build guest bin/podvm-demo
-	PODVM_DEMO_KERNEL=$(GUEST)/vmlinux PODVM_DEMO_INITRAMFS=$(GUEST)/initramfs.cpio bin/podvm-demo
+	bin/podvm-demo -kernel $(GUEST)/vmlinux -initramfs $(GUEST)/initramfs.cpio
 
 ## check: what this host has and lacks for podvm
 check: build guest

@@ -34,7 +34,13 @@ func listen(ctx context.Context, p Params) (net.Listener, error) {
 // findPort waits for the virtio-serial port called name: ports arrive through
 // the device's control queue, possibly after PID 1 starts.
 func findPort(ctx context.Context, name string) (string, error) {
+	start := time.Now()
+	warned := false
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		if !warned && time.Since(start) > time.Second {
+			logf(levelWarn, "still waiting for virtio-serial port %q (is the host's agent channel configured?)", name)
+			warned = true
+		}
 		entries, _ := os.ReadDir("/sys/class/virtio-ports")
 		for _, e := range entries {
 			b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", e.Name(), "name"))

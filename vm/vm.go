@@ -151,6 +151,16 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 // explain turns a failed wait for the agent into an error that says why:
 // QEMU's exit, or a timeout, with the last console lines either way.
 func (g *Guest) explain(ctx context.Context, timeout time.Duration, err error) error {
+	// A closed channel usually means QEMU is exiting; its exit status is
+	// the better explanation, and arrives a moment later.
+	wait := 2 * time.Second
+	if ctx.Err() != nil {
+		wait = 0
+	}
+	select {
+	case <-g.VM.Done():
+	case <-time.After(wait):
+	}
 	select {
 	case <-g.VM.Done():
 		exit := g.VM.Err()

@@ -66,6 +66,8 @@ mkdir -p "$cache/$key.tmp"
 cp vmlinux.stripped "$cache/$key.tmp/vmlinux"
 echo "$release $key" > "$cache/$key.tmp/vmlinux.version"
 cp .config "$cache/$key.tmp/config"
+# System.map names the addresses initcall_debug and oops messages print.
+cp System.map "$cache/$key.tmp/System.map"
 rm -rf "$cache/$key" && mv "$cache/$key.tmp" "$cache/$key"
 cp "$cache/$key/vmlinux" "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux"
 cp "$cache/$key/vmlinux.version" "$out/vmlinux.version"

@@ -1,0 +1,120 @@
+package hypervisor
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// argValue returns the value after the first occurrence of flag, and all
+// values of repeated flags.
+func argValues(args []string, flag string) []string {
+	var vs []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			vs = append(vs, args[i+1])
+		}
+	}
+	return vs
+}
+
+func TestArgs(t *testing.T) {
+	tests := []struct {
+		name        string
+		cfg         Config
+		fds         fds
+		machine     string
+		want        []string // flag values that must be present, as "flag=value"
+		wantDevices []string
+		wantParams  []string
+		notParams   []string
+	}{
+		{
+			name:        "microvm tcg serial",
+			cfg:         Config{ID: "a", Machine: "microvm", Accel: TCG, CPUs: 2, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: 2445430, Transport: Serial, Kernel: "/k", Initramfs: "/i"},
+			fds:         fds{qmp: 3, console: 4, agent: 5},
+			machine:     "microvm,acpi=off,isa-serial=off,x-option-roms=off",
+			want:        []string{"-accel=tcg,tb-size=32", "-cpu=max", "-smp=2", "-m=256M", "-kernel=/k", "-initrd=/i", "-name=a", "-chardev=socket,id=qmp,fd=3", "-chardev=socket,id=agent,fd=5"},
+			wantDevices: []string{"virtio-serial-device,max_ports=4", "virtconsole,chardev=console,name=console", "virtio-rng-device", "virtserialport,chardev=agent,name=podvm.agent"},
+			wantParams:  []string{"acpi=off", "quiet", "tsc_early_khz=2445430", "lapic_timer_khz=1000000", "podvm.transport=serial", "podvm.port=podvm.agent", "reboot=t", "panic=-1"},
+			notParams:   []string{"podvm.debug=1", "podvm.probe=1"},
+		},
+		{
+			name:        "q35 kvm vsock debug",
+			cfg:         Config{ID: "b", Machine: "q35", Accel: KVM, CPUs: 1, MemoryMiB: 512, TBSizeMiB: 32, TSCKHz: 2445430, Transport: Vsock, VsockPort: 1024, Debug: true, KernelParams: []string{"foo=bar"}},
+			fds:         fds{qmp: 3, console: 4, vhostVsock: 5, vsockCID: 77},
+			machine:     "q35,vmport=off,smbus=off,sata=off",
+			want:        []string{"-accel=kvm", "-cpu=host"},
+			wantDevices: []string{"virtio-serial-pci,max_ports=4", "virtio-rng-pci", "vhost-vsock-pci,id=vsock,guest-cid=77,vhostfd=5"},
+			wantParams:  []string{"podvm.transport=vsock", "podvm.vsock_port=1024", "podvm.debug=1", "foo=bar"},
+			notParams:   []string{"quiet", "acpi=off", "tsc_early_khz=2445430", "lapic_timer_khz=1000000"},
+		},
+		{
+			name:       "probe, default TCG cache",
+			cfg:        Config{ID: "c", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, Transport: Serial, Probe: true},
+			fds:        fds{qmp: 3, console: 4, agent: 5},
+			machine:    "microvm,acpi=off,isa-serial=off,x-option-roms=off",
+			want:       []string{"-accel=tcg"},
+			wantParams: []string{"podvm.probe=1"},
+			notParams:  []string{"tsc_early_khz=0"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := args(&tt.cfg, tt.fds)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := argValues(a, "-machine"); len(got) != 1 || got[0] != tt.machine {
+				t.Errorf("-machine = %v, want %q", got, tt.machine)
+			}
+			for _, w := range tt.want {
+				flag, value, _ := strings.Cut(w, "=")
+				if !slices.Contains(argValues(a, flag), value) {
+					t.Errorf("missing %s %s in %v", flag, value, a)
+				}
+			}
+			devices := argValues(a, "-device")
+			for _, d := range tt.wantDevices {
+				if !slices.Contains(devices, d) {
+					t.Errorf("missing -device %s in %v", d, devices)
+				}
+			}
+			for _, must := range []string{"-no-reboot", "-nodefaults", "-no-user-config"} {
+				if !slices.Contains(a, must) {
+					t.Errorf("missing %s", must)
+				}
+			}
+			appends := argValues(a, "-append")
+			if len(appends) != 1 {
+				t.Fatalf("-append given %d times", len(appends))
+			}
+			params := strings.Fields(appends[0])
+			for _, p := range tt.wantParams {
+				if !slices.Contains(params, p) {
+					t.Errorf("kernel command line lacks %s: %s", p, appends[0])
+				}
+			}
+			for _, p := range tt.notParams {
+				if slices.Contains(params, p) {
+					t.Errorf("kernel command line has %s: %s", p, appends[0])
+				}
+			}
+			// A bare "init" would reach the agent as an argument.
+			if slices.Contains(params, "init") {
+				t.Errorf("kernel command line has a bare init: %s", appends[0])
+			}
+			// Extra parameters come last so that they override.
+			if len(tt.cfg.KernelParams) > 0 && params[len(params)-1] != tt.cfg.KernelParams[len(tt.cfg.KernelParams)-1] {
+				t.Errorf("extra kernel parameters are not last: %s", appends[0])
+			}
+		})
+	}
+}
+
+func TestArgsUnknownMachine(t *testing.T) {
+	_, err := args(&Config{Machine: "pc"}, fds{})
+	if err == nil || !strings.Contains(err.Error(), `"pc"`) || !strings.Contains(err.Error(), "microvm") {
+		t.Fatalf("err = %v, want one naming pc and the supported machines", err)
+	}
+}

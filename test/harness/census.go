@@ -1,0 +1,115 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Census is what a test could leave behind: QEMU processes, children of the
+// test not yet reaped, the test's own sockets and pipes, and podvm's
+// temporary files.
+type Census struct {
+	QEMU    []string // "pid cmdline" of every QEMU on the host
+	Zombies []int    // unreaped children of this process
+	Sockets int      // sockets this process holds
+	Pipes   int      // pipes this process holds
+	Temp    []string // podvm-* entries in the temp directory
+}
+
+// TakeCensus counts now.
+func TakeCensus() Census {
+	var c Census
+	self := os.Getpid()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && strings.HasPrefix(filepath.Base(exe), "qemu-system") {
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			c.QEMU = append(c.QEMU, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmd), "\x00", " ")))
+		}
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			// Fields after the command's closing parenthesis: state ppid ...
+			if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+				f := strings.Fields(string(stat[i+1:]))
+				if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(self) {
+					c.Zombies = append(c.Zombies, pid)
+				}
+			}
+		}
+	}
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, fd := range fds {
+		target, _ := os.Readlink("/proc/self/fd/" + fd.Name())
+		switch {
+		case strings.HasPrefix(target, "socket:"):
+			c.Sockets++
+		case strings.HasPrefix(target, "pipe:"):
+			c.Pipes++
+		}
+	}
+	tmp, _ := os.ReadDir(os.TempDir())
+	for _, e := range tmp {
+		if strings.HasPrefix(e.Name(), "podvm-") && e.Name() != "podvm-test-state" {
+			c.Temp = append(c.Temp, filepath.Join(os.TempDir(), e.Name()))
+		}
+	}
+	return c
+}
+
+// Leaks lists what after has that c had not.
+func (c Census) Leaks(after Census) []string {
+	var leaks []string
+	for _, q := range after.QEMU {
+		if !slices.Contains(c.QEMU, q) {
+			leaks = append(leaks, "QEMU still running: "+q)
+		}
+	}
+	for _, z := range after.Zombies {
+		if !slices.Contains(c.Zombies, z) {
+			leaks = append(leaks, fmt.Sprintf("unreaped child %d", z))
+		}
+	}
+	if after.Sockets > c.Sockets {
+		leaks = append(leaks, fmt.Sprintf("%d socket(s) left open", after.Sockets-c.Sockets))
+	}
+	if after.Pipes > c.Pipes {
+		leaks = append(leaks, fmt.Sprintf("%d pipe(s) left open", after.Pipes-c.Pipes))
+	}
+	for _, p := range after.Temp {
+		if !slices.Contains(c.Temp, p) {
+			leaks = append(leaks, "temporary file left: "+p)
+		}
+	}
+	return leaks
+}
+
+// WatchLeaks takes a census now and, when the test ends (after the
+// cleanups registered later, which run first), fails the test if anything
+// was left behind. Closing is asynchronous in places, so it waits a little
+// for the count to settle.
+func WatchLeaks(t testing.TB) {
+	t.Helper()
+	before := TakeCensus()
+	t.Cleanup(func() {
+		var leaks []string
+		for deadline := time.Now().Add(3 * time.Second); ; {
+			leaks = before.Leaks(TakeCensus())
+			if len(leaks) == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for _, l := range leaks {
+			t.Errorf("leak: %s", l)
+		}
+	})
+}

@@ -1,0 +1,128 @@
+package vmconfig
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The example file documents every key with its default: it must parse and
+// say exactly what the built-in defaults are.
+func TestExampleMatchesDefaults(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "config", "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(string(b))
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	if !reflect.DeepEqual(c, Default()) {
+		t.Errorf("example config differs from the defaults:\n got %+v\nwant %+v", c, Default())
+	}
+	// Every key of Config appears in the example, commented or not.
+	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
+		"vcpus", "memory_mib", "tcg_cache_mib", "kernel_params", "transport", "vsock_port", "boot", "shutdown"} {
+		if !strings.Contains(string(b), key+" = ") {
+			t.Errorf("example config does not document %s", key)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	c, err := Parse(`
+debug = true
+[hypervisor]
+machine = "q35"
+vcpus = 1
+memory_mib = 1024
+kernel = "/opt/podvm/vmlinux"
+[agent]
+transport = "serial"
+[timeouts]
+boot = "1m"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Debug = true
+	want.Hypervisor.Machine = "q35"
+	want.Hypervisor.MemoryMiB = 1024
+	want.Hypervisor.Kernel = "/opt/podvm/vmlinux"
+	want.Agent.Transport = "serial"
+	want.Timeouts.Boot = Duration{time.Minute}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	tests := []struct {
+		doc  string
+		want []string // substrings of the error: the key and the reason
+	}{
+		{"[hypervisor]\nvcpu = 2\n", []string{"unknown key hypervisor.vcpu"}},
+		{"colour = \"blue\"\n", []string{"unknown key colour"}},
+		{"[hypervisor]\nvcpus = \"two\"\n", []string{"hypervisor.vcpus", "incompatible types"}},
+		{"[hypervisor]\nvcpus = 0\n", []string{"hypervisor.vcpus", "outside 1.."}},
+		{"[hypervisor]\nvcpus = 100000\n", []string{"hypervisor.vcpus", "host's CPUs"}},
+		{"[hypervisor]\nmemory_mib = 8\n", []string{"hypervisor.memory_mib", "outside"}},
+		{"[hypervisor]\nmachine = \"pc\"\n", []string{"hypervisor.machine", `"pc"`}},
+		{"[hypervisor]\naccelerator = \"hvf\"\n", []string{"hypervisor.accelerator", `"hvf"`}},
+		{"[hypervisor]\nkernel = \"vmlinux\"\n", []string{"hypervisor.kernel", "absolute path"}},
+		{"[hypervisor]\ntcg_cache_mib = -1\n", []string{"hypervisor.tcg_cache_mib"}},
+		{"[agent]\ntransport = \"pigeon\"\n", []string{"agent.transport", `"pigeon"`}},
+		{"[timeouts]\nboot = \"soon\"\n", []string{"timeouts.boot", "not a duration"}},
+		{"[timeouts]\nboot = \"10ms\"\n", []string{"timeouts.boot", "shorter than"}},
+		{"state_dir = \"run\"\n", []string{"state_dir", "absolute path"}},
+		{"[hypervisor\n", []string{"line 2", "table name"}},
+	}
+	for _, tt := range tests {
+		_, err := Parse(tt.doc)
+		if err == nil {
+			t.Errorf("Parse(%q) accepted it", tt.doc)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("Parse(%q) = %v, want it to mention %q", tt.doc, err, w)
+			}
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte("[hypervisor]\nmemory_mib = 256\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PODVM_CONFIG", path)
+	c, err := Load()
+	if err != nil || c.Hypervisor.MemoryMiB != 256 {
+		t.Fatalf("Load = %+v, %v", c, err)
+	}
+	// A file named by PODVM_CONFIG must exist.
+	t.Setenv("PODVM_CONFIG", filepath.Join(dir, "missing.toml"))
+	if _, err := Load(); err == nil || !strings.Contains(err.Error(), "missing.toml") {
+		t.Fatalf("Load of a missing explicit file = %v", err)
+	}
+	// The error names the file and the key.
+	if err := os.WriteFile(path, []byte("[hypervisor]\nmachine = \"pc\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PODVM_CONFIG", path)
+	if _, err := Load(); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "hypervisor.machine") {
+		t.Fatalf("Load of a bad file = %v", err)
+	}
+}
