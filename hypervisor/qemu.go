@@ -27,7 +27,7 @@ type VM struct {
 	agentConn net.Conn // serial: the host end, handed out once
 	vsockCID  uint32
 
-	args    []string
+	args []string
 
 	console *tail
 	stderr  *tail
