@@ -23,7 +23,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all deps build guest generate install uninstall test unit bench demo check clean \
+.PHONY: all deps build guest generate verify-generate install uninstall test unit bench demo check clean \
 	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo bin/podvm-bench $(GUEST)/initramfs.cpio
 
 all: build guest
@@ -70,6 +70,10 @@ generate:
 	protoc -I api --go_out=. --go_opt=module=$(MODULE) \
 		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto
 
+# The committed generated code must be what `make generate` produces.
+verify-generate: generate
+	@git diff --exit-code --stat -- api/ || { echo "api/ differs from make generate: commit the regenerated files"; exit 1; }
+
 ## install: the shim in $(PREFIX)/bin, the guest in $(PREFIX)/share/podvm,
 ## an example configuration in /etc/podvm (kept if one exists)
 install: build guest
@@ -87,7 +91,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/share/podvm
 
 ## test: every test, as root, with real QEMU guests; nothing may be skipped
-test: build guest
+test: build guest verify-generate
 	gofmt_out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$gofmt_out" ]; then echo "gofmt needed:" $$gofmt_out; exit 1; fi
 	$(GO) vet ./...

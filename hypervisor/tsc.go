@@ -2,7 +2,11 @@ package hypervisor
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -55,4 +59,28 @@ func measureTSC() uint64 {
 		}
 	}
 	return best
+}
+
+// CachedHostTSCKHz is HostTSCKHz remembered in dir across processes (every
+// pod has its own shim, and measuring costs 30 ms). The cache is keyed by
+// the host's boot ID: the TSC rate does not change while the host runs.
+func CachedHostTSCKHz(dir string) uint64 {
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	path := filepath.Join(dir, "tsc")
+	if b, err := os.ReadFile(path); err == nil {
+		id, khz, ok := strings.Cut(strings.TrimSpace(string(b)), " ")
+		if v, err := strconv.ParseUint(khz, 10, 64); ok && err == nil && id == strings.TrimSpace(string(boot)) {
+			return v
+		}
+	}
+	khz := HostTSCKHz()
+	if len(boot) > 0 && os.MkdirAll(dir, 0o755) == nil {
+		tmp := path + fmt.Sprintf(".%d", os.Getpid())
+		if os.WriteFile(tmp, []byte(fmt.Sprintf("%s %d\n", strings.TrimSpace(string(boot)), khz)), 0o644) == nil {
+			if os.Rename(tmp, path) != nil {
+				os.Remove(tmp)
+			}
+		}
+	}
+	return khz
 }

@@ -59,7 +59,7 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 		CPUs:      h.VCPUs,
 		MemoryMiB: h.MemoryMiB,
 		TBSizeMiB: h.TCGCacheMiB,
-		TSCKHz:    hypervisor.HostTSCKHz(),
+		TSCKHz:    hypervisor.CachedHostTSCKHz(c.StateDir),
 		VsockPort: c.Agent.VsockPort,
 		Debug:     c.Debug,
 	}
