@@ -18,7 +18,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 TTRPC_VERSION         := v1.2.10
 
 APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-plugins \
-	busybox-static protobuf-compiler libseccomp-dev linux-source-6.1 flex bison \
+	busybox-static protobuf-compiler libprotobuf-dev libseccomp-dev linux-source-6.1 flex bison \
 	libelf-dev libssl-dev bc cpio xz-utils iproute2 gcc libc6-dev make git pkg-config
 
 export PATH := $(TOOLS):$(PATH)
@@ -67,8 +67,8 @@ $(GUEST)/initramfs.cpio: bin/podvm-agent
 
 ## generate: the protobuf and ttrpc code of api/ (committed)
 generate:
-	protoc -I api --go_out=. --go_opt=module=$(MODULE) \
-		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto
+	protoc -I api -I /usr/include --go_out=. --go_opt=module=$(MODULE) \
+		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto api/agent/v1/containers.proto
 
 # The committed generated code must be what `make generate` produces.
 verify-generate: generate

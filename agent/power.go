@@ -26,6 +26,7 @@ func powerOff(grace time.Duration) {
 	_ = unix.Kill(-1, unix.SIGKILL)
 	unix.Sync()
 	logf(levelInfo, "powering off")
+	flushLogs(100 * time.Millisecond)
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
 		logf(levelError, "reboot: %v", err)
 	}
