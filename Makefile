@@ -40,14 +40,17 @@ deps:
 	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(TTRPC_VERSION)
 	$(GO) mod download
 
-## build: the shim (static, no cgo) and the guest agent (static)
+## build: the shim (static, no cgo) and the guest agent (static, cgo)
 build: bin/containerd-shim-podvm-v2 bin/podvm-agent
 
 bin/containerd-shim-podvm-v2:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-podvm-v2
 
+# The agent links libcontainer (cgo, for nsenter) and libseccomp statically:
+# the guest has no shared libraries.
 bin/podvm-agent:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/podvm-agent
+	CGO_ENABLED=1 $(GO) build -trimpath -tags 'osusergo netgo seccomp' \
+		-ldflags '$(LDFLAGS) -linkmode external -extldflags -static' -o $@ ./cmd/podvm-agent
 
 bin/podvm-demo:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/podvm-demo

@@ -39,6 +39,9 @@ func run() error {
 	if os.Getpid() != 1 {
 		return fmt.Errorf("podvm-agent must run as PID 1 of the guest, not as pid %d", os.Getpid())
 	}
+	if err := remountRoot(); err != nil {
+		return fmt.Errorf("re-root: %w", err)
+	}
 	if err := mountBase(); err != nil {
 		return err
 	}
@@ -50,8 +53,8 @@ func run() error {
 		return nil
 	}
 	absorbSignals()
+	setupLibcontainerLogs(p.Debug)
 	r := newReaper()
-	_ = r
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
 	l, err := listen(ctx, p)
@@ -65,6 +68,9 @@ func run() error {
 	}
 	svc := &service{readyNs: bootTime(), shutdown: powerOff}
 	agentapi.RegisterAgentService(srv, svc)
+	cs := newContainerService(r)
+	agentapi.RegisterContainersService(srv, cs)
+	agentapi.RegisterStdioService(srv, cs)
 	logf(levelInfo, "serving %s on %s (agent %s, kernel up %dms)", p.Transport, l.Addr(), version.Version, svc.readyNs/1e6)
 	if err := srv.Serve(context.Background(), l); err != nil && err != ttrpc.ErrServerClosed {
 		return fmt.Errorf("serve: %w", err)

@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 // The agent logs to the guest console, which the host copies into the shim's
@@ -73,4 +75,26 @@ func flushLogs(max time.Duration) {
 	for deadline := time.Now().Add(max); len(logLines) > 0 && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// setupLibcontainerLogs sends libcontainer's logrus output through the
+// agent's console writer.
+func setupLibcontainerLogs(debug bool) {
+	logrus.SetOutput(logWriter{})
+	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableQuote: true})
+	logrus.SetLevel(logrus.WarnLevel)
+	if debug {
+		logrus.SetLevel(logrus.DebugLevel)
+	}
+}
+
+type logWriter struct{}
+
+func (logWriter) Write(b []byte) (int, error) {
+	select {
+	case logLines <- "podvm-agent: libcontainer: " + string(b):
+	default:
+		logDropped.Add(1)
+	}
+	return len(b), nil
 }

@@ -102,6 +102,14 @@ func args(c *Config, f fds) ([]string, error) {
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
 	)
+	for i, sh := range c.Shares {
+		// passthrough keeps owners and modes as they are on the host; the
+		// shim runs as root, as containerd's shims do.
+		a = append(a,
+			"-fsdev", fmt.Sprintf("local,id=fs%d,path=%s,security_model=passthrough", i, qemuEscape(sh.Path)),
+			"-device", fmt.Sprintf("%s,fsdev=fs%d,mount_tag=%s", m.virtio("9p"), i, sh.Tag),
+		)
+	}
 	switch c.Transport {
 	case Vsock:
 		a = append(a, "-device", fmt.Sprintf("%s,id=vsock,guest-cid=%d,vhostfd=%d", m.virtio("vsock"), f.vsockCID, f.vhostVsock))
@@ -113,3 +121,6 @@ func args(c *Config, f fds) ([]string, error) {
 	}
 	return a, nil
 }
+
+// qemuEscape doubles commas, QEMU's escape inside option values.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strings"
 )
 
 // Accel is the accelerator QEMU runs the guest with.
@@ -63,6 +64,16 @@ type Config struct {
 	Console func(line string)
 	// Probe boots the guest only until its agent prints the probe marker.
 	Probe bool
+	// Shares are host directories the guest mounts over 9p. Shares cannot
+	// be added later on microvm, so the sandbox's shared directory is
+	// given at start and containers' files are mounted under it.
+	Shares []Share
+}
+
+// Share is a host directory exported to the guest under a 9p mount tag.
+type Share struct {
+	Tag  string
+	Path string
 }
 
 // Machines lists the supported QEMU machine types.
@@ -99,6 +110,14 @@ func (c *Config) validate() error {
 	}
 	if c.TBSizeMiB < 0 {
 		errs = append(errs, fmt.Errorf("TCG translation cache size must not be negative, not %d MiB", c.TBSizeMiB))
+	}
+	for _, sh := range c.Shares {
+		if st, err := os.Stat(sh.Path); err != nil || !st.IsDir() {
+			errs = append(errs, fmt.Errorf("shared directory %s for tag %q is not a directory", sh.Path, sh.Tag))
+		}
+		if sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ", =") {
+			errs = append(errs, fmt.Errorf("invalid 9p mount tag %q", sh.Tag))
+		}
 	}
 	switch c.Transport {
 	case Serial:

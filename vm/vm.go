@@ -22,11 +22,13 @@ import (
 
 // Guest is a booted VM whose agent answered.
 type Guest struct {
-	ID     string
-	VM     *hypervisor.VM
-	Agent  agentapi.AgentService
-	Accel  hypervisor.AccelChoice
-	client *ttrpc.Client
+	ID         string
+	VM         *hypervisor.VM
+	Agent      agentapi.AgentService
+	Containers agentapi.ContainersService
+	Stdio      agentapi.StdioService
+	Accel      hypervisor.AccelChoice
+	client     *ttrpc.Client
 	// BootTime is from QEMU's exec to the agent's first answer.
 	BootTime time.Duration
 	// AgentReady is the guest's own view: kernel start to the agent serving.
@@ -44,6 +46,8 @@ type Options struct {
 	// Console receives the guest's console lines; by default they go to
 	// the context's logger at debug level, prefixed.
 	Console func(line string)
+	// Shares are host directories exported to the guest over 9p.
+	Shares []hypervisor.Share
 }
 
 // HypervisorConfig turns the configuration into what hypervisor.Start
@@ -102,6 +106,7 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 		logger.Debugf("using TCG (software emulation, slow): %s", choice.Reason)
 	}
 	hc.Console = opts.Console
+	hc.Shares = opts.Shares
 	if hc.Console == nil {
 		hc.Console = func(line string) { logger.Debug("console: " + line) }
 	}
@@ -138,6 +143,8 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 	}
 	g.client = ttrpc.NewClient(conn)
 	g.Agent = agentapi.NewAgentClient(g.client)
+	g.Containers = agentapi.NewContainersClient(g.client)
+	g.Stdio = agentapi.NewStdioClient(g.client)
 	resp, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {
 		g.client.Close()

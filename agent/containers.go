@@ -1,0 +1,463 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// stateRoot is where libcontainer keeps its container state in the guest.
+const stateRoot = "/run/podvm/libcontainer"
+
+// containerService implements agentapi.ContainersService and
+// agentapi.StdioService.
+type containerService struct {
+	reaper   *reaper
+	storages storages
+	oom      chan string
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+type container struct {
+	id   string
+	lc   *libcontainer.Container
+	init *process
+
+	mu    sync.Mutex
+	execs map[string]*process
+}
+
+var (
+	_ agentapi.ContainersService = (*containerService)(nil)
+	_ agentapi.StdioService      = (*containerService)(nil)
+)
+
+func newContainerService(r *reaper) *containerService {
+	return &containerService{reaper: r, containers: make(map[string]*container), oom: make(chan string, 64)}
+}
+
+var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
+
+func (s *containerService) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "container %s not found", id)
+	}
+	return c, nil
+}
+
+func (c *container) process(execID string) (*process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "process %s of container %s not found", execID, c.id)
+	}
+	return p, nil
+}
+
+func (s *containerService) getProcess(containerID, execID string) (*container, *process, error) {
+	c, err := s.get(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	return c, p, err
+}
+
+func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (_ *agentapi.CreateContainerResponse, retErr error) {
+	id := req.ContainerId
+	if !validID.MatchString(id) {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid container ID %q", id)
+	}
+	s.mu.Lock()
+	if _, ok := s.containers[id]; ok {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.AlreadyExists, "container %s already exists", id)
+	}
+	// Reserve the ID while creating.
+	s.containers[id] = nil
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, id)
+			s.mu.Unlock()
+		}
+	}()
+
+	for _, st := range req.Storages {
+		if err := s.storages.mount(st); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
+	}
+	spec, err := decodeSpec(req.Spec)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	cfg, err := libcontainerConfig(id, spec)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "container %s: %v", id, err)
+	}
+	lp, err := newProcess(spec.Process, true)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "container %s: %v", id, err)
+	}
+	pio, err := setupIO(req.Stdio, lp)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "container %s stdio: %v", id, err)
+	}
+	lc, err := libcontainer.Create(stateRoot, id, cfg)
+	if err != nil {
+		pio.close()
+		return nil, status.Errorf(codes.Internal, "create container %s: %v", id, err)
+	}
+	p := &process{lp: lp, io: pio, exited: make(chan struct{})}
+	pid, err := s.reaper.Start(func() (int, error) {
+		if err := lc.Start(lp); err != nil {
+			return 0, err
+		}
+		return lp.Pid()
+	})
+	if err != nil {
+		pio.close()
+		_ = lc.Destroy()
+		return nil, status.Errorf(codes.Internal, "start container %s: %v", id, err)
+	}
+	p.pid = pid
+	go p.wait(s.reaper)
+	if err := pio.started(); err != nil {
+		_ = lc.Signal(syscall.SIGKILL)
+		<-p.exited
+		pio.close()
+		_ = lc.Destroy()
+		return nil, status.Errorf(codes.Internal, "container %s console: %v", id, err)
+	}
+	c := &container{id: id, lc: lc, init: p, execs: make(map[string]*process)}
+	s.watchOOM(c)
+	s.mu.Lock()
+	s.containers[id] = c
+	s.mu.Unlock()
+	logf(levelDebug, "created container %s, init pid %d", id, pid)
+	return &agentapi.CreateContainerResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *containerService) StartProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.StartProcessResponse, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if req.ExecId == "" {
+		if err := c.lc.Exec(); err != nil {
+			return nil, status.Errorf(codes.Internal, "start container %s: %v", c.id, err)
+		}
+		return &agentapi.StartProcessResponse{Pid: uint32(p.pid)}, nil
+	}
+	if p.pid != 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "process %s already started", req.ExecId)
+	}
+	pid, err := s.reaper.Start(func() (int, error) {
+		if err := c.lc.Run(p.lp); err != nil {
+			return 0, err
+		}
+		return p.lp.Pid()
+	})
+	if err != nil {
+		p.io.close()
+		close(p.exited)
+		// runc's words for a missing binary: "exec: \"x\": executable
+		// file not found in $PATH".
+		return nil, status.Errorf(codes.Internal, "exec process %s in container %s: %v", req.ExecId, c.id, err)
+	}
+	p.pid = pid
+	go p.wait(s.reaper)
+	if err := p.io.started(); err != nil {
+		_ = p.lp.Signal(syscall.SIGKILL)
+		return nil, status.Errorf(codes.Internal, "exec process %s console: %v", req.ExecId, err)
+	}
+	return &agentapi.StartProcessResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *containerService) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if !validID.MatchString(req.ExecId) {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid exec ID %q", req.ExecId)
+	}
+	spec, err := decodeProcess(req.Process)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	lp, err := newProcess(spec, false)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	pio, err := setupIO(req.Stdio, lp)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "exec %s stdio: %v", req.ExecId, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.execs[req.ExecId]; ok {
+		pio.close()
+		return nil, status.Errorf(codes.AlreadyExists, "process %s already exists in container %s", req.ExecId, c.id)
+	}
+	c.execs[req.ExecId] = &process{execID: req.ExecId, lp: lp, io: pio, exited: make(chan struct{})}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.SignalProcessRequest) (*emptypb.Empty, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	sig := syscall.Signal(req.Signal)
+	if req.All && req.ExecId == "" {
+		pids, err := c.lc.Processes()
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "list processes of %s: %v", c.id, err)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, sig)
+		}
+		return &emptypb.Empty{}, nil
+	}
+	if p.pid == 0 || p.hasExited() {
+		return nil, status.Errorf(codes.NotFound, "process %s of container %s is not running", req.ExecId, c.id)
+	}
+	if req.ExecId == "" {
+		err = c.lc.Signal(sig)
+	} else {
+		err = p.lp.Signal(sig)
+	}
+	if err != nil {
+		if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) {
+			return nil, status.Errorf(codes.NotFound, "process %s of container %s is not running", req.ExecId, c.id)
+		}
+		return nil, status.Errorf(codes.Internal, "signal %v: %v", sig, err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.exited:
+		return &agentapi.WaitProcessResponse{ExitStatus: uint32(p.status), ExitedAt: timestamppb.New(p.exitedAt)}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (s *containerService) DeleteProcess(ctx context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if req.ExecId == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "the init process goes with DeleteContainer")
+	}
+	if p.pid != 0 && !p.hasExited() {
+		return nil, status.Errorf(codes.FailedPrecondition, "process %s is still running", req.ExecId)
+	}
+	p.io.close()
+	c.mu.Lock()
+	delete(c.execs, req.ExecId)
+	c.mu.Unlock()
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if !c.init.hasExited() {
+		_ = c.lc.Signal(syscall.SIGKILL)
+		<-c.init.exited
+	}
+	c.mu.Lock()
+	for _, p := range c.execs {
+		if p.pid != 0 && !p.hasExited() {
+			_ = p.lp.Signal(syscall.SIGKILL)
+		}
+		p.io.close()
+	}
+	c.mu.Unlock()
+	c.init.io.close()
+	if err := c.lc.Destroy(); err != nil {
+		logf(levelWarn, "destroy container %s: %v", c.id, err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	s.mu.Unlock()
+	logf(levelDebug, "deleted container %s", c.id)
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) Pids(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.PidsResponse, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "list processes of %s: %v", c.id, err)
+	}
+	execOf := map[int]string{}
+	c.mu.Lock()
+	for id, p := range c.execs {
+		execOf[p.pid] = id
+	}
+	c.mu.Unlock()
+	resp := &agentapi.PidsResponse{}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &agentapi.ProcessInfo{Pid: uint32(pid), ExecId: execOf[pid]})
+	}
+	return resp, nil
+}
+
+func (s *containerService) PauseContainer(ctx context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lc.Pause(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "pause %s: %v", c.id, err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) ResumeContainer(ctx context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.lc.Resume(); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "resume %s: %v", c.id, err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) ResizePty(ctx context.Context, req *agentapi.ResizePtyRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.io.resize(req.Width, req.Height); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "resize: %v", err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agentapi.OOMEvent, error) {
+	select {
+	case id := <-s.oom:
+		return &agentapi.OOMEvent{ContainerId: id}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// watchOOM forwards the container's OOM kills to WaitOOM.
+func (s *containerService) watchOOM(c *container) {
+	ch, err := c.lc.NotifyOOM()
+	if err != nil {
+		logf(levelWarn, "container %s: no OOM notifications: %v", c.id, err)
+		return
+	}
+	go func() {
+		defer recoverPanic("oom")
+		for range ch {
+			select {
+			case s.oom <- c.id:
+			default:
+			}
+		}
+	}()
+}
+
+func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.UpdateContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := updateResources(c.lc, req.Resources); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "update %s: %v", c.id, err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *containerService) WriteStdin(ctx context.Context, req *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	n, err := p.io.writeStdin(req.Data)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "write stdin: %v", err)
+	}
+	return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
+}
+
+func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	p.io.closeStdin()
+	return &emptypb.Empty{}, nil
+}
+
+// outputChunk bounds one ReadOutput answer; ttrpc messages are limited to
+// 4 MiB.
+const outputChunk = 256 << 10
+
+func (s *containerService) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, outputChunk)
+	n, eof, err := p.io.readOutput(req.Stream, buf)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "read %v: %v", req.Stream, err)
+	}
+	return &agentapi.ReadOutputResponse{Data: buf[:n], Eof: eof}, nil
+}
+
+func (s *containerService) Stats(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.StatsResponse, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.lc.Stats()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "stats of %s: %v", c.id, err)
+	}
+	return statsResponse(st, filepath.Join("/sys/fs/cgroup", c.lc.Config().Cgroups.Path)), nil
+}

@@ -1,0 +1,226 @@
+package agent
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/utils"
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// process is one process of a container: the init process or an exec.
+type process struct {
+	execID string
+	lp     *libcontainer.Process
+	io     *processIO
+	pid    int
+
+	exited   chan struct{} // closed once the process has been waited for
+	status   int           // exit status as runc reports it (128+signal when killed)
+	exitedAt time.Time
+}
+
+// processIO holds the agent's ends of a process's standard streams.
+type processIO struct {
+	terminal bool
+	stdin    *os.File // the agent writes here; nil without stdin
+	stdout   *os.File // the agent reads here (the pty master with a terminal)
+	stderr   *os.File
+	// consoleSocket receives the pty master from runc init.
+	consoleSocket *os.File
+	// child holds the process's ends, closed once it has them.
+	child []*os.File
+
+	stdinMu   sync.Mutex
+	closeOnce sync.Once
+}
+
+// pipeSize is the kernel buffer of output pipes: large enough that a fast
+// writer rarely waits for the next read from the host.
+const pipeSize = 1 << 20
+
+// setupIO creates the streams cfg asks for and attaches them to lp.
+func setupIO(cfg *agentapi.StdioConfig, lp *libcontainer.Process) (*processIO, error) {
+	pio := &processIO{}
+	if cfg == nil {
+		cfg = &agentapi.StdioConfig{}
+	}
+	if cfg.Terminal {
+		pio.terminal = true
+		parent, child, err := utils.NewSockPair("console")
+		if err != nil {
+			return nil, err
+		}
+		pio.consoleSocket = parent
+		pio.child = append(pio.child, child)
+		lp.ConsoleSocket = child
+		return pio, nil
+	}
+	fail := func(err error) (*processIO, error) {
+		pio.closeChild()
+		pio.close()
+		return nil, err
+	}
+	if cfg.Stdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fail(err)
+		}
+		lp.Stdin, pio.stdin = r, w
+		pio.child = append(pio.child, r)
+	}
+	out := func(enabled bool) (*os.File, *os.File, error) {
+		if !enabled {
+			return nil, nil, nil
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		_, _ = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		pio.child = append(pio.child, w)
+		return r, w, nil
+	}
+	r, w, err := out(cfg.Stdout)
+	if err != nil {
+		return fail(err)
+	}
+	if w != nil {
+		lp.Stdout, pio.stdout = w, r
+	}
+	r, w, err = out(cfg.Stderr)
+	if err != nil {
+		return fail(err)
+	}
+	if w != nil {
+		lp.Stderr, pio.stderr = w, r
+	}
+	return pio, nil
+}
+
+// started is called once the process runs: the agent closes its copies of
+// the process's ends (or stdout would never reach EOF) and, with a
+// terminal, receives the pty master.
+func (pio *processIO) started() error {
+	pio.closeChild()
+	if pio.consoleSocket == nil {
+		return nil
+	}
+	master, err := utils.RecvFile(pio.consoleSocket)
+	pio.consoleSocket.Close()
+	pio.consoleSocket = nil
+	if err != nil {
+		return err
+	}
+	pio.stdout, pio.stdin = master, master
+	return nil
+}
+
+func (pio *processIO) closeChild() {
+	for _, f := range pio.child {
+		f.Close()
+	}
+	pio.child = nil
+}
+
+// close releases the agent's ends; a blocked read or write returns.
+func (pio *processIO) close() {
+	pio.closeOnce.Do(func() {
+		for _, f := range []*os.File{pio.stdin, pio.stdout, pio.stderr, pio.consoleSocket} {
+			if f != nil {
+				f.Close()
+			}
+		}
+		pio.closeChild()
+	})
+}
+
+// readOutput reads what the stream has now, waiting until there is
+// something or it ends.
+func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf []byte) (int, bool, error) {
+	f := pio.stdout
+	if stream == agentapi.ReadOutputRequest_STDERR {
+		f = pio.stderr
+	}
+	if f == nil {
+		return 0, true, nil
+	}
+	n, err := f.Read(buf)
+	switch {
+	case err == nil:
+		return n, false, nil
+	case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+		return n, true, nil
+	case errors.Is(err, syscall.EIO) && pio.terminal:
+		// A pty master reads EIO once every slave end is closed.
+		return n, true, nil
+	default:
+		return n, false, err
+	}
+}
+
+func (pio *processIO) writeStdin(b []byte) (int, error) {
+	pio.stdinMu.Lock()
+	defer pio.stdinMu.Unlock()
+	if pio.stdin == nil {
+		return 0, os.ErrClosed
+	}
+	return pio.stdin.Write(b)
+}
+
+// closeStdin delivers EOF. A terminal has no EOF of its own: the process
+// keeps its pty; containerd's runc shim behaves the same.
+func (pio *processIO) closeStdin() {
+	pio.stdinMu.Lock()
+	defer pio.stdinMu.Unlock()
+	if pio.stdin != nil && !pio.terminal {
+		pio.stdin.Close()
+		pio.stdin = nil
+	}
+}
+
+func (pio *processIO) resize(width, height uint32) error {
+	if !pio.terminal || pio.stdout == nil {
+		return errors.New("process has no terminal")
+	}
+	return unix.IoctlSetWinsize(int(pio.stdout.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(width), Row: uint16(height)})
+}
+
+// wait collects the process's exit through libcontainer, which owns its
+// PID, and records it the way runc reports it.
+func (p *process) wait(r *reaper) {
+	defer recoverPanic("wait")
+	ps, err := p.lp.Wait()
+	p.exitedAt = time.Now()
+	r.Release(p.pid)
+	p.status = 255
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Signaled():
+				p.status = 128 + int(ws.Signal())
+			case ws.Exited():
+				p.status = ws.ExitStatus()
+			}
+		}
+	} else if err != nil {
+		logf(levelWarn, "wait for pid %d: %v", p.pid, err)
+	}
+	close(p.exited)
+}
+
+func (p *process) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}

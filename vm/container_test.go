@@ -1,0 +1,100 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer/specconv"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/test/harness"
+)
+
+var shareStorage = &agentapi.Storage{
+	Source: "podvm", Target: "/run/podvm/shared", Fstype: "9p",
+	Options: []string{"trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap"},
+}
+
+// readAll drains one output stream of a guest process.
+func readAll(ctx context.Context, t *testing.T, g *Guest, id, exec string, stream agentapi.ReadOutputRequest_Stream) string {
+	var buf bytes.Buffer
+	for {
+		r, err := g.Stdio.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: id, ExecId: exec, Stream: stream})
+		if err != nil {
+			t.Errorf("read %v: %v", stream, err)
+			return buf.String()
+		}
+		buf.Write(r.Data)
+		if r.Eof {
+			return buf.String()
+		}
+	}
+}
+
+// TestGuestContainer drives the agent's container API directly: a busybox
+// container over 9p, its output and exit code, an exec, a missing binary.
+func TestGuestContainer(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	rootfs := filepath.Join(share, "c1", "rootfs")
+	if err := harness.BusyboxRootfs(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-container", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Root.Readonly = false
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"sh", "-c", "echo hello from $(uname -r); echo oops >&2; read line; echo got $line; exit 3"}
+	b, _ := json.Marshal(spec)
+	created, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+		ContainerId: "c1", Spec: b, Storages: []*agentapi.Storage{shareStorage},
+		Stdio: &agentapi.StdioConfig{Stdin: true, Stdout: true, Stderr: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Pid == 0 {
+		t.Error("no pid")
+	}
+	if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: "c1", Data: []byte("line\n")}); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan string)
+	go func() { errc <- readAll(ctx, t, g, "c1", "", agentapi.ReadOutputRequest_STDERR) }()
+	stdout := readAll(ctx, t, g, "c1", "", agentapi.ReadOutputRequest_STDOUT)
+	if want := "hello from " + "6.1"; !strings.HasPrefix(stdout, want) || !strings.Contains(stdout, "-podvm\ngot line\n") {
+		t.Errorf("stdout = %q", stdout)
+	}
+	if stderr := <-errc; stderr != "oops\n" {
+		t.Errorf("stderr = %q", stderr)
+	}
+	w, err := g.Containers.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"})
+	if err != nil || w.ExitStatus != 3 {
+		t.Fatalf("wait = %+v, %v", w, err)
+	}
+	if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(rootfs); err != nil {
+		t.Fatal(err)
+	}
+}
