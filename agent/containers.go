@@ -435,7 +435,7 @@ func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.Process
 
 // outputChunk bounds one ReadOutput answer; ttrpc messages are limited to
 // 4 MiB.
-const outputChunk = 256 << 10
+const outputChunk = 1 << 20
 
 func (s *containerService) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
 	_, p, err := s.getProcess(req.ContainerId, req.ExecId)

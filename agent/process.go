@@ -119,6 +119,18 @@ func (pio *processIO) started() error {
 	if err != nil {
 		return err
 	}
+	// Non-blocking, so that the runtime poller serves it and reads can
+	// have deadlines.
+	fd, err := unix.Dup(int(master.Fd()))
+	master.Close()
+	if err != nil {
+		return err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	master = os.NewFile(uintptr(fd), "console")
 	pio.stdout, pio.stdin = master, master
 	return nil
 }
@@ -153,6 +165,22 @@ func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf [
 		return 0, true, nil
 	}
 	n, err := f.Read(buf)
+	// A writer usually writes in small pieces (4 KiB for most programs),
+	// and each answer costs a round trip to the host. So after the first
+	// piece, gather what follows within a moment, up to a full buffer.
+	for err == nil && n < len(buf) {
+		if f.SetReadDeadline(time.Now().Add(gatherWindow)) != nil {
+			break
+		}
+		var m int
+		m, err = f.Read(buf[n:])
+		n += m
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = nil
+			break
+		}
+	}
+	_ = f.SetReadDeadline(time.Time{})
 	switch {
 	case err == nil:
 		return n, false, nil
@@ -165,6 +193,11 @@ func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf [
 		return n, false, err
 	}
 }
+
+// gatherWindow is how long a read of output waits for more after the first
+// bytes: short enough not to be seen by an interactive user, long enough to
+// fill large answers when a process writes fast.
+const gatherWindow = 2 * time.Millisecond
 
 func (pio *processIO) writeStdin(b []byte) (int, error) {
 	pio.stdinMu.Lock()

@@ -87,7 +87,11 @@ func args(c *Config, f fds) ([]string, error) {
 		if c.TBSizeMiB > 0 {
 			accel += ",tb-size=" + strconv.Itoa(c.TBSizeMiB)
 		}
-		a = append(a, "-accel", accel, "-cpu", "max")
+		model := c.CPUModel
+		if model == "" {
+			model = "max"
+		}
+		a = append(a, "-accel", accel, "-cpu", model)
 	}
 	a = append(a,
 		"-kernel", c.Kernel,

@@ -42,7 +42,10 @@ type Config struct {
 	// Machine is a QEMU machine type: "microvm" (default) or "q35".
 	Machine string
 	Accel   Accel
-	CPUs    int
+	// CPUModel is QEMU's -cpu under TCG ("max" when empty); KVM always
+	// uses "host".
+	CPUModel string
+	CPUs     int
 	// MemoryMiB is the guest's RAM.
 	MemoryMiB int
 	// TBSizeMiB caps TCG's translation cache, which otherwise reserves 1 GiB

@@ -98,3 +98,61 @@ func TestGuestContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGuestExec: exec processes, including one whose binary is missing,
+// which must fail at once with runc's words.
+func TestGuestExec(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-exec", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"sleep", "1000"}
+	b, _ := json.Marshal(spec)
+	if _, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "c1", Spec: b, Storages: []*agentapi.Storage{shareStorage}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(id string, args ...string) error {
+		p := *spec.Process
+		p.Args = args
+		pb, _ := json.Marshal(p)
+		if _, err := g.Containers.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: "c1", ExecId: id, Process: pb, Stdio: &agentapi.StdioConfig{Stdout: true}}); err != nil {
+			return err
+		}
+		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, err := g.Containers.StartProcess(sctx, &agentapi.ProcessRequest{ContainerId: "c1", ExecId: id})
+		return err
+	}
+	if err := exec("e1", "echo", "hi"); err != nil {
+		t.Fatal(err)
+	}
+	if out := readAll(ctx, t, g, "c1", "e1", agentapi.ReadOutputRequest_STDOUT); out != "hi\n" {
+		t.Errorf("exec output %q", out)
+	}
+	start := time.Now()
+	err = exec("e2", "/no/such/binary")
+	if err == nil || !strings.Contains(err.Error(), "no such file or directory") {
+		t.Errorf("exec of a missing binary: %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("exec of a missing binary took %v", time.Since(start))
+	}
+	if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -63,6 +63,7 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 		CPUs:      h.VCPUs,
 		MemoryMiB: h.MemoryMiB,
 		TBSizeMiB: h.TCGCacheMiB,
+		CPUModel:  h.CPUModel,
 		TSCKHz:    hypervisor.CachedHostTSCKHz(c.StateDir),
 		VsockPort: c.Agent.VsockPort,
 		Debug:     c.Debug,

@@ -44,6 +44,9 @@ type Hypervisor struct {
 	// VCPUs and MemoryMiB size the guest.
 	VCPUs     int `toml:"vcpus"`
 	MemoryMiB int `toml:"memory_mib"`
+	// CPUModel is the guest CPU under TCG (QEMU's -cpu); under KVM the
+	// guest gets the host's.
+	CPUModel string `toml:"cpu_model"`
 	// TCGCacheMiB caps TCG's translation cache (0: QEMU's default, which
 	// reserves 1 GiB and grows under load).
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
@@ -98,6 +101,7 @@ func Default() *Config {
 			VCPUs:       1,
 			MemoryMiB:   512,
 			TCGCacheMiB: 32,
+			CPUModel:    "max",
 		},
 		Agent: Agent{Transport: "auto", VsockPort: 1024},
 		Timeouts: Timeouts{

@@ -3,8 +3,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+
+	"github.com/podvm/podvm/shim"
 )
 
 func main() {
@@ -20,12 +23,13 @@ func main() {
 			return
 		}
 	}
-	// containerd starts shims as `... -namespace NS -id ID start` and the
-	// like; the task service arrives with the task API.
-	fmt.Fprintln(os.Stderr, "containerd-shim-podvm-v2: the containerd task API is not implemented in this build; `check` and `version` are")
-	usage(os.Stderr)
-	os.Exit(2)
+	// Everything else is containerd: `-namespace NS -id ID start`,
+	// `... delete`, or serving a sandbox's task API.
+	shim.Run(context.Background(), RuntimeName)
 }
+
+// RuntimeName is the runtime type containerd knows podvm by.
+const RuntimeName = "io.containerd.podvm.v2"
 
 func usage(w *os.File) {
 	fmt.Fprint(w, `usage:

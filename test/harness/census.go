@@ -15,11 +15,15 @@ import (
 // test not yet reaped, the test's own sockets and pipes, and podvm's
 // temporary files.
 type Census struct {
-	QEMU    []string // "pid cmdline" of every QEMU on the host
-	Zombies []int    // unreaped children of this process
-	Sockets int      // sockets this process holds
-	Pipes   int      // pipes this process holds
-	Temp    []string // podvm-* entries in the temp directory
+	QEMU        []string // "pid cmdline" of every QEMU on the host
+	Shims       []string // "pid cmdline" of every podvm shim
+	NetNS       []string // entries of /var/run/netns
+	ShimSockets []string // shim sockets in /run/containerd/s
+	Mounts      []string // mounts below /run/podvm and the temp directory
+	Zombies     []int    // unreaped children of this process
+	Sockets     int      // sockets this process holds
+	Pipes       int      // pipes this process holds
+	Temp        []string // podvm-* entries in the temp directory
 }
 
 // TakeCensus counts now.
@@ -32,9 +36,15 @@ func TakeCensus() Census {
 		if err != nil {
 			continue
 		}
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && strings.HasPrefix(filepath.Base(exe), "qemu-system") {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
 			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			c.QEMU = append(c.QEMU, fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmd), "\x00", " ")))
+			desc := fmt.Sprintf("%d %s", pid, strings.ReplaceAll(string(cmd), "\x00", " "))
+			switch base := filepath.Base(exe); {
+			case strings.HasPrefix(base, "qemu-system"):
+				c.QEMU = append(c.QEMU, desc)
+			case base == "containerd-shim-podvm-v2":
+				c.Shims = append(c.Shims, desc)
+			}
 		}
 		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
 			// Fields after the command's closing parenthesis: state ppid ...
@@ -56,6 +66,17 @@ func TakeCensus() Census {
 			c.Pipes++
 		}
 	}
+	for _, dir := range []string{"/var/run/netns", "/run/containerd/s"} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if dir == "/var/run/netns" {
+				c.NetNS = append(c.NetNS, e.Name())
+			} else {
+				c.ShimSockets = append(c.ShimSockets, e.Name())
+			}
+		}
+	}
+	c.Mounts = append(MountsUnder("/run/podvm"), MountsUnder(os.TempDir())...)
 	tmp, _ := os.ReadDir(os.TempDir())
 	for _, e := range tmp {
 		if strings.HasPrefix(e.Name(), "podvm-") && e.Name() != "podvm-test-state" {
@@ -71,6 +92,26 @@ func (c Census) Leaks(after Census) []string {
 	for _, q := range after.QEMU {
 		if !slices.Contains(c.QEMU, q) {
 			leaks = append(leaks, "QEMU still running: "+q)
+		}
+	}
+	for _, q := range after.Shims {
+		if !slices.Contains(c.Shims, q) {
+			leaks = append(leaks, "shim still running: "+q)
+		}
+	}
+	for _, n := range after.NetNS {
+		if !slices.Contains(c.NetNS, n) {
+			leaks = append(leaks, "network namespace left: "+n)
+		}
+	}
+	for _, n := range after.ShimSockets {
+		if !slices.Contains(c.ShimSockets, n) {
+			leaks = append(leaks, "shim socket left: /run/containerd/s/"+n)
+		}
+	}
+	for _, m := range after.Mounts {
+		if !slices.Contains(c.Mounts, m) {
+			leaks = append(leaks, "mount left: "+m)
 		}
 	}
 	for _, z := range after.Zombies {

@@ -1,0 +1,242 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// container is one container of the sandbox: its files exposed to the
+// guest through the share, its init process and its exec processes.
+type container struct {
+	id     string
+	bundle string
+	sb     *sandbox
+	spec   *specs.Spec
+	// hostDir is the container's directory in the share: rootfs/ and
+	// mounts/N are mounted below it.
+	hostDir string
+	init    *process
+
+	mu    sync.Mutex
+	execs map[string]*process
+}
+
+// shareStorage is the guest mount of the sandbox's shared directory.
+var shareStorage = &agentapi.Storage{
+	Source: shareTag, Target: guestShareRoot, Fstype: "9p",
+	// mmap caching lets the guest execute binaries from the share and map
+	// files; msize is the largest message the virtio transport takes.
+	Options: []string{"trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"},
+}
+
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("parse %s/config.json: %w", bundle, err)
+	}
+	return &s, nil
+}
+
+// createContainer prepares the container's files on the host and creates
+// it in the guest. On failure nothing it made is left.
+func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *container, retErr error) {
+	if r.Checkpoint != "" {
+		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("read spec of %s: %w", r.ID, err)
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, sb: sb, spec: spec, hostDir: filepath.Join(sb.shareDir, r.ID), execs: map[string]*process{}}
+	if _, err := os.Stat(c.hostDir); err == nil {
+		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := unmountTree(c.hostDir); err != nil {
+				log.G(ctx).WithError(err).WithField("container", c.id).Error("clean up after failed create")
+			}
+		}
+	}()
+	var rootfs []mount.Mount
+	for _, m := range r.Rootfs {
+		rootfs = append(rootfs, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
+	}
+	if err := mountRootfs(filepath.Join(c.hostDir, "rootfs"), r.Bundle, spec, rootfs); err != nil {
+		return nil, err
+	}
+	binds := map[int]string{}
+	for i, m := range spec.Mounts {
+		if !isBind(m) || m.Destination == "/dev/shm" {
+			continue
+		}
+		if err := bindIntoShare(m, filepath.Join(c.hostDir, "mounts", fmt.Sprint(i))); err != nil {
+			return nil, err
+		}
+		binds[i] = guestMount(c.id, i)
+	}
+	gs, err := guestSpec(spec, translation{id: c.id, binds: binds, sandboxPid: sb.podPid(c.id, spec)})
+	if err != nil {
+		return nil, err
+	}
+	specJSON, err := json.Marshal(gs)
+	if err != nil {
+		return nil, err
+	}
+
+	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
+	c.init = newProcess(c, "", stdio)
+	c.init.pid = uint32(sb.guest.VM.PID())
+	c.init.io, err = openIO(ctx, c.id, sb.namespace, stdio)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := sb.guest.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
+		ContainerId: c.id,
+		Spec:        specJSON,
+		Stdio:       stdioConfig(stdio, c.init.io),
+		Storages:    []*agentapi.Storage{shareStorage},
+	})
+	if err != nil {
+		c.init.io.close()
+		return nil, fmt.Errorf("create container %s in the guest: %w", c.id, errdefs.FromGRPC(err))
+	}
+	c.init.guestPid = resp.Pid
+	c.init.io.copyOutput(sb.ctx, sb.guest.Stdio, c.id, "")
+	go sb.watchExit(c.init)
+	log.G(ctx).WithField("container", c.id).WithField("guest_pid", resp.Pid).Info("container created")
+	return c, nil
+}
+
+// stdioConfig tells the agent which streams exist.
+func stdioConfig(s stdioPaths, h *hostIO) *agentapi.StdioConfig {
+	return &agentapi.StdioConfig{
+		Terminal: s.terminal,
+		Stdin:    h.stdin != nil,
+		Stdout:   h.stdout != nil,
+		Stderr:   h.stderr != nil && !s.terminal,
+	}
+}
+
+func (c *container) process(execID string) (*process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, fmt.Errorf("process %s: %w", execID, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+// exec registers an exec process in the guest; Start runs it.
+func (c *container) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ *process, retErr error) {
+	if err := c.init.CanExec(); err != nil {
+		return nil, err
+	}
+	if r.Spec == nil {
+		return nil, fmt.Errorf("exec %s without a process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
+	}
+	c.mu.Lock()
+	if _, ok := c.execs[r.ExecID]; ok {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("id %s: %w", r.ExecID, errdefs.ErrAlreadyExists)
+	}
+	// Reserve the ID while the guest is asked.
+	c.execs[r.ExecID] = nil
+	c.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			c.mu.Lock()
+			delete(c.execs, r.ExecID)
+			c.mu.Unlock()
+		}
+	}()
+	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
+	p := newProcess(c, r.ExecID, stdio)
+	p.pid = c.init.pid
+	p.spec = r.Spec.Value
+	var err error
+	if p.io, err = openIO(ctx, c.id, c.sb.namespace, stdio); err != nil {
+		return nil, err
+	}
+	_, err = c.sb.guest.Containers.ExecProcess(ctx, &agentapi.ExecProcessRequest{
+		ContainerId: c.id, ExecId: r.ExecID, Process: p.spec, Stdio: stdioConfig(stdio, p.io),
+	})
+	if err != nil {
+		p.io.close()
+		return nil, errdefs.FromGRPC(err)
+	}
+	c.mu.Lock()
+	c.execs[r.ExecID] = p
+	c.mu.Unlock()
+	return p, nil
+}
+
+// removeExec forgets a deleted exec process.
+func (c *container) removeExec(id string) {
+	c.mu.Lock()
+	delete(c.execs, id)
+	c.mu.Unlock()
+}
+
+// runningExecs lists the started exec processes that have not exited.
+func (c *container) runningExecs() []*process {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ps []*process
+	for _, p := range c.execs {
+		if p != nil && p.guestPid != 0 {
+			select {
+			case <-p.exited:
+			default:
+				ps = append(ps, p)
+			}
+		}
+	}
+	return ps
+}
+
+// destroy removes the container from the guest and its files from the
+// share. It is the init process's delete, and safe to repeat.
+func (c *container) destroy(ctx context.Context) error {
+	var errs []error
+	if c.sb.guestAlive() {
+		if _, err := c.sb.guest.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
+			if err := errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("delete %s in the guest: %w", c.id, err))
+			}
+		}
+	}
+	c.init.io.close()
+	c.mu.Lock()
+	for _, p := range c.execs {
+		if p != nil {
+			p.io.close()
+		}
+	}
+	c.mu.Unlock()
+	if err := unmountTree(c.hostDir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

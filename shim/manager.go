@@ -1,0 +1,176 @@
+// Package shim is podvm's containerd shim: the manager that answers
+// containerd's `start` and `delete`, and the task service that runs a
+// sandbox's containers in its VM.
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	"github.com/podvm/podvm/vmconfig"
+)
+
+// groupLabels name the sandbox a container belongs to: all containers of a
+// pod share one shim and one VM. The order matters.
+var groupLabels = []string{
+	"io.podvm.group",
+	annotationSandboxID,
+}
+
+type manager struct{ name string }
+
+// NewManager returns the shim manager of runtime name
+// (io.containerd.podvm.v2).
+func NewManager(name string) shim.Manager { return manager{name: name} }
+
+func (m manager) Name() string { return m.name }
+
+func namespaceOf(ctx context.Context) (string, error) {
+	return namespaces.NamespaceRequired(ctx)
+}
+
+type bundleSpec struct {
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+func readBundleAnnotations(dir string) (map[string]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s bundleSpec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("parse config.json: %w", err)
+	}
+	return s.Annotations, nil
+}
+
+// sandboxOf is the sandbox a container belongs to: its group, or itself.
+func sandboxOf(id string, annotations map[string]string) string {
+	for _, l := range groupLabels {
+		if g, ok := annotations[l]; ok && g != "" {
+			return g
+		}
+	}
+	return id
+}
+
+// Start is `containerd-shim-podvm-v2 start`: it prints the address of the
+// shim serving the container, starting one for a new sandbox or returning
+// the running one of the container's pod.
+func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
+	// containerd 2.3+ writes bootstrap parameters on stdin; podvm needs
+	// none of them, but a full pipe must not block containerd.
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin) }()
+
+	ns, err := namespaceOf(ctx)
+	if err != nil {
+		return "", err
+	}
+	annotations, err := readBundleAnnotations(".")
+	if err != nil {
+		return "", err
+	}
+	group := sandboxOf(id, annotations)
+	address, err := shim.SocketAddress(ctx, opts.Address, group)
+	if err != nil {
+		return "", err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return "", fmt.Errorf("create shim socket: %w", err)
+		}
+		if shim.CanConnect(address) {
+			// The pod's shim runs already: this container joins its VM.
+			if err := shim.WriteAddress("address", address); err != nil {
+				return "", err
+			}
+			return address, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return "", fmt.Errorf("remove stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return "", fmt.Errorf("create shim socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	if err := shim.WriteAddress("address", address); err != nil {
+		return "", err
+	}
+	f, err := socket.File()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	args := []string{"-namespace", ns, "-id", group, "-address", opts.Address}
+	if opts.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir, _ = os.Getwd()
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=4")
+	cmd.ExtraFiles = []*os.File{f}
+	// Its own session: the shim outlives this `start` process and must
+	// not get the terminal's signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("start shim: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	go func() { _ = cmd.Wait() }()
+	if err := shim.WritePidFile("shim.pid", cmd.Process.Pid); err != nil {
+		return "", err
+	}
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		log.G(ctx).WithError(err).Debug("adjust shim OOM score")
+	}
+	return address, nil
+}
+
+// Stop is `containerd-shim-podvm-v2 delete`, run by containerd in the
+// container's bundle after its shim died: it removes what the shim left.
+func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	cfg, err := vmconfig.Load()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	annotations, err := readBundleAnnotations(".")
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("read bundle spec; assuming the container is its own sandbox")
+	}
+	if err := cleanupAfterCrash(cfg, sandboxOf(id, annotations), id); err != nil {
+		log.G(ctx).WithError(err).Warn("clean up after the shim")
+	}
+	return shim.StopStatus{
+		ExitedAt:   time.Now(),
+		ExitStatus: 128 + int(unix.SIGKILL),
+	}, nil
+}

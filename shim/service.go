@@ -1,0 +1,380 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/protobuf"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/vmconfig"
+)
+
+// service is containerd's task API (v2) for one sandbox. Each call maps
+// onto a container and one of its processes; the processes' states decide
+// what is allowed.
+type service struct {
+	sb       *sandbox
+	events   *events
+	shutdown shutdown.Service
+}
+
+var (
+	_     taskAPI.TaskService = (*service)(nil)
+	empty                     = &ptypes.Empty{}
+)
+
+// NewTaskService is the shim's ttrpc task service for sandbox id.
+func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TaskService, error) {
+	cfg, err := vmconfig.Load()
+	if err != nil {
+		return nil, err
+	}
+	ns, _ := namespaceOf(ctx)
+	ev := newEvents(ctx, publisher)
+	s := &service{events: ev, shutdown: sd}
+	s.sb = newSandbox(ctx, id, ns, cfg, ev)
+	sd.RegisterCallback(func(ctx context.Context) error {
+		err := s.sb.stop(ctx)
+		ev.close()
+		return err
+	})
+	if address, err := shim.ReadAddress("address"); err == nil {
+		sd.RegisterCallback(func(context.Context) error { return shim.RemoveSocket(address) })
+	}
+	return s, nil
+}
+
+// RegisterTTRPC makes the service a containerd shim TTRPC plugin.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTaskService(server, s)
+	return nil
+}
+
+func (s *service) container(id string) (*container, error) {
+	c, ok := s.sb.get(id)
+	if !ok {
+		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "container %s not found", id)
+	}
+	return c, nil
+}
+
+func (s *service) process(id, execID string) (*container, *process, error) {
+	c, err := s.container(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	if err != nil {
+		return nil, nil, errdefs.ToGRPC(err)
+	}
+	return c, p, nil
+}
+
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"sandbox": s.sb.id, "container": r.ID}))
+	if _, ok := s.sb.get(r.ID); ok {
+		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
+	}
+	if err := s.sb.ensureVM(ctx); err != nil {
+		log.G(ctx).WithError(err).Error("boot VM")
+		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: boot the VM for %s: %w", r.ID, err))
+	}
+	c, err := s.sb.createContainer(ctx, r)
+	if err != nil {
+		log.G(ctx).WithError(err).Error("create container")
+		if s.sb.empty() {
+			// Nothing else needs the VM just booted for it.
+			_ = s.sb.stop(ctx)
+		}
+		return nil, errdefs.ToGRPC(err)
+	}
+	s.sb.add(c)
+	s.events.send(&eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Checkpoint:  r.Checkpoint,
+		Pid:         c.init.pid,
+	})
+	return &taskAPI.CreateTaskResponse{Pid: c.init.pid}, nil
+}
+
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	err = p.Start(ctx, func() {
+		if r.ExecID == "" {
+			s.events.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: p.pid})
+		} else {
+			s.events.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: p.pid})
+		}
+	})
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &taskAPI.StartResponse{Pid: p.pid}, nil
+}
+
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Delete(ctx); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	status, at := p.ExitStatus()
+	if r.ExecID != "" {
+		c.removeExec(r.ExecID)
+	} else {
+		if s.sb.remove(c.id) {
+			// The last container is gone: so is the reason for the VM.
+			if err := s.sb.stop(ctx); err != nil {
+				log.G(ctx).WithError(err).WithField("sandbox", s.sb.id).Error("stop VM")
+			}
+		}
+		s.events.send(&eventstypes.TaskDelete{
+			ContainerID: c.id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+		})
+	}
+	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.exec(ctx, r); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	s.events.send(&eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return empty, nil
+}
+
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
+	c, _, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.sb.guest.Containers.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: c.id, ExecId: r.ExecID, Width: r.Width, Height: r.Height})
+	if err != nil {
+		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+	}
+	return empty, nil
+}
+
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	st := task.Status_UNKNOWN
+	switch p.Status() {
+	case "created":
+		st = task.Status_CREATED
+	case "running":
+		st = task.Status_RUNNING
+	case "stopped", "deleted":
+		st = task.Status_STOPPED
+	case "paused":
+		st = task.Status_PAUSED
+	}
+	status, at := p.ExitStatus()
+	id := r.ExecID
+	if id == "" {
+		id = c.id
+	}
+	return &taskAPI.StateResponse{
+		ID: id, Bundle: c.bundle, Pid: p.pid, Status: st,
+		Stdin: p.stdio.stdin, Stdout: p.stdio.stdout, Stderr: p.stdio.stderr, Terminal: p.stdio.terminal,
+		ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	}, nil
+}
+
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.init.Pause(ctx); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	s.events.send(&eventstypes.TaskPaused{ContainerID: c.id})
+	return empty, nil
+}
+
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.init.Resume(ctx); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	s.events.send(&eventstypes.TaskResumed{ContainerID: c.id})
+	return empty, nil
+}
+
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Empty, error) {
+	_, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Kill(ctx, r.Signal, r.All); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return empty, nil
+}
+
+func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.sb.guest.Containers.Pids(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+	}
+	var out []*task.ProcessInfo
+	for _, pi := range resp.Processes {
+		info := &task.ProcessInfo{Pid: pi.Pid}
+		if pi.ExecId != "" {
+			a, err := protobuf.MarshalAnyToProto(&options.ProcessDetails{ExecID: pi.ExecId})
+			if err != nil {
+				return nil, err
+			}
+			info.Info = a
+		}
+		out = append(out, info)
+	}
+	return &taskAPI.PidsResponse{Processes: out}, nil
+}
+
+func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptypes.Empty, error) {
+	c, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Stdin {
+		p.io.closeStdin()
+		if _, err := s.sb.guest.Stdio.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: c.id, ExecId: r.ExecID}); err != nil {
+			return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+		}
+	}
+	return empty, nil
+}
+
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
+	return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "checkpoint is not supported by podvm")
+}
+
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*ptypes.Empty, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil {
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "update of %s without resources", r.ID)
+	}
+	v, err := typeurl.UnmarshalAny(r.Resources)
+	if err != nil {
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "resources of %s: %v", r.ID, err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.init.Update(ctx, b); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return empty, nil
+}
+
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.process(r.ID, r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Wait(ctx); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	status, at := p.ExitStatus()
+	return &taskAPI.WaitResponse{ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+}
+
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	c, err := s.container(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.sb.guest.Containers.Stats(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	if err != nil {
+		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+	}
+	a, err := typeurl.MarshalAny(cgroupMetrics(st))
+	if err != nil {
+		return nil, err
+	}
+	return &taskAPI.StatsResponse{Stats: protobuf.FromAny(a)}, nil
+}
+
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	var pid uint32
+	if c, ok := s.sb.get(r.ID); ok {
+		pid = c.init.pid
+	}
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: pid}, nil
+}
+
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	if !s.sb.empty() {
+		return empty, nil
+	}
+	// The shutdown callbacks stop the VM and publish what is queued.
+	s.shutdown.Shutdown()
+	return empty, nil
+}
+
+// cgroupMetrics is what runc's shim returns on cgroup v2 hosts: containerd
+// and CRI decode this type.
+func cgroupMetrics(s *agentapi.StatsResponse) *cgroupstats.Metrics {
+	return &cgroupstats.Metrics{
+		Pids: &cgroupstats.PidsStat{Current: s.PidsCurrent, Limit: s.PidsLimit},
+		CPU: &cgroupstats.CPUStat{
+			UsageUsec: s.CpuUsageUsec, UserUsec: s.CpuUserUsec, SystemUsec: s.CpuSystemUsec,
+			NrPeriods: s.CpuNrPeriods, NrThrottled: s.CpuNrThrottled, ThrottledUsec: s.CpuThrottledUsec,
+		},
+		Memory: &cgroupstats.MemoryStat{
+			Usage: s.MemoryUsage, UsageLimit: s.MemoryLimit, MaxUsage: s.MemoryMaxUsage,
+			SwapUsage: s.MemorySwapUsage, SwapLimit: s.MemorySwapLimit,
+			Anon: s.MemoryAnon, File: s.MemoryFile, KernelStack: s.MemoryKernelStack, Slab: s.MemorySlab,
+			Sock: s.MemorySock, Shmem: s.MemoryShmem, FileMapped: s.MemoryFileMapped, FileDirty: s.MemoryFileDirty,
+			FileWriteback: s.MemoryFileWriteback, Pgfault: s.MemoryPgfault, Pgmajfault: s.MemoryPgmajfault,
+			InactiveAnon: s.MemoryInactiveAnon, ActiveAnon: s.MemoryActiveAnon, InactiveFile: s.MemoryInactiveFile,
+			ActiveFile: s.MemoryActiveFile, Unevictable: s.MemoryUnevictable,
+		},
+		MemoryEvents: &cgroupstats.MemoryEvents{Oom: s.MemoryOom, OomKill: s.MemoryOomKill},
+		Io: &cgroupstats.IOStat{Usage: []*cgroupstats.IOEntry{{
+			Rbytes: s.IoReadBytes, Wbytes: s.IoWriteBytes, Rios: s.IoReadIos, Wios: s.IoWriteIos,
+		}}},
+	}
+}

@@ -1,0 +1,137 @@
+package shim
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Where the guest mounts the sandbox's shared directory.
+const (
+	shareTag       = "podvm"
+	guestShareRoot = "/run/podvm/shared"
+)
+
+// guestRootfs is the container's root filesystem as the guest sees it.
+func guestRootfs(id string) string { return path.Join(guestShareRoot, id, "rootfs") }
+
+// guestMount is the guest path of the i-th host bind mount of a container.
+func guestMount(id string, i int) string {
+	return path.Join(guestShareRoot, id, "mounts", fmt.Sprint(i))
+}
+
+// translation says how the host prepared a container, for guestSpec.
+type translation struct {
+	id string
+	// binds maps the index of a spec mount to its guest source, for the
+	// bind mounts the host exposed through the share.
+	binds map[int]string
+	// sandboxPid is the guest PID of the pod's first container, whose
+	// namespaces the pod's other containers join; 0 when there is none.
+	sandboxPid uint32
+}
+
+// guestSpec translates a container's OCI spec for the guest: paths point
+// into the shared directory, host-only settings (hooks, LSM labels, the
+// host's network namespace) go, and namespaces the pod shares point at
+// the pod's first container in the guest.
+func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
+	// A deep copy: the caller's spec stays as containerd wrote it.
+	b, err := json.Marshal(in)
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, err
+	}
+	if s.Process == nil {
+		return nil, fmt.Errorf("spec of %s has no process", t.id)
+	}
+	if s.Root == nil {
+		s.Root = &specs.Root{}
+	}
+	s.Root.Path = guestRootfs(t.id)
+	// OCI hooks name host binaries; they cannot run in the guest.
+	s.Hooks = nil
+	s.Process.ApparmorProfile = ""
+	s.Process.SelinuxLabel = ""
+
+	var mounts []specs.Mount
+	for i, m := range in.Mounts {
+		m := m
+		switch {
+		case isBind(m) && m.Destination == "/dev/shm":
+			// CRI's sandbox shm is a host tmpfs; a guest tmpfs is the
+			// same thing on the right side of the VM boundary.
+			m = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
+				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+		case isBind(m):
+			src, ok := t.binds[i]
+			if !ok {
+				return nil, fmt.Errorf("bind mount %s of %s was not prepared", m.Destination, t.id)
+			}
+			m.Source = src
+		}
+		mounts = append(mounts, m)
+	}
+	s.Mounts = mounts
+
+	if s.Linux != nil {
+		s.Linux.MountLabel = ""
+		s.Linux.CgroupsPath = ""
+		var nss []specs.LinuxNamespace
+		for _, ns := range s.Linux.Namespaces {
+			switch {
+			case ns.Type == specs.NetworkNamespace:
+				// The VM is the pod's network namespace: every container
+				// uses the guest's, which holds the pod's interfaces.
+				continue
+			case ns.Path == "":
+			case t.sandboxPid != 0 && slices.Contains([]specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace}, ns.Type):
+				ns.Path = fmt.Sprintf("/proc/%d/ns/%s", t.sandboxPid, nsFile(ns.Type))
+			default:
+				// A host namespace path means nothing in the guest; the
+				// container gets a namespace of its own there.
+				ns.Path = ""
+			}
+			nss = append(nss, ns)
+		}
+		s.Linux.Namespaces = nss
+	}
+	return &s, nil
+}
+
+func isBind(m specs.Mount) bool {
+	if m.Type == "bind" {
+		return true
+	}
+	return slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+func isReadonly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
+
+// nsFile is the /proc/PID/ns entry of a namespace type.
+func nsFile(t specs.LinuxNamespaceType) string {
+	switch t {
+	case specs.PIDNamespace:
+		return "pid"
+	case specs.IPCNamespace:
+		return "ipc"
+	case specs.UTSNamespace:
+		return "uts"
+	case specs.NetworkNamespace:
+		return "net"
+	case specs.MountNamespace:
+		return "mnt"
+	case specs.UserNamespace:
+		return "user"
+	case specs.CgroupNamespace:
+		return "cgroup"
+	}
+	return strings.ToLower(string(t))
+}

@@ -1,0 +1,282 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/fifo"
+	"github.com/containerd/log"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// stdioPaths is what containerd gives for a process's streams: FIFO paths,
+// or binary:// and file:// URIs for logging.
+type stdioPaths struct {
+	stdin, stdout, stderr string
+	terminal              bool
+}
+
+// hostIO is the host end of a process's streams: containerd's FIFOs (or a
+// log binary or file) on one side, the agent's Stdio service on the other.
+type hostIO struct {
+	stdin          io.ReadCloser
+	stdout, stderr io.WriteCloser
+	logger         *exec.Cmd // a binary:// logger
+
+	outputs   sync.WaitGroup
+	done      chan struct{} // closed when every output stream has ended
+	closeOnce sync.Once
+}
+
+// openIO opens what the paths name. The FIFOs' other ends belong to
+// containerd's client, which has opened them already.
+func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO, retErr error) {
+	h := &hostIO{done: make(chan struct{})}
+	defer func() {
+		if retErr != nil {
+			h.close()
+		}
+	}()
+	if s.stdin != "" {
+		f, err := fifo.OpenFifo(ctx, s.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin fifo %s: %w", s.stdin, err)
+		}
+		h.stdin = f
+	}
+	u, err := url.Parse(s.stdout)
+	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
+		switch u.Scheme {
+		case "binary":
+			if err := h.startLogger(ctx, u, id, namespace); err != nil {
+				return nil, err
+			}
+		case "file":
+			f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+			if err != nil {
+				return nil, fmt.Errorf("open log file %s: %w", u.Path, err)
+			}
+			// Both streams go to the one file, as with runc.
+			h.stdout, h.stderr = f, nopCloser{f}
+		default:
+			return nil, fmt.Errorf("unsupported stdio scheme %q in %s: use a FIFO path, binary:// or file://", u.Scheme, s.stdout)
+		}
+		return h, nil
+	}
+	open := func(path string) (io.WriteCloser, error) {
+		if path == "" {
+			return nil, nil
+		}
+		if u, err := url.Parse(path); err == nil && u.Scheme == "fifo" {
+			path = u.Path
+		}
+		f, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open fifo %s: %w", path, err)
+		}
+		return f, nil
+	}
+	if h.stdout, err = open(s.stdout); err != nil {
+		return nil, err
+	}
+	if !s.terminal {
+		if h.stderr, err = open(s.stderr); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// startLogger runs a binary:// logger the way containerd's runc shim does:
+// stdout and stderr on fds 3 and 4, a readiness pipe on fd 5.
+func (h *hostIO) startLogger(ctx context.Context, u *url.URL, id, namespace string) error {
+	var args []string
+	for k, vs := range u.Query() {
+		args = append(args, k)
+		if len(vs) > 0 {
+			args = append(args, vs[0])
+		}
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		return err
+	}
+	cmd := exec.Command(u.Path, args...)
+	cmd.Env = append(os.Environ(), "CONTAINER_ID="+id, "CONTAINER_NAMESPACE="+namespace)
+	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
+	err = cmd.Start()
+	outR.Close()
+	errR.Close()
+	readyW.Close()
+	if err != nil {
+		outW.Close()
+		errW.Close()
+		readyR.Close()
+		return fmt.Errorf("start logging binary %s: %w", u.Path, err)
+	}
+	h.logger, h.stdout, h.stderr = cmd, outW, errW
+	b := make([]byte, 1)
+	_, err = readyR.Read(b)
+	readyR.Close()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("logging binary %s did not get ready: %w", u.Path, err)
+	}
+	return nil
+}
+
+// copyOutput moves the process's stdout and stderr from the guest, and its
+// stdin to the guest, until each stream ends.
+func (h *hostIO) copyOutput(ctx context.Context, agent agentapi.StdioService, id, execID string) {
+	pump := func(stream agentapi.ReadOutputRequest_Stream, w io.WriteCloser) {
+		defer h.outputs.Done()
+		// One chunk is fetched while the previous one is written: the
+		// guest round trip and the FIFO write overlap.
+		chunks := make(chan []byte, 1)
+		go func() {
+			defer close(chunks)
+			req := &agentapi.ReadOutputRequest{ContainerId: id, ExecId: execID, Stream: stream}
+			for {
+				r, err := agent.ReadOutput(ctx, req)
+				if err != nil {
+					log.G(ctx).WithError(err).WithField("container", id).Debugf("%v copy ended", stream)
+					return
+				}
+				if len(r.Data) > 0 {
+					chunks <- r.Data
+				}
+				if r.Eof {
+					return
+				}
+			}
+		}()
+		for data := range chunks {
+			if _, err := w.Write(data); err != nil {
+				log.G(ctx).WithError(err).WithField("container", id).Warnf("write %v", stream)
+				// Keep draining: a process blocked on a full pipe must
+				// still be able to exit.
+				w = nopCloser{io.Discard}
+			}
+		}
+		w.Close()
+	}
+	if h.stdout != nil {
+		h.outputs.Add(1)
+		go pump(agentapi.ReadOutputRequest_STDOUT, h.stdout)
+	}
+	if h.stderr != nil {
+		h.outputs.Add(1)
+		go pump(agentapi.ReadOutputRequest_STDERR, h.stderr)
+	}
+	go func() {
+		h.outputs.Wait()
+		close(h.done)
+	}()
+	if h.stdin != nil {
+		go h.copyInput(ctx, agent, id, execID)
+	}
+}
+
+// stdinChunk bounds one WriteStdin call.
+const stdinChunk = 128 << 10
+
+func (h *hostIO) copyInput(ctx context.Context, agent agentapi.StdioService, id, execID string) {
+	buf := make([]byte, stdinChunk)
+	for {
+		n, err := h.stdin.Read(buf)
+		if n > 0 {
+			if _, werr := agent.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: id, ExecId: execID, Data: buf[:n]}); werr != nil {
+				log.G(ctx).WithError(werr).WithField("container", id).Debug("stdin copy ended")
+				return
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	// The client closed its end: the process sees EOF, as under runc.
+	_, _ = agent.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: id, ExecId: execID})
+}
+
+// waitOutput waits until the process's output has been copied out, but no
+// longer than max: a background child that keeps stdout open must not hold
+// up the exit event forever.
+func (h *hostIO) waitOutput(max time.Duration) bool {
+	if h == nil {
+		return true
+	}
+	select {
+	case <-h.done:
+		return true
+	case <-time.After(max):
+		return false
+	}
+}
+
+// closeStdin stops feeding stdin (CloseIO).
+func (h *hostIO) closeStdin() {
+	if h != nil && h.stdin != nil {
+		h.stdin.Close()
+	}
+}
+
+func (h *hostIO) close() {
+	if h == nil {
+		return
+	}
+	h.closeOnce.Do(func() {
+		if h.stdin != nil {
+			h.stdin.Close()
+		}
+		for _, w := range []io.WriteCloser{h.stdout, h.stderr} {
+			if w != nil {
+				w.Close()
+			}
+		}
+		if h.logger != nil {
+			stopLogger(h.logger)
+		}
+	})
+}
+
+// stopLogger lets a binary logger flush after its pipes closed, then ends
+// it.
+func stopLogger(cmd *exec.Cmd) {
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
