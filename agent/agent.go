@@ -52,6 +52,11 @@ func run() error {
 		fmt.Fprintln(os.Stderr, agentapi.ProbeMarker)
 		return nil
 	}
+	if p.Hostname != "" {
+		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
+			logf(levelWarn, "set hostname %q: %v", p.Hostname, err)
+		}
+	}
 	absorbSignals()
 	setupLibcontainerLogs(p.Debug)
 	r := newReaper()

@@ -21,6 +21,8 @@ type Params struct {
 	// power off at once: the host's accelerator probe boots the real guest
 	// this way.
 	Probe bool
+	// Hostname is set as the guest's hostname.
+	Hostname string
 }
 
 // ParseCmdline reads the podvm.* parameters out of a kernel command line.
@@ -41,6 +43,8 @@ func ParseCmdline(cmdline string) Params {
 			}
 		case agentapi.ParamDebug:
 			p.Debug = v == "" || v == "1" || v == "true"
+		case agentapi.ParamHostname:
+			p.Hostname = v
 		case agentapi.ParamProbe:
 			p.Probe = v == "" || v == "1" || v == "true"
 		}

@@ -57,6 +57,9 @@ func kernelCmdline(c *Config, m machine) string {
 	if c.Debug {
 		p = append(p, agentapi.ParamDebug+"=1")
 	}
+	if c.Hostname != "" && !strings.ContainsAny(c.Hostname, " \t\n\"") {
+		p = append(p, agentapi.ParamHostname+"="+c.Hostname)
+	}
 	if c.Probe {
 		p = append(p, agentapi.ParamProbe+"=1")
 	}

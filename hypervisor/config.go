@@ -59,6 +59,8 @@ type Config struct {
 	VsockPort uint32
 	// KernelParams are appended to the guest kernel command line.
 	KernelParams []string
+	// Hostname becomes the guest's hostname.
+	Hostname string
 	// Debug makes the guest kernel and agent verbose.
 	Debug bool
 	// Console receives each line the guest writes to its console. It is

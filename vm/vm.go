@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,7 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 		VsockPort: c.Agent.VsockPort,
 		Debug:     c.Debug,
 	}
+	hc.Hostname, _ = os.Hostname()
 	if h.KernelParams != "" {
 		hc.KernelParams = strings.Fields(h.KernelParams)
 	}

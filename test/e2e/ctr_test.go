@@ -66,6 +66,20 @@ func (s *suite) run(rt string, flags []string, args ...string) result {
 	return s.ctr(nil, append(a, args...)...)
 }
 
+// sameStdin is same with input.
+func (s *suite) sameStdin(t *testing.T, stdin []byte, args ...string) result {
+	t.Helper()
+	var rs []result
+	for _, rt := range runtimes {
+		a := append([]string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, s.id(rt)}, args...)
+		rs = append(rs, s.ctr(stdin, a...))
+	}
+	if rs[0] != rs[1] {
+		t.Errorf("runc and podvm differ for %v:\nrunc:  %+v\npodvm: %+v", args, rs[0], rs[1])
+	}
+	return rs[1]
+}
+
 // same runs a case under both runtimes and requires equal results.
 func (s *suite) same(t *testing.T, flags []string, args ...string) result {
 	t.Helper()
@@ -97,9 +111,6 @@ func TestCtr(t *testing.T) {
 		if r := s.same(t, nil, "true"); r.code != 0 {
 			t.Errorf("true: %+v", r)
 		}
-		if r := s.same(t, nil, "sh", "-c", "kill -9 $$"); r.code != 137 {
-			t.Errorf("killed by SIGKILL: %+v", r)
-		}
 	})
 	t.Run("identity and environment", func(t *testing.T) {
 		s.same(t, nil, "id")
@@ -110,17 +121,20 @@ func TestCtr(t *testing.T) {
 		s.same(t, nil, "hostname")
 	})
 	t.Run("stdin", func(t *testing.T) {
-		for _, rt := range runtimes {
-			r := s.ctr([]byte("hello\nworld\n"), "run", "--runtime", rt, "--rm", "-i", harness.BusyboxImage, s.id(rt), "sh", "-c", "cat; echo done")
-			if r.stdout != "hello\nworld\ndone\n" || r.code != 0 {
-				t.Errorf("%s: %+v", short(rt), r)
-			}
+		s.sameStdin(t, []byte("hello\nworld\n"), "sh", "-c", "read a; read b; echo $b $a")
+		// EOF on stdin reaches the process (ctr closes its stdin when its
+		// own ends). Under runc, ctr 1.6 races and hangs here now and
+		// then, so only podvm is held to it.
+		r := s.ctr([]byte("hello\nworld\n"), "run", "--runtime", podvm, "--rm", harness.BusyboxImage, s.id(podvm), "sh", "-c", "cat; echo done")
+		if r.stdout != "hello\nworld\ndone\n" || r.code != 0 {
+			t.Errorf("podvm: stdin to EOF: %+v", r)
 		}
 	})
 	t.Run("tty and resize", func(t *testing.T) {
 		for _, rt := range runtimes {
-			// script gives ctr a terminal; ctr passes its size on.
-			cmd := fmt.Sprintf("stty rows 37 cols 101; ctr --address %s run --runtime %s --rm -t %s %s stty size", ctd.Address, rt, harness.BusyboxImage, s.id(rt))
+			// script gives ctr a terminal; ctr passes its size on, just
+			// after the start (hence the sleep).
+			cmd := fmt.Sprintf("stty rows 37 cols 101; ctr --address %s run --runtime %s --rm -t %s %s sh -c 'sleep 1; stty size'", ctd.Address, rt, harness.BusyboxImage, s.id(rt))
 			out, err := exec.Command("script", "-qec", cmd, "/dev/null").CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "37 101") {
 				t.Errorf("%s: %v: %q", short(rt), err, out)
@@ -141,17 +155,20 @@ func TestCtr(t *testing.T) {
 		}
 	})
 	t.Run("memory limit in the guest cgroup", func(t *testing.T) {
-		r := s.run(podvm, []string{"--memory-limit", "67108864"}, "cat", "/sys/fs/cgroup/memory.max")
+		// ctr's spec mounts no cgroup filesystem; ask for one. Without a
+		// cgroup namespace it is the whole hierarchy, as under runc.
+		r := s.run(podvm, []string{"--memory-limit", "67108864", "--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro"},
+			"sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max")
 		if strings.TrimSpace(r.stdout) != "67108864" {
 			t.Errorf("memory.max = %+v", r)
 		}
 	})
 	t.Run("100 MB through stdout", func(t *testing.T) {
 		const size = 100 << 20
-		want := sha256.Sum256([]byte(strings.Repeat("0123456789abcdef", size/16)))
+		want := sha256.Sum256(make([]byte, size))
 		for _, rt := range runtimes {
 			start := time.Now()
-			r := s.run(rt, nil, "sh", "-c", fmt.Sprintf("yes 0123456789abcde | head -c %d", size))
+			r := s.run(rt, nil, "sh", "-c", "dd if=/dev/zero bs=1M count=100 2>/dev/null")
 			if got := sha256.Sum256([]byte(r.stdout)); got != want || r.code != 0 {
 				t.Errorf("%s: %d bytes, checksum differs or exit %d", short(rt), len(r.stdout), r.code)
 			}
@@ -181,9 +198,13 @@ func testDetached(t *testing.T, s *suite, rt string) {
 	if r.code == 0 || !strings.Contains(r.stderr, "no such file or directory") {
 		t.Errorf("%s: exec of a missing binary: %+v", short(rt), r)
 	}
-	cmd := fmt.Sprintf("stty rows 20 cols 60; ctr --address %s task exec -t --exec-id e3 %s stty size", s.ctd.Address, id)
+	cmd := fmt.Sprintf("stty rows 20 cols 60; ctr --address %s task exec -t --exec-id e3 %s sh -c 'sleep 1; stty size'", s.ctd.Address, id)
 	if out, err := exec.Command("script", "-qec", cmd, "/dev/null").CombinedOutput(); err != nil || !strings.Contains(string(out), "20 60") {
 		t.Errorf("%s: exec -t: %v: %q", short(rt), err, out)
+	}
+
+	if r := s.ctr(nil, "task", "exec", "--exec-id", "e5", id, "sh", "-c", "kill -9 $$"); r.code != 137 {
+		t.Errorf("%s: exec killed by SIGKILL: %+v", short(rt), r)
 	}
 
 	// An exec process killed by the host: 143 for SIGTERM.
@@ -214,10 +235,21 @@ func testDetached(t *testing.T, s *suite, rt string) {
 	if r := s.ctr(nil, "task", "ls"); !strings.Contains(r.stdout, "RUNNING") {
 		t.Errorf("%s: not running after resume: %+v", short(rt), r)
 	}
-	if r := s.ctr(nil, "task", "kill", "-s", "TERM", "--all", id); r.code != 0 {
+	// A signal the container's PID 1 ignores changes nothing.
+	if r := s.ctr(nil, "task", "kill", "-s", "TERM", id); r.code != 0 {
+		t.Errorf("%s: kill TERM: %+v", short(rt), r)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if r := s.ctr(nil, "task", "ls"); !strings.Contains(r.stdout, "RUNNING") {
+		t.Errorf("%s: TERM to a PID 1 without a handler stopped it: %+v", short(rt), r)
+	}
+	if r := s.ctr(nil, "task", "kill", "-s", "KILL", "--all", id); r.code != 0 {
 		t.Errorf("%s: kill --all: %+v", short(rt), r)
 	}
 	waitFor(t, func() bool { return strings.Contains(s.ctr(nil, "task", "ls").stdout, "STOPPED") })
+	if r := s.ctr(nil, "task", "ls"); !strings.Contains(r.stdout, "137") {
+		// ctr task ls shows no status; the exit code comes from delete.
+	}
 	if r := s.ctr(nil, "task", "delete", id); r.code != 0 {
 		t.Errorf("%s: delete: %+v", short(rt), r)
 	}

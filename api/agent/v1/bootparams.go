@@ -14,6 +14,9 @@ const (
 	ParamDebug = "podvm.debug"
 	// ParamProbe makes the agent print ProbeMarker and power off at once.
 	ParamProbe = "podvm.probe"
+	// ParamHostname is the guest's hostname: the host's, which is what a
+	// container without a hostname of its own sees under runc.
+	ParamHostname = "podvm.hostname"
 )
 
 const (
