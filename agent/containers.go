@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
 	"google.golang.org/grpc/codes"
@@ -105,6 +106,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 		}
 	}()
 
+	t0 := time.Now()
 	for _, st := range req.Storages {
 		if err := s.storages.mount(st); err != nil {
 			return nil, status.Errorf(codes.Internal, "%v", err)
@@ -126,6 +128,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "container %s stdio: %v", id, err)
 	}
+	t1 := time.Now()
 	lc, err := libcontainer.Create(stateRoot, id, cfg)
 	if err != nil {
 		pio.close()
@@ -144,6 +147,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 		return nil, status.Errorf(codes.Internal, "start container %s: %v", id, err)
 	}
 	p.pid = pid
+	t2 := time.Now()
 	go p.wait(s.reaper)
 	if err := pio.started(); err != nil {
 		_ = lc.Signal(syscall.SIGKILL)
@@ -157,7 +161,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	s.mu.Lock()
 	s.containers[id] = c
 	s.mu.Unlock()
-	logf(levelDebug, "created container %s, init pid %d", id, pid)
+	logf(levelDebug, "created container %s, init pid %d (storage+config %v, create+start %v, stdio %v)", id, pid, t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 	return &agentapi.CreateContainerResponse{Pid: uint32(pid)}, nil
 }
 

@@ -92,7 +92,7 @@ type logWriter struct{}
 
 func (logWriter) Write(b []byte) (int, error) {
 	select {
-	case logLines <- "podvm-agent: libcontainer: " + string(b):
+	case logLines <- fmt.Sprintf("podvm-agent: libcontainer: +%dms %s", time.Since(logStart).Milliseconds(), b):
 	default:
 		logDropped.Add(1)
 	}

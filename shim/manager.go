@@ -166,8 +166,14 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read bundle spec; assuming the container is its own sandbox")
 	}
-	if err := cleanupAfterCrash(cfg, sandboxOf(id, annotations), id); err != nil {
+	group := sandboxOf(id, annotations)
+	if err := cleanupAfterCrash(cfg, group, id); err != nil {
 		log.G(ctx).WithError(err).Warn("clean up after the shim")
+	}
+	// A killed shim leaves its socket; a pod's other containers may still
+	// use a live one, so only a dead socket goes.
+	if address, err := shim.ReadAddress("address"); err == nil && !shim.CanConnect(address) {
+		_ = shim.RemoveSocket(address)
 	}
 	return shim.StopStatus{
 		ExitedAt:   time.Now(),

@@ -42,6 +42,7 @@ func readAll(ctx context.Context, t *testing.T, g *Guest, id, exec string, strea
 // container over 9p, its output and exit code, an exec, a missing binary.
 func TestGuestContainer(t *testing.T) {
 	cfg := harness.VMConfig(t)
+	cfg.Debug = os.Getenv("PODVM_TEST_DEBUG") != ""
 	harness.WatchLeaks(t)
 	share := t.TempDir()
 	rootfs := filepath.Join(share, "c1", "rootfs")
@@ -50,7 +51,12 @@ func TestGuestContainer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-container", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-container", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}},
+		Console: func(l string) {
+			if cfg.Debug {
+				t.Log(l)
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +68,7 @@ func TestGuestContainer(t *testing.T) {
 	spec.Process.Terminal = false
 	spec.Process.Args = []string{"sh", "-c", "echo hello from $(uname -r); echo oops >&2; read line; echo got $line; exit 3"}
 	b, _ := json.Marshal(spec)
+	start := time.Now()
 	created, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
 		ContainerId: "c1", Spec: b, Storages: []*agentapi.Storage{shareStorage},
 		Stdio: &agentapi.StdioConfig{Stdin: true, Stdout: true, Stderr: true},
@@ -72,9 +79,11 @@ func TestGuestContainer(t *testing.T) {
 	if created.Pid == 0 {
 		t.Error("no pid")
 	}
+	t.Logf("created at %v", time.Since(start))
 	if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("started at %v", time.Since(start))
 	if _, err := g.Stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: "c1", Data: []byte("line\n")}); err != nil {
 		t.Fatal(err)
 	}
