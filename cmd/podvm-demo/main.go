@@ -1,12 +1,15 @@
-// Command podvm-demo shows the furthest podvm gets on this machine: it boots
-// a VM, asks its agent who it is, and stops it again.
+// Command podvm-demo shows the furthest podvm gets on this machine: first a
+// VM whose agent answers, then containers run through a private containerd
+// with `ctr run --runtime io.containerd.podvm.v2`, beside runc.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
 )
@@ -68,5 +72,47 @@ func run(kernel, initramfs string, debug bool) error {
 		return err
 	}
 	fmt.Printf("shutdown:      %v, QEMU exited cleanly\n", time.Since(start).Round(time.Millisecond))
+
+	fmt.Println()
+	fmt.Println("== 2. containers through a private containerd: ctr run --runtime io.containerd.podvm.v2")
+	return containers(ctx, cfg)
+}
+
+// containers runs the same commands under runc and podvm through a private
+// containerd (in a network namespace of its own) and shows the difference.
+func containers(ctx context.Context, cfg *vmconfig.Config) error {
+	if cfg.Hypervisor.Kernel != "" {
+		os.Setenv("PODVM_KERNEL", cfg.Hypervisor.Kernel)
+		os.Setenv("PODVM_INITRAMFS", cfg.Hypervisor.Initramfs)
+	}
+	ctd, err := harness.NewContainerd("")
+	if ctd != nil {
+		defer func() {
+			for _, leak := range ctd.Stop() {
+				fmt.Println("leak:", leak)
+			}
+			ctd.Remove()
+		}()
+	}
+	if err != nil {
+		return err
+	}
+	if err := ctd.Import(); err != nil {
+		return err
+	}
+	fmt.Printf("containerd:    private, socket %s, network namespace %s\n", ctd.Address, ctd.NetNS)
+	cmd := []string{"sh", "-c", "echo hello from $(uname -r) on $(hostname); id; exit 3"}
+	for i, rt := range []string{"io.containerd.runc.v2", "io.containerd.podvm.v2"} {
+		start := time.Now()
+		out, errOut, err := ctd.Ctr(ctx, append([]string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("demo-%d", i)}, cmd...)...)
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			return fmt.Errorf("ctr run under %s: %v: %s", rt, err, errOut)
+		}
+		fmt.Printf("\n$ ctr run --runtime %s --rm %s demo-%d sh -c '...'\n%s%s(exit %d, %v)\n", rt, harness.BusyboxImage, i, out, errOut, code, time.Since(start).Round(time.Millisecond))
+	}
 	return nil
 }

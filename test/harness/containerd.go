@@ -26,16 +26,24 @@ type Containerd struct {
 	done chan struct{}
 }
 
-// ShimBinary is the shim under test: $PODVM_SHIM, else bin/ of the tree.
+// ShimBinary is the shim under test: $PODVM_SHIM, else the one beside the
+// running program (bin/ for the demo), else bin/ of the tree.
 func ShimBinary() string {
 	if p := os.Getenv("PODVM_SHIM"); p != "" {
 		return p
 	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "containerd-shim-podvm-v2")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
 	return filepath.Join(RepoRoot(), "bin", "containerd-shim-podvm-v2")
 }
 
-// StartContainerd starts a private containerd and registers its teardown.
-// extraConfig is appended to its config.toml.
+// StartContainerd starts a private containerd and registers its teardown,
+// which fails the test if anything was left mounted. extraConfig is
+// appended to its config.toml.
 func StartContainerd(t testing.TB, extraConfig string) *Containerd {
 	t.Helper()
 	NeedRoot(t)
@@ -43,31 +51,48 @@ func StartContainerd(t testing.TB, extraConfig string) *Containerd {
 		_, err := exec.LookPath(bin)
 		Need(t, err == nil, bin+" is missing (make deps)")
 	}
-	shimBin := ShimBinary()
-	_, err := os.Stat(shimBin)
-	Need(t, err == nil, shimBin+" is missing (make build)")
-	kernel, initramfs := Assets()
-
-	dir, err := os.MkdirTemp("", "podvm-ctd-")
+	_, err := os.Stat(ShimBinary())
+	Need(t, err == nil, ShimBinary()+" is missing (make build)")
+	c, err := NewContainerd(extraConfig)
+	if c != nil {
+		t.Cleanup(func() {
+			for _, leak := range c.Stop() {
+				t.Errorf("leak: %s", leak)
+			}
+			if t.Failed() {
+				t.Logf("containerd log:\n%s", tailLines(c.Log(), 80))
+			}
+			c.Remove()
+		})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), NetNS: "podvm-test-" + filepath.Base(dir)[len("podvm-ctd-"):], done: make(chan struct{})}
-	t.Cleanup(func() { c.stop(t) })
+	return c
+}
 
+// NewContainerd starts a private containerd. On error, a non-nil result
+// still needs Stop and Remove.
+func NewContainerd(extraConfig string) (*Containerd, error) {
+	kernel, initramfs := Assets()
+	dir, err := os.MkdirTemp("", "podvm-ctd-")
+	if err != nil {
+		return nil, err
+	}
+	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), NetNS: "podvm-test-" + filepath.Base(dir)[len("podvm-ctd-"):], done: make(chan struct{})}
 	binDir := filepath.Join(dir, "bin")
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	// containerd finds io.containerd.podvm.v2 as containerd-shim-podvm-v2
 	// in its PATH (and caches the path for its lifetime).
-	if err := os.Symlink(shimBin, filepath.Join(binDir, "containerd-shim-podvm-v2")); err != nil {
-		t.Fatal(err)
+	if err := os.Symlink(ShimBinary(), filepath.Join(binDir, "containerd-shim-podvm-v2")); err != nil {
+		return c, err
 	}
 	podvmConfig := filepath.Join(dir, "podvm.toml")
 	cfg := fmt.Sprintf("state_dir = %q\n[hypervisor]\nkernel = %q\ninitramfs = %q\n", filepath.Join(dir, "podvm"), kernel, initramfs)
 	if err := os.WriteFile(podvmConfig, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	config := fmt.Sprintf(`version = 2
 root = %q
@@ -84,17 +109,17 @@ state = %q
 		config = strings.Replace(config, "\n\n[grpc]", "\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]", 1)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	if out, err := exec.Command("ip", "netns", "add", c.NetNS).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
+		return c, fmt.Errorf("ip netns add: %v: %s", err, out)
 	}
 	if out, err := exec.Command("ip", "-n", c.NetNS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up: %v: %s", err, out)
+		return c, fmt.Errorf("lo up: %v: %s", err, out)
 	}
 	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
 	if err != nil {
-		t.Fatal(err)
+		return c, err
 	}
 	defer logf.Close()
 	// nsenter, not `ip netns exec`: the latter remounts /sys and runc then
@@ -105,23 +130,23 @@ state = %q
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
+		c.cmd = nil
+		return c, err
 	}
 	go func() { _ = c.cmd.Wait(); close(c.done) }()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if _, _, err := c.Ctr(context.Background(), "version"); err == nil {
-			break
+			return c, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("containerd did not come up; log:\n%s", c.Log())
+			return c, fmt.Errorf("containerd did not come up; log:\n%s", c.Log())
 		}
 		select {
 		case <-c.done:
-			t.Fatalf("containerd exited; log:\n%s", c.Log())
+			return c, fmt.Errorf("containerd exited; log:\n%s", c.Log())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return c
 }
 
 // Log is containerd's log so far, shims' included.
@@ -151,22 +176,30 @@ func (c *Containerd) CtrStdin(ctx context.Context, stdin []byte, args ...string)
 // ImportBusybox imports the local busybox image.
 func (c *Containerd) ImportBusybox(t testing.TB) {
 	t.Helper()
-	tarball := filepath.Join(c.Dir, "busybox.tar")
-	if err := WriteBusyboxImage(tarball, BusyboxImage); err != nil {
+	if err := c.Import(); err != nil {
 		t.Fatal(err)
-	}
-	if _, errOut, err := c.Ctr(context.Background(), "image", "import", tarball); err != nil {
-		t.Fatalf("ctr image import: %v: %s", err, errOut)
 	}
 }
 
-// stop ends containerd and every shim and VM it left, then removes the
-// namespace and the directory.
-func (c *Containerd) stop(t testing.TB) {
+// Import imports the local busybox image.
+func (c *Containerd) Import() error {
+	tarball := filepath.Join(c.Dir, "busybox.tar")
+	if err := WriteBusyboxImage(tarball, BusyboxImage); err != nil {
+		return err
+	}
+	if _, errOut, err := c.Ctr(context.Background(), "image", "import", tarball); err != nil {
+		return fmt.Errorf("ctr image import: %v: %s", err, errOut)
+	}
+	return nil
+}
+
+// Stop ends containerd after deleting its tasks (so shims tear their VMs
+// down properly) and removes the network namespace. It returns what was
+// left mounted below the directory, which it then unmounts.
+func (c *Containerd) Stop() (leaks []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if c.cmd != nil && c.cmd.Process != nil {
-		// Tasks first, so that shims tear their VMs down properly.
 		if out, _, err := c.Ctr(ctx, "task", "ls", "-q"); err == nil {
 			for _, id := range strings.Fields(out) {
 				c.Ctr(ctx, "task", "kill", "-s", "KILL", id)
@@ -187,19 +220,15 @@ func (c *Containerd) stop(t testing.TB) {
 		}
 	}
 	_ = exec.Command("ip", "netns", "del", c.NetNS).Run()
-	if t.Failed() {
-		t.Logf("containerd log:\n%s", tailLines(c.Log(), 80))
-	}
-	// A task deleted properly leaves no mount behind; anything still
-	// mounted below the directory is a leak (then cleaned up).
 	for _, m := range MountsUnder(c.Dir) {
-		t.Errorf("leak: mount left at %s", m)
+		leaks = append(leaks, "mount left at "+m)
 	}
 	UnmountUnder(c.Dir)
-	if err := os.RemoveAll(c.Dir); err != nil {
-		t.Errorf("remove %s: %v", c.Dir, err)
-	}
+	return leaks
 }
+
+// Remove deletes the directory (after Stop).
+func (c *Containerd) Remove() error { return os.RemoveAll(c.Dir) }
 
 func tailLines(s string, n int) string {
 	lines := strings.Split(s, "\n")
