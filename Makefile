@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 export PATH := $(TOOLS):$(PATH)
 
 .PHONY: all deps build guest generate verify-generate install uninstall test unit bench demo check clean \
-	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo bin/podvm-bench $(GUEST)/initramfs.cpio
+	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo $(GUEST)/initramfs.cpio
 
 all: build guest
 
@@ -54,9 +54,6 @@ bin/podvm-agent:
 
 bin/podvm-demo:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/podvm-demo
-
-bin/podvm-bench:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./test/bench/podvm-bench
 
 ## guest: the guest kernel (cached by its config) and the initramfs
 guest: $(GUEST)/vmlinux $(GUEST)/initramfs.cpio
@@ -105,9 +102,11 @@ test: build guest verify-generate
 unit:
 	$(GO) test -count=1 -short ./...
 
-## bench: boot time and memory of the guest, median and spread
-bench: build guest bin/podvm-bench
-	bin/podvm-bench -kernel $(GUEST)/vmlinux -initramfs $(GUEST)/initramfs.cpio
+## bench: boot time, memory, and ctr run/exec/stdout beside runc (medians and
+## spreads; PODVM_BENCH_N sets the samples)
+bench: build guest
+	PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench
 
 ## demo: the furthest podvm gets on this machine
 demo: build guest bin/podvm-demo

@@ -1,0 +1,86 @@
+// Package bench holds podvm's benchmarks, run by `make bench`: each prints
+// medians and spreads, and runc's figures beside podvm's where runc does
+// the same thing.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/podvm/podvm/test/harness"
+	"github.com/podvm/podvm/vm"
+)
+
+// samples is how many times each timed step runs ($PODVM_BENCH_N).
+func samples(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("PODVM_BENCH_N")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// BenchmarkBoot times QEMU's exec to the agent's first answer.
+func BenchmarkBoot(b *testing.B) {
+	cfg := harness.VMConfig(b)
+	ctx := context.Background()
+	for _, machine := range []string{"microvm", "q35"} {
+		c := *cfg
+		c.Hypervisor.Machine = machine
+		n := samples(20)
+		var host, guest []time.Duration
+		var accel string
+		for i := 0; i < n; i++ {
+			g, err := vm.Boot(ctx, &c, vm.Options{ID: fmt.Sprintf("podvm-bench-%d", i), Console: func(string) {}})
+			if err != nil {
+				b.Fatalf("boot %d: %v", i, err)
+			}
+			accel = string(g.Accel.Accel)
+			host = append(host, g.BootTime)
+			guest = append(guest, g.AgentReady)
+			if err := g.Shutdown(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		fmt.Printf("boot to agent ready, %s, %s, %d vCPU, %d MiB, %d boots:\n", machine, accel, c.Hypervisor.VCPUs, c.Hypervisor.MemoryMiB, n)
+		fmt.Printf("  QEMU exec -> first agent answer:      %s\n", harness.Summary(host))
+		fmt.Printf("  guest kernel start -> agent serving:  %s\n", harness.Summary(guest))
+	}
+}
+
+// BenchmarkIdleMemory reads QEMU's memory after the guest settled, for
+// several guest sizes and TCG translation cache caps.
+func BenchmarkIdleMemory(b *testing.B) {
+	base := harness.VMConfig(b)
+	ctx := context.Background()
+	settings := []struct {
+		name            string
+		memory, tbCache int
+	}{
+		{"QEMU's default TCG cache, 512 MiB guest", 512, 0},
+		{"TCG cache 32 MiB (default), 512 MiB guest", 512, 32},
+		{"TCG cache 16 MiB, 512 MiB guest", 512, 16},
+		{"TCG cache 32 MiB, 256 MiB guest", 256, 32},
+		{"TCG cache 32 MiB, 2048 MiB guest", 2048, 32},
+	}
+	fmt.Println("host memory of an idle VM (QEMU's smaps_rollup 3 s after the agent answered):")
+	fmt.Printf("  %-45s %8s %8s %8s\n", "setting", "RSS MiB", "PSS MiB", "anon MiB")
+	for _, s := range settings {
+		c := *base
+		c.Hypervisor.MemoryMiB, c.Hypervisor.TCGCacheMiB = s.memory, s.tbCache
+		g, err := vm.Boot(ctx, &c, vm.Options{ID: "podvm-bench-mem", Console: func(string) {}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		m, err := harness.ReadMemory(g.VM.PID())
+		g.Shutdown(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		fmt.Printf("  %-45s %8.1f %8.1f %8.1f\n", s.name, m.RSS, m.PSS, m.Anon)
+	}
+}

@@ -1,0 +1,75 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+var runtimes = []string{"io.containerd.runc.v2", "io.containerd.podvm.v2"}
+
+func short(rt string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(rt, "io.containerd."), ".v2")
+}
+
+// BenchmarkCtr measures what a `ctr` user sees, runc and podvm side by side
+// in one private containerd: run to exit, exec latency, stdout throughput.
+func BenchmarkCtr(b *testing.B) {
+	harness.VMConfig(b)
+	ctd := harness.StartContainerd(b, "")
+	ctd.ImportBusybox(b)
+	ctx := context.Background()
+	ctr := func(args ...string) {
+		if _, errOut, err := ctd.Ctr(ctx, args...); err != nil {
+			b.Fatalf("ctr %v: %v: %s", args, err, errOut)
+		}
+	}
+	timed := func(n int, f func(i int)) []time.Duration {
+		var d []time.Duration
+		for i := 0; i < n; i++ {
+			start := time.Now()
+			f(i)
+			d = append(d, time.Since(start))
+		}
+		return d
+	}
+	n := samples(10)
+	run := map[string][]time.Duration{}
+	exec := map[string][]time.Duration{}
+	tput := map[string][]time.Duration{}
+	for _, rt := range runtimes {
+		run[rt] = timed(n, func(i int) {
+			ctr("run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-run-%d", short(rt), i), "true")
+		})
+		id := short(rt) + "-exec"
+		ctr("run", "--runtime", rt, "-d", harness.BusyboxImage, id, "sleep", "100000")
+		exec[rt] = timed(n, func(i int) {
+			ctr("task", "exec", "--exec-id", fmt.Sprintf("e%d", i), id, "true")
+		})
+		ctr("task", "kill", "-s", "KILL", id)
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if out, _, _ := ctd.Ctr(ctx, "task", "ls"); strings.Contains(out, "STOPPED") {
+				break
+			}
+		}
+		ctr("task", "delete", id)
+		ctr("container", "delete", id)
+		tput[rt] = timed(3, func(i int) {
+			ctr("run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-tput-%d", short(rt), i), "dd", "if=/dev/zero", "bs=1M", "count=100")
+		})
+	}
+	fmt.Printf("ctr, runc and podvm side by side (%d samples):\n", n)
+	for _, rt := range runtimes {
+		fmt.Printf("  %-6s ctr run --rm busybox true: %s\n", short(rt), harness.Summary(run[rt]))
+		fmt.Printf("  %-6s ctr task exec true:        %s\n", short(rt), harness.Summary(exec[rt]))
+		fmt.Printf("  %-6s ctr run, 100 MiB stdout:   %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(tput[rt]), 104.8576/harness.Median(tput[rt]).Seconds())
+	}
+	ratio := func(m map[string][]time.Duration) float64 {
+		return float64(harness.Median(m[runtimes[1]])) / float64(harness.Median(m[runtimes[0]]))
+	}
+	fmt.Printf("  podvm/runc median ratios: run %.1fx, exec %.1fx, 100 MiB stdout %.1fx\n", ratio(run), ratio(exec), ratio(tput))
+}
