@@ -85,7 +85,7 @@ func (s runningState) resume(context.Context) error {
 	return errors.New("cannot resume a running process")
 }
 func (s runningState) update(ctx context.Context, r []byte) error { return s.p.doUpdate(ctx, r) }
-func (s runningState) canExec() error                            { return nil }
+func (s runningState) canExec() error                             { return nil }
 func (s runningState) setExited(status uint32) {
 	s.p.markExited(status)
 	s.p.state = stoppedState(s)

@@ -66,34 +66,28 @@ func (s *suite) run(rt string, flags []string, args ...string) result {
 	return s.ctr(nil, append(a, args...)...)
 }
 
-// sameStdin is same with input.
-func (s *suite) sameStdin(t *testing.T, stdin []byte, args ...string) result {
-	t.Helper()
-	var rs []result
-	for _, rt := range runtimes {
-		a := append([]string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, s.id(rt)}, args...)
-		rs = append(rs, s.ctr(stdin, a...))
-	}
-	if rs[0] != rs[1] {
-		t.Errorf("runc and podvm differ for %v:\nrunc:  %+v\npodvm: %+v", args, rs[0], rs[1])
-	}
-	return rs[1]
-}
-
 // same runs a case under both runtimes and requires equal results.
 func (s *suite) same(t *testing.T, flags []string, args ...string) result {
 	t.Helper()
+	return s.sameStdin(t, nil, flags, args...)
+}
+
+// sameStdin is same with input.
+func (s *suite) sameStdin(t *testing.T, stdin []byte, flags []string, args ...string) result {
+	t.Helper()
 	var rs []result
 	for _, rt := range runtimes {
-		rs = append(rs, s.run(rt, flags, args...))
+		a := append([]string{"run", "--runtime", rt, "--rm"}, flags...)
+		a = append(a, harness.BusyboxImage, s.id(rt))
+		rs = append(rs, s.ctr(stdin, append(a, args...)...))
 	}
 	if rs[0] != rs[1] {
-		t.Errorf("runc and podvm differ for %v:\nrunc:  %+v\npodvm: %+v", args, rs[0], rs[1])
+		t.Errorf("runc and podvm differ for %v %v:\nrunc:  %+v\npodvm: %+v", flags, args, rs[0], rs[1])
 	}
 	return rs[1]
 }
 
-func TestCtr(t *testing.T) {
+func newSuite(t *testing.T) *suite {
 	harness.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("skipped in -short mode: boots VMs through containerd")
@@ -101,7 +95,12 @@ func TestCtr(t *testing.T) {
 	harness.WatchLeaks(t)
 	ctd := harness.StartContainerd(t, "")
 	ctd.ImportBusybox(t)
-	s := &suite{t: t, ctd: ctd}
+	return &suite{t: t, ctd: ctd}
+}
+
+func TestCtr(t *testing.T) {
+	s := newSuite(t)
+	ctd := s.ctd
 
 	t.Run("exit codes and streams", func(t *testing.T) {
 		r := s.same(t, nil, "sh", "-c", "echo out; echo err >&2; exit 3")
@@ -121,7 +120,7 @@ func TestCtr(t *testing.T) {
 		s.same(t, nil, "hostname")
 	})
 	t.Run("stdin", func(t *testing.T) {
-		s.sameStdin(t, []byte("hello\nworld\n"), "sh", "-c", "read a; read b; echo $b $a")
+		s.sameStdin(t, []byte("hello\nworld\n"), nil, "sh", "-c", "read a; read b; echo $b $a")
 		// EOF on stdin reaches the process (ctr closes its stdin when its
 		// own ends). Under runc, ctr 1.6 races and hangs here now and
 		// then, so only podvm is held to it.

@@ -75,14 +75,8 @@ func (r *recorder) topics(id string) []string {
 }
 
 func TestTask(t *testing.T) {
-	harness.NeedRoot(t)
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots VMs through containerd")
-	}
-	harness.WatchLeaks(t)
-	ctd := harness.StartContainerd(t, "")
-	ctd.ImportBusybox(t)
-	s := &suite{t: t, ctd: ctd}
+	s := newSuite(t)
+	ctd := s.ctd
 
 	t.Run("events in containerd's order", func(t *testing.T) {
 		var got [][]string
