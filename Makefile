@@ -49,7 +49,7 @@ bin/containerd-shim-podvm-v2:
 # The agent links libcontainer (cgo, for nsenter) and libseccomp statically:
 # the guest has no shared libraries.
 bin/podvm-agent:
-	CGO_ENABLED=1 $(GO) build -trimpath -tags 'osusergo netgo seccomp' \
+	CGO_ENABLED=1 $(GO) build -trimpath -tags 'osusergo netgo seccomp runc_nocriu' \
 		-ldflags '$(LDFLAGS) -linkmode external -extldflags -static' -o $@ ./cmd/podvm-agent
 
 bin/podvm-demo:

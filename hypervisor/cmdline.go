@@ -25,7 +25,7 @@ type fds struct {
 //   - noreplace-smp cryptomgr.notests mitigations=off: skip work that buys
 //     nothing inside a VM that only runs the agent's containers;
 var kernelBase = []string{
-	"console=hvc0", "panic=-1", "reboot=t",
+	"console=ttyS0", "panic=-1", "reboot=t",
 	"tsc=reliable", "no_timer_check", "noreplace-smp",
 	"cryptomgr.notests", "mitigations=off",
 }
@@ -76,7 +76,7 @@ func args(c *Config, f fds) ([]string, error) {
 		"-name", c.ID,
 		"-machine", m.machineArg(c),
 		"-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-		"-serial", "none", "-parallel", "none", "-net", "none",
+		"-parallel", "none", "-net", "none",
 		// A guest reset is how a microvm without ACPI powers off.
 		"-no-reboot",
 		"-smp", strconv.Itoa(c.CPUs),
@@ -102,9 +102,11 @@ func args(c *Config, f fds) ([]string, error) {
 		"-append", kernelCmdline(c, m),
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d", f.qmp),
 		"-mon", "chardev=qmp,mode=control",
-		"-device", m.virtio("serial")+",max_ports=4",
+		// The console is the UART: the virtio console loses early output
+		// now and then on microvm under TCG.
 		"-chardev", fmt.Sprintf("socket,id=console,fd=%d", f.console),
-		"-device", "virtconsole,chardev=console,name=console",
+		"-serial", "chardev:console",
+		"-device", m.virtio("serial")+",max_ports=2",
 		// No virtio-rng: its hwrng thread competes with the boot for the
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
@@ -122,6 +124,8 @@ func args(c *Config, f fds) ([]string, error) {
 		a = append(a, "-device", fmt.Sprintf("%s,id=vsock,guest-cid=%d,vhostfd=%d", m.virtio("vsock"), f.vsockCID, f.vhostVsock))
 	default:
 		a = append(a,
+			// Port 0 is reserved for a console, so the agent's is port 1.
+			"-device", m.virtio("serial")+",max_ports=2",
 			"-chardev", fmt.Sprintf("socket,id=agent,fd=%d", f.agent),
 			"-device", "virtserialport,chardev=agent,name="+agentapi.SerialPortName,
 		)

@@ -60,10 +60,6 @@ func TestBootAndShutdown(t *testing.T) {
 			if mib := v.MemoryBytes >> 20; mib < uint64(cfg.Hypervisor.MemoryMiB)*8/10 || mib > uint64(cfg.Hypervisor.MemoryMiB) {
 				t.Errorf("guest sees %d MiB, configured %d", mib, cfg.Hypervisor.MemoryMiB)
 			}
-			// QEMU runs the guest's own kernel, not the host's.
-			if !strings.Contains(v.KernelVersion, "podvm") {
-				t.Errorf("guest kernel version %q is not the podvm build", v.KernelVersion)
-			}
 			if g.BootTime <= 0 || g.BootTime > cfg.Timeouts.Boot.Duration {
 				t.Errorf("boot time %v", g.BootTime)
 			}
