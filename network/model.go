@@ -1,0 +1,243 @@
+package network
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Model is how a pod interface is joined to the device the VM's NIC sits
+// on.
+type Model string
+
+const (
+	// TCFilter (the default, Kata's tcfilter): a TAP, and tc ingress
+	// filters that redirect every frame from the pod interface to the TAP
+	// and back. The guest takes the pod interface's MAC and addresses, so
+	// CNI's view stays true.
+	TCFilter Model = "tcfilter"
+	// MacVTap: a macvtap device in passthru mode on the pod interface.
+	MacVTap Model = "macvtap"
+	// Bridge: a Linux bridge over the pod interface and a TAP; the pod
+	// interface gives its MAC to the guest and takes a random one.
+	Bridge Model = "bridge"
+)
+
+// Models lists the supported models.
+func Models() []Model { return []Model{TCFilter, MacVTap, Bridge} }
+
+// joiner is one model's way of joining a pod interface to a device for
+// the VM, and of undoing it.
+type joiner interface {
+	// join returns the file QEMU gets (a TAP's or a macvtap's) and fills
+	// the endpoint's record of what it made.
+	join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error)
+	// leave undoes join; what is gone already is not an error.
+	leave(h *netlink.Handle, e *endpointState) error
+}
+
+func joinerFor(m Model) (joiner, error) {
+	switch m {
+	case TCFilter, "":
+		return tcFilter{}, nil
+	case MacVTap:
+		return macvtap{}, nil
+	case Bridge:
+		return bridge{}, nil
+	}
+	return nil, fmt.Errorf("unknown network model %q: use tcfilter, macvtap or bridge", m)
+}
+
+// endpointState is what an endpoint made, kept on disk so that it can be
+// undone after a crash.
+type endpointState struct {
+	Pod    string `json:"pod"`              // the pod interface (veth)
+	Device string `json:"device"`           // the TAP, macvtap or bridge podvm made
+	TAP    string `json:"tap,omitempty"`    // bridge model: the TAP on the bridge
+	PodMAC string `json:"pod_mac,omitempty"` // bridge model: the MAC the pod interface had
+}
+
+type tcFilter struct{}
+
+func (tcFilter) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error) {
+	f, err := createTAP(nsPath, e.Device, pod.Attrs().MTU)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*os.File, error) {
+		f.Close()
+		_ = tcFilter{}.leave(h, e)
+		return nil, err
+	}
+	tap, err := h.LinkByName(e.Device)
+	if err != nil {
+		return fail(err)
+	}
+	if err := h.LinkSetUp(tap); err != nil {
+		return fail(fmt.Errorf("set %s up: %w", e.Device, err))
+	}
+	for _, pair := range [][2]netlink.Link{{pod, tap}, {tap, pod}} {
+		if err := redirectIngress(h, pair[0], pair[1]); err != nil {
+			return fail(err)
+		}
+	}
+	return f, nil
+}
+
+func (tcFilter) leave(h *netlink.Handle, e *endpointState) error {
+	// The TAP vanishes with its last file; the pod interface keeps an
+	// ingress qdisc (and the filter in it) until it is removed here.
+	return removeIngress(h, e.Pod)
+}
+
+// redirectIngress sends every frame arriving on from out of to.
+func redirectIngress(h *netlink.Handle, from, to netlink.Link) error {
+	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: from.Attrs().Index,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+		Parent:    netlink.HANDLE_INGRESS,
+	}}
+	if err := h.QdiscAdd(ingress); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add ingress qdisc to %s: %w", from.Attrs().Name, err)
+	}
+	filter := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: from.Attrs().Index,
+			Parent:    netlink.MakeHandle(0xffff, 0),
+			Priority:  1,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Actions: []netlink.Action{netlink.NewMirredAction(to.Attrs().Index)},
+	}
+	if err := h.FilterAdd(filter); err != nil {
+		return fmt.Errorf("redirect %s to %s: %w", from.Attrs().Name, to.Attrs().Name, err)
+	}
+	return nil
+}
+
+func removeIngress(h *netlink.Handle, name string) error {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil // the interface is gone, and its qdisc with it
+	}
+	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: l.Attrs().Index,
+		Handle:    netlink.MakeHandle(0xffff, 0),
+		Parent:    netlink.HANDLE_INGRESS,
+	}}
+	if err := h.QdiscDel(ingress); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("remove ingress qdisc of %s: %w", name, err)
+	}
+	return nil
+}
+
+type macvtap struct{}
+
+func (macvtap) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error) {
+	mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{Name: e.Device, ParentIndex: pod.Attrs().Index, MTU: pod.Attrs().MTU, HardwareAddr: pod.Attrs().HardwareAddr},
+		Mode:      netlink.MACVLAN_MODE_PASSTHRU,
+	}}
+	if err := h.LinkAdd(mv); err != nil {
+		return nil, fmt.Errorf("create macvtap %s on %s: %w", e.Device, pod.Attrs().Name, err)
+	}
+	l, err := h.LinkByName(e.Device)
+	if err == nil {
+		err = h.LinkSetUp(l)
+	}
+	if err != nil {
+		_ = h.LinkDel(mv)
+		return nil, fmt.Errorf("set %s up: %w", e.Device, err)
+	}
+	// The character device /dev/tapN (N the ifindex) carries the frames.
+	// It appears in the host's /dev whichever namespace the link is in;
+	// devtmpfs may lag, so make the node if it is missing.
+	dev := fmt.Sprintf("/dev/tap%d", l.Attrs().Index)
+	f, err := openMacvtap(dev, nsPath, e.Device)
+	if err != nil {
+		_ = h.LinkDel(l)
+		return nil, err
+	}
+	return f, nil
+}
+
+func (macvtap) leave(h *netlink.Handle, e *endpointState) error {
+	l, err := h.LinkByName(e.Device)
+	if err != nil {
+		return nil
+	}
+	return h.LinkDel(l)
+}
+
+type bridge struct{}
+
+func (bridge) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error) {
+	e.TAP = e.Device + "t"
+	e.PodMAC = pod.Attrs().HardwareAddr.String()
+	f, err := createTAP(nsPath, e.TAP, pod.Attrs().MTU)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*os.File, error) {
+		f.Close()
+		_ = bridge{}.leave(h, e)
+		return nil, err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.Device, MTU: pod.Attrs().MTU}}
+	if err := h.LinkAdd(br); err != nil {
+		return fail(fmt.Errorf("create bridge %s: %w", e.Device, err))
+	}
+	// The guest takes the pod interface's MAC; the pod interface, now a
+	// bridge port, must not keep it or the bridge would take frames for
+	// the guest as its own.
+	if err := h.LinkSetHardwareAddr(pod, randomMAC()); err != nil {
+		return fail(fmt.Errorf("change the MAC of %s: %w", pod.Attrs().Name, err))
+	}
+	tap, err := h.LinkByName(e.TAP)
+	if err != nil {
+		return fail(err)
+	}
+	for _, port := range []netlink.Link{pod, tap} {
+		if err := h.LinkSetMaster(port, br); err != nil {
+			return fail(fmt.Errorf("add %s to bridge %s: %w", port.Attrs().Name, e.Device, err))
+		}
+		if err := h.LinkSetUp(port); err != nil {
+			return fail(err)
+		}
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		return fail(err)
+	}
+	return f, nil
+}
+
+func (bridge) leave(h *netlink.Handle, e *endpointState) error {
+	var errs []error
+	if pod, err := h.LinkByName(e.Pod); err == nil {
+		_ = h.LinkSetNoMaster(pod)
+		if mac, err := net.ParseMAC(e.PodMAC); err == nil {
+			if err := h.LinkSetHardwareAddr(pod, mac); err != nil {
+				errs = append(errs, fmt.Errorf("restore the MAC of %s: %w", e.Pod, err))
+			}
+		}
+	}
+	if br, err := h.LinkByName(e.Device); err == nil {
+		if err := h.LinkDel(br); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// randomMAC is a locally administered unicast address.
+func randomMAC() net.HardwareAddr {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	b[0] = b[0]&0xfe | 0x02
+	return b
+}

@@ -1,0 +1,205 @@
+package network
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Pod is podvm's side of a pod's network namespace: the pod interfaces
+// joined to devices for the VM's NICs. What it makes is recorded in a state
+// file, so that Cleanup can undo it after a crash.
+type Pod struct {
+	ns        string
+	model     Model
+	joiner    joiner
+	h         *netlink.Handle
+	stateFile string
+	eps       []*Endpoint
+}
+
+// Endpoint is one pod interface joined to a device for the VM.
+type Endpoint struct {
+	// Interface is what the guest's NIC must look like.
+	Interface Interface
+	// File is the TAP (or macvtap) QEMU gets. The caller closes it once
+	// QEMU holds its own copy.
+	File  *os.File
+	state endpointState
+}
+
+type podState struct {
+	NS        string          `json:"ns"`
+	Model     Model           `json:"model"`
+	Endpoints []endpointState `json:"endpoints"`
+}
+
+// OpenPod works on the network namespace at nsPath with the given model,
+// recording what it makes in stateFile.
+func OpenPod(nsPath string, model Model, stateFile string) (*Pod, error) {
+	j, err := joinerFor(model)
+	if err != nil {
+		return nil, err
+	}
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	return &Pod{ns: nsPath, model: model, joiner: j, h: h, stateFile: stateFile}, nil
+}
+
+func handleAt(nsPath string) (*netlink.Handle, error) {
+	nsh, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	return h, nil
+}
+
+// Attach joins every pod interface not joined yet and returns the new
+// endpoints (none when nothing new appeared).
+func (p *Pod) Attach() ([]*Endpoint, error) {
+	links, err := podLinks(p.h)
+	if err != nil {
+		return nil, err
+	}
+	var added []*Endpoint
+	for _, l := range links {
+		if p.joined(l.Attrs().Name) {
+			continue
+		}
+		iface, _, _, err := describe(p.h, l)
+		if err != nil {
+			return added, err
+		}
+		e := &Endpoint{Interface: iface, state: endpointState{Pod: l.Attrs().Name, Device: fmt.Sprintf("%s%d", devicePrefix, len(p.eps))}}
+		f, err := p.joiner.join(p.h, p.ns, l, &e.state)
+		if err != nil {
+			return added, fmt.Errorf("join %s in %s (%s model): %w", l.Attrs().Name, p.ns, p.model, err)
+		}
+		e.File = f
+		p.eps = append(p.eps, e)
+		added = append(added, e)
+		if err := p.save(); err != nil {
+			return added, err
+		}
+	}
+	return added, nil
+}
+
+func (p *Pod) joined(name string) bool {
+	for _, e := range p.eps {
+		if e.state.Pod == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Endpoints are the joined pod interfaces, in the order they were joined.
+func (p *Pod) Endpoints() []*Endpoint { return p.eps }
+
+// Guest describes the joined interfaces and the routes and permanent
+// neighbours through them, for the guest to configure.
+func (p *Pod) Guest() ([]Interface, []Route, []Neighbour, error) {
+	var ifaces []Interface
+	var routes []Route
+	var neighs []Neighbour
+	for _, e := range p.eps {
+		l, err := p.h.LinkByName(e.state.Pod)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("pod interface %s: %w", e.state.Pod, err)
+		}
+		_, rs, ns, err := describe(p.h, l)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ifaces = append(ifaces, e.Interface)
+		routes = append(routes, rs...)
+		neighs = append(neighs, ns...)
+	}
+	return ifaces, routes, neighs, nil
+}
+
+func (p *Pod) save() error {
+	st := podState{NS: p.ns, Model: p.model}
+	for _, e := range p.eps {
+		st.Endpoints = append(st.Endpoints, e.state)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	tmp := p.stateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p.stateFile)
+}
+
+// Close undoes every join, closes the endpoints' files and removes the
+// state file. It is safe to call twice.
+func (p *Pod) Close() error {
+	var errs []error
+	for _, e := range p.eps {
+		if e.File != nil {
+			e.File.Close()
+			e.File = nil
+		}
+		if err := p.joiner.leave(p.h, &e.state); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.eps = nil
+	if err := os.Remove(p.stateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if p.h != nil {
+		p.h.Close()
+		p.h = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup undoes what a Pod recorded in stateFile, for a process that did
+// not make it (`delete` after a crash). No state file, or a namespace that
+// is gone, means nothing to do.
+func Cleanup(stateFile string) error {
+	b, err := os.ReadFile(stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var st podState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("read %s: %w", stateFile, err)
+	}
+	j, err := joinerFor(st.Model)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(st.NS); err == nil {
+		h, err := handleAt(st.NS)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		for i := range st.Endpoints {
+			if err := j.leave(h, &st.Endpoints[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return os.Remove(stateFile)
+}
