@@ -59,6 +59,9 @@ func run() error {
 	}
 	absorbSignals()
 	setupLibcontainerLogs(p.Debug)
+	if err := loopbackUp(); err != nil {
+		logf(levelWarn, "loopback: %v", err)
+	}
 	r := newReaper()
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
@@ -76,6 +79,7 @@ func run() error {
 	cs := newContainerService(r)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
+	agentapi.RegisterNetworkService(srv, &networkService{})
 	logf(levelInfo, "serving %s on %s (agent %s, kernel up %dms)", p.Transport, l.Addr(), version.Version, svc.readyNs/1e6)
 	if err := srv.Serve(context.Background(), l); err != nil && err != ttrpc.ErrServerClosed {
 		return fmt.Errorf("serve: %w", err)

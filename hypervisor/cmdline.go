@@ -13,6 +13,8 @@ import (
 type fds struct {
 	qmp, console, agent, vhostVsock int
 	vsockCID                        uint32
+	// nics holds the fd number of each NIC's TAP.
+	nics []int
 }
 
 // kernelBase is the guest kernel command line every VM gets. Each option
@@ -111,6 +113,14 @@ func args(c *Config, f fds) ([]string, error) {
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
 	)
+	for i, n := range c.NICs {
+		// vhost-net is not used: it is absent on some hosts and its
+		// gain matters less than a working default.
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, f.nics[i]),
+			"-device", fmt.Sprintf("%s,netdev=net%d,mac=%s%s", m.virtio("net"), i, n.MAC, hostMTU(n.MTU)),
+		)
+	}
 	for i, sh := range c.Shares {
 		// passthrough keeps owners and modes as they are on the host; the
 		// shim runs as root, as containerd's shims do.
@@ -135,3 +145,12 @@ func args(c *Config, f fds) ([]string, error) {
 
 // qemuEscape doubles commas, QEMU's escape inside option values.
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// hostMTU tells the guest driver the MTU of the pod interface (virtio-net's
+// host_mtu), so that it never sends larger frames.
+func hostMTU(mtu int) string {
+	if mtu <= 0 || mtu == 1500 {
+		return ""
+	}
+	return ",host_mtu=" + strconv.Itoa(mtu)
+}

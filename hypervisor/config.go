@@ -6,6 +6,7 @@ package hypervisor
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"sort"
@@ -69,10 +70,23 @@ type Config struct {
 	Console func(line string)
 	// Probe boots the guest only until its agent prints the probe marker.
 	Probe bool
+	// NetNS is the network namespace QEMU runs in (a path under
+	// /var/run/netns or /proc); empty runs it in the caller's.
+	NetNS string
+	// NICs are the guest's network cards, each backed by a TAP or macvtap
+	// file that QEMU inherits.
+	NICs []NIC
 	// Shares are host directories the guest mounts over 9p. Shares cannot
 	// be added later on microvm, so the sandbox's shared directory is
 	// given at start and containers' files are mounted under it.
 	Shares []Share
+}
+
+// NIC is a guest network card on a host TAP (or macvtap) device.
+type NIC struct {
+	MAC  net.HardwareAddr
+	File *os.File
+	MTU  int
 }
 
 // Share is a host directory exported to the guest under a 9p mount tag.
@@ -115,6 +129,16 @@ func (c *Config) validate() error {
 	}
 	if c.TBSizeMiB < 0 {
 		errs = append(errs, fmt.Errorf("TCG translation cache size must not be negative, not %d MiB", c.TBSizeMiB))
+	}
+	for i, n := range c.NICs {
+		if n.File == nil || len(n.MAC) != 6 {
+			errs = append(errs, fmt.Errorf("NIC %d needs a TAP file and a MAC", i))
+		}
+	}
+	if c.NetNS != "" {
+		if _, err := os.Stat(c.NetNS); err != nil {
+			errs = append(errs, fmt.Errorf("network namespace %s: %w", c.NetNS, err))
+		}
 	}
 	for _, sh := range c.Shares {
 		if st, err := os.Stat(sh.Path); err != nil || !st.IsDir() {

@@ -109,6 +109,10 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		vm.agentConn = agentHost
 	}
 
+	for range vm.cfg.NICs {
+		// After the agent's (or vhost-vsock's) fd, in order.
+		f.nics = append(f.nics, 3+len(guestEnds)+len(f.nics))
+	}
 	a, err := args(&vm.cfg, f)
 	if err != nil {
 		return err
@@ -120,7 +124,11 @@ func (vm *VM) start(ctx context.Context) (err error) {
 	guestEnds = append(guestEnds, outW)
 	cmd := exec.Command(vm.cfg.QEMU, a...)
 	vm.args = cmd.Args
-	cmd.ExtraFiles = guestEnds[:len(guestEnds)-1]
+	// A copy: appending to a slice of guestEnds would overwrite outW.
+	cmd.ExtraFiles = append([]*os.File{}, guestEnds[:len(guestEnds)-1]...)
+	for _, n := range vm.cfg.NICs {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, n.File)
+	}
 	cmd.Stdout, cmd.Stderr = outW, outW
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// QEMU dies with whoever started it: a killed shim must not leave a
@@ -156,12 +164,19 @@ func (vm *VM) start(ctx context.Context) (err error) {
 
 // run starts QEMU on a goroutine locked to its OS thread, which stays until
 // QEMU exits: Pdeathsig fires when the starting *thread* ends, so the thread
-// must live as long as the process.
+// must live as long as the process. QEMU inherits the thread's network
+// namespace: the thread enters the pod's and is never given back to the
+// runtime (it ends with the goroutine).
 func (vm *VM) run(cmd *exec.Cmd) error {
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if vm.cfg.NetNS == "" {
+			defer runtime.UnlockOSThread()
+		} else if err := enterNetNS(vm.cfg.NetNS); err != nil {
+			started <- err
+			return
+		}
 		vm.started = time.Now()
 		if err := cmd.Start(); err != nil {
 			started <- err
@@ -349,4 +364,17 @@ func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 	c := vm.agentConn
 	vm.agentConn = nil
 	return c, nil
+}
+
+// enterNetNS moves the calling thread into the network namespace at path.
+func enterNetNS(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", path, err)
+	}
+	return nil
 }

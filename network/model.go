@@ -21,7 +21,9 @@ const (
 	// and back. The guest takes the pod interface's MAC and addresses, so
 	// CNI's view stays true.
 	TCFilter Model = "tcfilter"
-	// MacVTap: a macvtap device in passthru mode on the pod interface.
+	// MacVTap: a macvtap device in bridge mode on the pod interface. The
+	// guest uses the macvtap's own MAC and takes the pod interface's
+	// addresses (the kernel refuses a macvtap with its lower device's MAC).
 	MacVTap Model = "macvtap"
 	// Bridge: a Linux bridge over the pod interface and a TAP; the pod
 	// interface gives its MAC to the guest and takes a random one.
@@ -56,10 +58,18 @@ func joinerFor(m Model) (joiner, error) {
 // endpointState is what an endpoint made, kept on disk so that it can be
 // undone after a crash.
 type endpointState struct {
-	Pod    string `json:"pod"`              // the pod interface (veth)
-	Device string `json:"device"`           // the TAP, macvtap or bridge podvm made
-	TAP    string `json:"tap,omitempty"`    // bridge model: the TAP on the bridge
+	Pod    string `json:"pod"`               // the pod interface (veth)
+	Device string `json:"device"`            // the TAP, macvtap or bridge podvm made
+	TAP    string `json:"tap,omitempty"`     // bridge model: the TAP on the bridge
 	PodMAC string `json:"pod_mac,omitempty"` // bridge model: the MAC the pod interface had
+	// Addresses and Routes of the pod interface, which the bridge model
+	// moves to the guest and gives back when it leaves.
+	Addresses []string `json:"addresses,omitempty"`
+	Routes    []Route  `json:"routes,omitempty"`
+	Moved     bool     `json:"moved,omitempty"`
+	// GuestMAC is the MAC the guest must use when it is not the pod
+	// interface's (macvtap model).
+	GuestMAC string `json:"guest_mac,omitempty"`
 }
 
 type tcFilter struct{}
@@ -139,19 +149,25 @@ func removeIngress(h *netlink.Handle, name string) error {
 type macvtap struct{}
 
 func (macvtap) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error) {
-	mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{
-		LinkAttrs: netlink.LinkAttrs{Name: e.Device, ParentIndex: pod.Attrs().Index, MTU: pod.Attrs().MTU, HardwareAddr: pod.Attrs().HardwareAddr},
-		Mode:      netlink.MACVLAN_MODE_PASSTHRU,
-	}}
+	mac := randomMAC()
+	// NewLinkAttrs, not a zero LinkAttrs: a zero TxQLen makes a macvtap
+	// whose queue holds nothing, and it drops every frame for the guest.
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.HardwareAddr = e.Device, pod.Attrs().Index, pod.Attrs().MTU, mac
+	mv := &netlink.Macvtap{Macvlan: netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}}
 	if err := h.LinkAdd(mv); err != nil {
 		return nil, fmt.Errorf("create macvtap %s on %s: %w", e.Device, pod.Attrs().Name, err)
 	}
+	e.GuestMAC = mac.String()
 	l, err := h.LinkByName(e.Device)
 	if err == nil {
 		err = h.LinkSetUp(l)
 	}
+	if err == nil {
+		err = moveAddresses(h, pod, e)
+	}
 	if err != nil {
-		_ = h.LinkDel(mv)
+		_ = macvtap{}.leave(h, e)
 		return nil, fmt.Errorf("set %s up: %w", e.Device, err)
 	}
 	// The character device /dev/tapN (N the ifindex) carries the frames.
@@ -167,11 +183,18 @@ func (macvtap) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpo
 }
 
 func (macvtap) leave(h *netlink.Handle, e *endpointState) error {
-	l, err := h.LinkByName(e.Device)
-	if err != nil {
-		return nil
+	var errs []error
+	if l, err := h.LinkByName(e.Device); err == nil {
+		if err := h.LinkDel(l); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	return h.LinkDel(l)
+	if pod, err := h.LinkByName(e.Pod); err == nil && e.Moved {
+		if err := restoreAddresses(h, pod, e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 type bridge struct{}
@@ -188,15 +211,20 @@ func (bridge) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpoi
 		_ = bridge{}.leave(h, e)
 		return nil, err
 	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.Device, MTU: pod.Attrs().MTU}}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU = e.Device, pod.Attrs().MTU
+	br := &netlink.Bridge{LinkAttrs: attrs}
 	if err := h.LinkAdd(br); err != nil {
 		return fail(fmt.Errorf("create bridge %s: %w", e.Device, err))
 	}
-	// The guest takes the pod interface's MAC; the pod interface, now a
-	// bridge port, must not keep it or the bridge would take frames for
-	// the guest as its own.
+	// The guest takes the pod interface's MAC and addresses; the pod
+	// interface, now a bridge port, must keep neither, or the namespace
+	// would answer for the guest.
 	if err := h.LinkSetHardwareAddr(pod, randomMAC()); err != nil {
 		return fail(fmt.Errorf("change the MAC of %s: %w", pod.Attrs().Name, err))
+	}
+	if err := moveAddresses(h, pod, e); err != nil {
+		return fail(err)
 	}
 	tap, err := h.LinkByName(e.TAP)
 	if err != nil {
@@ -225,6 +253,11 @@ func (bridge) leave(h *netlink.Handle, e *endpointState) error {
 				errs = append(errs, fmt.Errorf("restore the MAC of %s: %w", e.Pod, err))
 			}
 		}
+		if e.Moved {
+			if err := restoreAddresses(h, pod, e); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	if br, err := h.LinkByName(e.Device); err == nil {
 		if err := h.LinkDel(br); err != nil {
@@ -240,4 +273,56 @@ func randomMAC() net.HardwareAddr {
 	_, _ = rand.Read(b)
 	b[0] = b[0]&0xfe | 0x02
 	return b
+}
+
+// moveAddresses takes the pod interface's addresses away (the guest has
+// them now): otherwise the namespace itself would answer for them.
+func moveAddresses(h *netlink.Handle, pod netlink.Link, e *endpointState) error {
+	e.Moved = true
+	for _, cidr := range e.Addresses {
+		if a, err := netlink.ParseAddr(cidr); err == nil {
+			if err := h.AddrDel(pod, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return fmt.Errorf("move %s from %s: %w", cidr, pod.Attrs().Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// restoreAddresses gives a pod interface back the addresses and routes the
+// bridge model moved to the guest.
+func restoreAddresses(h *netlink.Handle, pod netlink.Link, e *endpointState) error {
+	var errs []error
+	for _, cidr := range e.Addresses {
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			continue
+		}
+		if err := h.AddrAdd(pod, a); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("give %s back to %s: %w", cidr, e.Pod, err))
+		}
+	}
+	for _, r := range e.Routes {
+		route := &netlink.Route{LinkIndex: pod.Attrs().Index, Scope: netlink.Scope(r.Scope), Family: r.Family}
+		if r.Dest != "" {
+			if _, dst, err := net.ParseCIDR(r.Dest); err == nil {
+				route.Dst = dst
+			}
+		}
+		if r.Gateway != "" {
+			route.Gw = net.ParseIP(r.Gateway)
+		}
+		if err := h.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("give route %s back to %s: %w", orDefault(r.Dest), e.Pod, err))
+		}
+	}
+	e.Moved = false
+	return errors.Join(errs...)
+}
+
+func orDefault(dest string) string {
+	if dest == "" {
+		return "default"
+	}
+	return dest
 }

@@ -138,12 +138,12 @@ func TestModels(t *testing.T) {
 				t.Errorf("second Attach: %v, %v", again, err)
 			}
 			iface := eps[0].Interface
-			if iface.Name != "eth0" || iface.HardwareAddr.String() != mac || iface.MTU != 1450 || len(iface.Addresses) != 1 || iface.Addresses[0] != "10.99.0.2/24" {
+			if iface.Name != "eth0" || (iface.HardwareAddr.String() != mac) != (model == MacVTap) || iface.MTU != 1450 || len(iface.Addresses) != 1 || iface.Addresses[0] != "10.99.0.2/24" {
 				t.Errorf("guest interface %+v", iface)
 			}
-			ifaces, routes, _, err := p.Guest()
-			if err != nil || len(ifaces) != 1 {
-				t.Fatalf("Guest: %v %v", ifaces, err)
+			ifaces, routes, _ := p.Guest()
+			if len(ifaces) != 1 {
+				t.Fatalf("Guest: %v", ifaces)
 			}
 			var def bool
 			for _, r := range routes {
@@ -170,13 +170,16 @@ func TestModels(t *testing.T) {
 					t.Errorf("TAP MTU %d", dev.Attrs().MTU)
 				}
 			case MacVTap:
-				if dev.Type() != "macvtap" || dev.Attrs().HardwareAddr.String() != mac {
-					t.Errorf("macvtap %s %s", dev.Type(), dev.Attrs().HardwareAddr)
+				if dev.Type() != "macvtap" || dev.Attrs().HardwareAddr.String() != iface.HardwareAddr.String() {
+					t.Errorf("macvtap %s %s, guest MAC %s", dev.Type(), dev.Attrs().HardwareAddr, iface.HardwareAddr)
 				}
 			case Bridge:
 				now, _ := h.LinkByName("eth0")
 				if now.Attrs().MasterIndex != dev.Attrs().Index || now.Attrs().HardwareAddr.String() == mac {
 					t.Errorf("eth0 not on the bridge with a new MAC: %+v", now.Attrs())
+				}
+				if addrs, _ := h.AddrList(now, netlink.FAMILY_V4); len(addrs) != 0 {
+					t.Errorf("eth0 kept its addresses on the bridge: %v", addrs)
 				}
 			}
 			if _, err := os.Stat(state); err != nil {
@@ -215,6 +218,20 @@ func assertClean(t *testing.T, h *netlink.Handle, mac string) {
 	}
 	if eth0.Attrs().HardwareAddr.String() != mac || eth0.Attrs().MasterIndex != 0 {
 		t.Errorf("eth0 not restored: %+v", eth0.Attrs())
+	}
+	addrs, _ := h.AddrList(eth0, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "10.99.0.2/24" {
+		t.Errorf("eth0's addresses not restored: %v", addrs)
+	}
+	routes, _ := h.RouteList(eth0, netlink.FAMILY_V4)
+	var def bool
+	for _, r := range routes {
+		if r.Gw != nil && r.Gw.String() == "10.99.0.1" {
+			def = true
+		}
+	}
+	if !def {
+		t.Errorf("eth0's default route not restored: %v", routes)
 	}
 }
 

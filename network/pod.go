@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/vishvananda/netlink"
@@ -24,8 +25,12 @@ type Pod struct {
 
 // Endpoint is one pod interface joined to a device for the VM.
 type Endpoint struct {
-	// Interface is what the guest's NIC must look like.
-	Interface Interface
+	// Interface is what the guest's NIC must look like; Routes and
+	// Neighbours are the pod namespace's through it, as found before the
+	// join (some models move them to the guest).
+	Interface  Interface
+	Routes     []Route
+	Neighbours []Neighbour
 	// File is the TAP (or macvtap) QEMU gets. The caller closes it once
 	// QEMU holds its own copy.
 	File  *os.File
@@ -77,16 +82,22 @@ func (p *Pod) Attach() ([]*Endpoint, error) {
 		if p.joined(l.Attrs().Name) {
 			continue
 		}
-		iface, _, _, err := describe(p.h, l)
+		iface, routes, neighs, err := describe(p.h, l)
 		if err != nil {
 			return added, err
 		}
-		e := &Endpoint{Interface: iface, state: endpointState{Pod: l.Attrs().Name, Device: fmt.Sprintf("%s%d", devicePrefix, len(p.eps))}}
+		e := &Endpoint{Interface: iface, Routes: routes, Neighbours: neighs,
+			state: endpointState{Pod: l.Attrs().Name, Device: fmt.Sprintf("%s%d", devicePrefix, len(p.eps)), Addresses: iface.Addresses, Routes: routes}}
 		f, err := p.joiner.join(p.h, p.ns, l, &e.state)
 		if err != nil {
 			return added, fmt.Errorf("join %s in %s (%s model): %w", l.Attrs().Name, p.ns, p.model, err)
 		}
 		e.File = f
+		if e.state.GuestMAC != "" {
+			if mac, err := net.ParseMAC(e.state.GuestMAC); err == nil {
+				e.Interface.HardwareAddr = mac
+			}
+		}
 		p.eps = append(p.eps, e)
 		added = append(added, e)
 		if err := p.save(); err != nil {
@@ -110,24 +121,16 @@ func (p *Pod) Endpoints() []*Endpoint { return p.eps }
 
 // Guest describes the joined interfaces and the routes and permanent
 // neighbours through them, for the guest to configure.
-func (p *Pod) Guest() ([]Interface, []Route, []Neighbour, error) {
+func (p *Pod) Guest() ([]Interface, []Route, []Neighbour) {
 	var ifaces []Interface
 	var routes []Route
 	var neighs []Neighbour
 	for _, e := range p.eps {
-		l, err := p.h.LinkByName(e.state.Pod)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("pod interface %s: %w", e.state.Pod, err)
-		}
-		_, rs, ns, err := describe(p.h, l)
-		if err != nil {
-			return nil, nil, nil, err
-		}
 		ifaces = append(ifaces, e.Interface)
-		routes = append(routes, rs...)
-		neighs = append(neighs, ns...)
+		routes = append(routes, e.Routes...)
+		neighs = append(neighs, e.Neighbours...)
 	}
-	return ifaces, routes, neighs, nil
+	return ifaces, routes, neighs
 }
 
 func (p *Pod) save() error {

@@ -28,6 +28,7 @@ type Guest struct {
 	Agent      agentapi.AgentService
 	Containers agentapi.ContainersService
 	Stdio      agentapi.StdioService
+	Network    agentapi.NetworkService
 	Accel      hypervisor.AccelChoice
 	client     *ttrpc.Client
 	// BootTime is from QEMU's exec to the agent's first answer.
@@ -49,6 +50,9 @@ type Options struct {
 	Console func(line string)
 	// Shares are host directories exported to the guest over 9p.
 	Shares []hypervisor.Share
+	// NetNS is the network namespace QEMU runs in; NICs its network cards.
+	NetNS string
+	NICs  []hypervisor.NIC
 }
 
 // HypervisorConfig turns the configuration into what hypervisor.Start
@@ -110,6 +114,8 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 	}
 	hc.Console = opts.Console
 	hc.Shares = opts.Shares
+	hc.NetNS = opts.NetNS
+	hc.NICs = opts.NICs
 	if hc.Console == nil {
 		hc.Console = func(line string) { logger.Debug("console: " + line) }
 	}
@@ -148,6 +154,7 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 	g.Agent = agentapi.NewAgentClient(g.client)
 	g.Containers = agentapi.NewContainersClient(g.client)
 	g.Stdio = agentapi.NewStdioClient(g.client)
+	g.Network = agentapi.NewNetworkClient(g.client)
 	resp, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {
 		g.client.Close()

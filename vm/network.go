@@ -1,0 +1,22 @@
+package vm
+
+import (
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/network"
+)
+
+// GuestNetwork is the agent's description of the pod network found on the
+// host.
+func GuestNetwork(ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) *agentapi.NetworkConfig {
+	c := &agentapi.NetworkConfig{}
+	for _, i := range ifaces {
+		c.Interfaces = append(c.Interfaces, &agentapi.Interface{Name: i.Name, Mac: i.HardwareAddr.String(), Mtu: uint32(i.MTU), Addresses: i.Addresses})
+	}
+	for _, r := range routes {
+		c.Routes = append(c.Routes, &agentapi.Route{Dest: r.Dest, Gateway: r.Gateway, Device: r.Device, Scope: uint32(r.Scope), Family: uint32(r.Family)})
+	}
+	for _, n := range neighs {
+		c.Neighbours = append(c.Neighbours, &agentapi.Neighbour{Ip: n.IP, Mac: n.HardwareAddr.String(), Device: n.Device})
+	}
+	return c
+}
