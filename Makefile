@@ -16,6 +16,7 @@ LDFLAGS   := -s -w -X $(MODULE)/version.Version=$(VERSION)
 # Tool versions are pinned; `make deps` installs exactly these.
 PROTOC_GEN_GO_VERSION := v1.36.12
 TTRPC_VERSION         := v1.2.10
+CRICTL_VERSION        := v1.37.0
 
 APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-plugins \
 	busybox-static protobuf-compiler libprotobuf-dev libseccomp-dev linux-source-6.1 flex bison \
@@ -38,6 +39,9 @@ deps:
 	@mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(TTRPC_VERSION)
+	@# crictl is not packaged by Debian; the CRI tests drive containerd with it.
+	@[ -x $(TOOLS)/crictl ] && $(GO) version -m $(TOOLS)/crictl | grep -q "mod.*cri-tools.*$(CRICTL_VERSION)" || \
+		GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
 	$(GO) mod download
 
 ## build: the shim (static, no cgo) and the guest agent (static, cgo)

@@ -162,6 +162,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	s.containers[id] = c
 	s.mu.Unlock()
 	logf(levelDebug, "created container %s, init pid %d (storage+config %v, create+start %v, stdio %v)", id, pid, t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+
 	return &agentapi.CreateContainerResponse{Pid: uint32(pid)}, nil
 }
 

@@ -84,7 +84,11 @@ func setupIO(cfg *agentapi.StdioConfig, lp *libcontainer.Process) (*processIO, e
 		if err != nil {
 			return nil, nil, err
 		}
-		_, _ = unix.FcntlInt(r.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		// Not r.Fd(): that would switch the pipe to blocking mode, and
+		// reads with deadlines would then block for good.
+		if rc, err := r.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+		}
 		pio.child = append(pio.child, w)
 		return r, w, nil
 	}
@@ -223,7 +227,18 @@ func (pio *processIO) resize(width, height uint32) error {
 	if !pio.terminal || pio.stdout == nil {
 		return errors.New("process has no terminal")
 	}
-	return unix.IoctlSetWinsize(int(pio.stdout.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(width), Row: uint16(height)})
+	rc, err := pio.stdout.SyscallConn()
+	if err != nil {
+		return err
+	}
+	// Through Control, not Fd(), which would make the pty blocking.
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: uint16(width), Row: uint16(height)})
+	}); err != nil {
+		return err
+	}
+	return ioErr
 }
 
 // wait collects the process's exit through libcontainer, which owns its

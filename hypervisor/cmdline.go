@@ -123,9 +123,11 @@ func args(c *Config, f fds) ([]string, error) {
 	}
 	for i, sh := range c.Shares {
 		// passthrough keeps owners and modes as they are on the host; the
-		// shim runs as root, as containerd's shims do.
+		// shim runs as root, as containerd's shims do. The share holds many
+		// filesystems (each container's overlay, bind mounts): remap keeps
+		// their inode numbers from colliding in the guest.
 		a = append(a,
-			"-fsdev", fmt.Sprintf("local,id=fs%d,path=%s,security_model=passthrough", i, qemuEscape(sh.Path)),
+			"-fsdev", fmt.Sprintf("local,id=fs%d,path=%s,security_model=passthrough,multidevs=remap", i, qemuEscape(sh.Path)),
 			"-device", fmt.Sprintf("%s,fsdev=fs%d,mount_tag=%s", m.virtio("9p"), i, sh.Tag),
 		)
 	}

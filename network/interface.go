@@ -16,6 +16,9 @@ type Interface struct {
 	MTU          int
 	// Addresses in CIDR form ("10.88.0.5/16").
 	Addresses []string
+	// BootMAC is the MAC the guest's NIC has before it is configured, when
+	// that differs from HardwareAddr (a spare NIC adopted after boot).
+	BootMAC net.HardwareAddr
 }
 
 // Route is a route of the pod's namespace that goes through a pod

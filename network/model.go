@@ -41,6 +41,11 @@ type joiner interface {
 	join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error)
 	// leave undoes join; what is gone already is not an error.
 	leave(h *netlink.Handle, e *endpointState) error
+	// spareTAP names the TAP a spare endpoint makes ahead of its pod
+	// interface, or says the model cannot have one.
+	spareTAP(e *endpointState) (string, error)
+	// adopt joins a pod interface to the spare's TAP (made already).
+	adopt(h *netlink.Handle, pod netlink.Link, e *endpointState) error
 }
 
 func joinerFor(m Model) (joiner, error) {
@@ -79,24 +84,33 @@ func (tcFilter) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endp
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*os.File, error) {
+	if err := (tcFilter{}).adopt(h, pod, e); err != nil {
 		f.Close()
-		_ = tcFilter{}.leave(h, e)
 		return nil, err
 	}
+	return f, nil
+}
+
+func (tcFilter) spareTAP(e *endpointState) (string, error) { return e.Device, nil }
+
+func (tcFilter) adopt(h *netlink.Handle, pod netlink.Link, e *endpointState) error {
 	tap, err := h.LinkByName(e.Device)
-	if err != nil {
-		return fail(err)
+	if err == nil && tap.Attrs().MTU != pod.Attrs().MTU {
+		err = h.LinkSetMTU(tap, pod.Attrs().MTU)
 	}
-	if err := h.LinkSetUp(tap); err != nil {
-		return fail(fmt.Errorf("set %s up: %w", e.Device, err))
+	if err == nil {
+		err = h.LinkSetUp(tap)
+	}
+	if err != nil {
+		return fmt.Errorf("TAP %s: %w", e.Device, err)
 	}
 	for _, pair := range [][2]netlink.Link{{pod, tap}, {tap, pod}} {
 		if err := redirectIngress(h, pair[0], pair[1]); err != nil {
-			return fail(err)
+			_ = tcFilter{}.leave(h, e)
+			return err
 		}
 	}
-	return f, nil
+	return nil
 }
 
 func (tcFilter) leave(h *netlink.Handle, e *endpointState) error {
@@ -182,6 +196,14 @@ func (macvtap) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpo
 	return f, nil
 }
 
+func (macvtap) spareTAP(*endpointState) (string, error) {
+	return "", errors.New("the macvtap model makes its device on the pod interface, so it cannot have a spare ahead of it: use tcfilter or bridge, or q35 for hot-plug")
+}
+
+func (macvtap) adopt(*netlink.Handle, netlink.Link, *endpointState) error {
+	return errors.New("the macvtap model has no spare to adopt")
+}
+
 func (macvtap) leave(h *netlink.Handle, e *endpointState) error {
 	var errs []error
 	if l, err := h.LinkByName(e.Device); err == nil {
@@ -200,16 +222,26 @@ func (macvtap) leave(h *netlink.Handle, e *endpointState) error {
 type bridge struct{}
 
 func (bridge) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpointState) (*os.File, error) {
-	e.TAP = e.Device + "t"
-	e.PodMAC = pod.Attrs().HardwareAddr.String()
+	e.TAP, _ = bridge{}.spareTAP(e)
 	f, err := createTAP(nsPath, e.TAP, pod.Attrs().MTU)
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*os.File, error) {
+	if err := (bridge{}).adopt(h, pod, e); err != nil {
 		f.Close()
-		_ = bridge{}.leave(h, e)
 		return nil, err
+	}
+	return f, nil
+}
+
+func (bridge) spareTAP(e *endpointState) (string, error) { return e.Device + "t", nil }
+
+func (bridge) adopt(h *netlink.Handle, pod netlink.Link, e *endpointState) error {
+	e.TAP, _ = bridge{}.spareTAP(e)
+	e.PodMAC = pod.Attrs().HardwareAddr.String()
+	fail := func(err error) error {
+		_ = bridge{}.leave(h, e)
+		return err
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU = e.Device, pod.Attrs().MTU
@@ -241,7 +273,7 @@ func (bridge) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpoi
 	if err := h.LinkSetUp(br); err != nil {
 		return fail(err)
 	}
-	return f, nil
+	return nil
 }
 
 func (bridge) leave(h *netlink.Handle, e *endpointState) error {

@@ -261,3 +261,73 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 	assertClean(t, h, eth0.Attrs().HardwareAddr.String())
 }
+
+// TestSpare: a NIC made before CNI adds the pod interface, joined to it
+// afterwards (ctr run --cni on a microvm).
+func TestSpare(t *testing.T) {
+	harness.NeedRoot(t)
+	for _, model := range []Model{TCFilter, Bridge} {
+		t.Run(string(model), func(t *testing.T) {
+			harness.WatchLeaks(t)
+			pod := testNS(t, "spare")
+			state := filepath.Join(t.TempDir(), "network.json")
+			p, err := OpenPod(pod.Path, model, state)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			spare, err := p.Spare()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !spare.Spare() || spare.File == nil || spare.BootMAC == nil {
+				t.Fatalf("spare %+v", spare)
+			}
+			if ifaces, _, _ := p.Guest(); len(ifaces) != 0 {
+				t.Errorf("a spare is configured in the guest: %v", ifaces)
+			}
+			// CNI's part, after the task exists.
+			h, err := handleAt(pod.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0"}
+			if err := h.LinkAdd(veth); err != nil {
+				t.Fatal(err)
+			}
+			eth0, _ := h.LinkByName("eth0")
+			addr, _ := netlink.ParseAddr("10.97.0.2/24")
+			h.AddrAdd(eth0, addr)
+			h.LinkSetUp(eth0)
+			added, err := p.Attach()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(added) != 1 || added[0] != spare || spare.Spare() {
+				t.Fatalf("Attach adopted %+v", added)
+			}
+			ifaces, _, _ := p.Guest()
+			if len(ifaces) != 1 || ifaces[0].Name != "eth0" || ifaces[0].HardwareAddr.String() != eth0.Attrs().HardwareAddr.String() || ifaces[0].BootMAC.String() != spare.BootMAC.String() {
+				t.Errorf("guest view %+v", ifaces)
+			}
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+			links, _ := h.LinkList()
+			for _, l := range links {
+				if isOurs(l.Attrs().Name) {
+					t.Errorf("device %s left", l.Attrs().Name)
+				}
+			}
+		})
+	}
+	p, err := OpenPod(testNS(t, "mv").Path, MacVTap, filepath.Join(t.TempDir(), "n.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Spare(); err == nil {
+		t.Error("macvtap made a spare")
+	}
+}

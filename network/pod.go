@@ -33,9 +33,16 @@ type Endpoint struct {
 	Neighbours []Neighbour
 	// File is the TAP (or macvtap) QEMU gets. The caller closes it once
 	// QEMU holds its own copy.
-	File  *os.File
-	state endpointState
+	File *os.File
+	// BootMAC is the MAC the guest's NIC booted with, when it differs from
+	// Interface.HardwareAddr: a spare NIC adopted for an interface that
+	// appeared after boot. The guest changes its MAC to the interface's.
+	BootMAC net.HardwareAddr
+	state   endpointState
 }
+
+// Spare reports whether the endpoint still waits for a pod interface.
+func (e *Endpoint) Spare() bool { return e.state.Pod == "" }
 
 type podState struct {
 	NS        string          `json:"ns"`
@@ -86,6 +93,13 @@ func (p *Pod) Attach() ([]*Endpoint, error) {
 		if err != nil {
 			return added, err
 		}
+		if spare := p.spare(); spare != nil {
+			if err := p.adopt(spare, l, iface, routes, neighs); err != nil {
+				return added, err
+			}
+			added = append(added, spare)
+			continue
+		}
 		e := &Endpoint{Interface: iface, Routes: routes, Neighbours: neighs,
 			state: endpointState{Pod: l.Attrs().Name, Device: fmt.Sprintf("%s%d", devicePrefix, len(p.eps)), Addresses: iface.Addresses, Routes: routes}}
 		f, err := p.joiner.join(p.h, p.ns, l, &e.state)
@@ -107,6 +121,50 @@ func (p *Pod) Attach() ([]*Endpoint, error) {
 	return added, nil
 }
 
+// Spare makes a TAP joined to nothing yet, with a random MAC, for a NIC the
+// VM boots with; Attach joins it to the next pod interface that appears.
+// That is how an interface CNI adds after the VM started (`ctr run --cni`
+// runs CNI after the task exists) reaches a microvm, which cannot hot-plug.
+func (p *Pod) Spare() (*Endpoint, error) {
+	e := &Endpoint{state: endpointState{Device: fmt.Sprintf("%s%d", devicePrefix, len(p.eps))}}
+	tap, err := p.joiner.spareTAP(&e.state)
+	if err != nil {
+		return nil, err
+	}
+	f, err := createTAP(p.ns, tap, 0)
+	if err != nil {
+		return nil, err
+	}
+	mac := randomMAC()
+	e.File = f
+	e.Interface = Interface{Name: tap, HardwareAddr: mac, MTU: 1500}
+	e.BootMAC = mac
+	p.eps = append(p.eps, e)
+	return e, p.save()
+}
+
+func (p *Pod) spare() *Endpoint {
+	for _, e := range p.eps {
+		if e.Spare() {
+			return e
+		}
+	}
+	return nil
+}
+
+// adopt joins a pod interface to the spare's TAP.
+func (p *Pod) adopt(e *Endpoint, l netlink.Link, iface Interface, routes []Route, neighs []Neighbour) error {
+	e.state.Pod = l.Attrs().Name
+	e.state.Addresses, e.state.Routes = iface.Addresses, routes
+	if err := p.joiner.adopt(p.h, l, &e.state); err != nil {
+		e.state.Pod = ""
+		return fmt.Errorf("join %s to the spare NIC (%s model): %w", l.Attrs().Name, p.model, err)
+	}
+	iface.BootMAC = e.BootMAC
+	e.Interface, e.Routes, e.Neighbours = iface, routes, neighs
+	return p.save()
+}
+
 func (p *Pod) joined(name string) bool {
 	for _, e := range p.eps {
 		if e.state.Pod == name {
@@ -126,6 +184,9 @@ func (p *Pod) Guest() ([]Interface, []Route, []Neighbour) {
 	var routes []Route
 	var neighs []Neighbour
 	for _, e := range p.eps {
+		if e.Spare() {
+			continue
+		}
 		ifaces = append(ifaces, e.Interface)
 		routes = append(routes, e.Routes...)
 		neighs = append(neighs, e.Neighbours...)

@@ -104,7 +104,7 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	c.init = newProcess(c, "", stdio)
 	c.init.pid = uint32(sb.guest.VM.PID())
-	c.init.io, err = openIO(ctx, c.id, sb.namespace, stdio)
+	c.init.io, err = openIO(sb.ctx, c.id, sb.namespace, stdio)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func (c *container) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ 
 	p.pid = c.init.pid
 	p.spec = r.Spec.Value
 	var err error
-	if p.io, err = openIO(ctx, c.id, c.sb.namespace, stdio); err != nil {
+	if p.io, err = openIO(c.sb.ctx, c.id, c.sb.namespace, stdio); err != nil {
 		return nil, err
 	}
 	_, err = c.sb.guest.Containers.ExecProcess(ctx, &agentapi.ExecProcessRequest{

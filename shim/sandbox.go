@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/network"
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
 )
@@ -49,6 +50,7 @@ type sandbox struct {
 
 	bootMu sync.Mutex
 	guest  *vm.Guest
+	pod    *network.Pod // the pod's interfaces joined to the VM
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -72,8 +74,9 @@ func sandboxDir(cfg *vmconfig.Config, id string) string {
 // after a crash of the shim.
 const qemuPidFile = "qemu.pid"
 
-// ensureVM boots the sandbox's VM the first time a container needs it.
-func (sb *sandbox) ensureVM(ctx context.Context) error {
+// ensureVM boots the sandbox's VM the first time a container needs it, in
+// the network the first container's spec describes.
+func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error) {
 	sb.bootMu.Lock()
 	defer sb.bootMu.Unlock()
 	if sb.guest != nil {
@@ -85,18 +88,38 @@ func (sb *sandbox) ensureVM(ctx context.Context) error {
 	if err := os.MkdirAll(sb.shareDir, 0o711); err != nil {
 		return fmt.Errorf("create shared directory: %w", err)
 	}
+	defer func() {
+		if retErr != nil {
+			if sb.guest != nil {
+				_ = sb.guest.Shutdown(context.Background())
+				sb.guest = nil
+			}
+			_ = sb.closeNetwork()
+			_ = unmountTree(sb.dir)
+		}
+	}()
+	netns, nics, err := sb.podNetwork(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("pod network: %w", err)
+	}
 	logger := log.G(sb.ctx).WithField("sandbox", sb.id)
-	g, err := vm.Boot(ctx, sb.cfg, vm.Options{
+	sizing := sb.cfg.ForPod(spec.Annotations)
+	g, err := vm.Boot(ctx, sizing, vm.Options{
 		ID:      sb.id,
 		Shares:  []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
 		Console: func(line string) { logger.Debug("guest: " + line) },
+		NetNS:   netns,
+		NICs:    nics,
 	})
 	if err != nil {
-		_ = unmountTree(sb.dir)
 		return err
 	}
 	sb.guest = g
+	sb.closeEndpointFiles()
 	_ = os.WriteFile(filepath.Join(sb.dir, qemuPidFile), []byte(strconv.Itoa(g.VM.PID())), 0o644)
+	if err := sb.configureGuestNetwork(ctx); err != nil {
+		return err
+	}
 	go sb.watchOOM()
 	go sb.watchVM()
 	return nil
@@ -236,6 +259,9 @@ func (sb *sandbox) stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := sb.closeNetwork(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := unmountTree(sb.dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -254,6 +280,12 @@ func cleanupAfterCrash(cfg *vmconfig.Config, sandboxID, containerID string) erro
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 				killQEMU(pid, sandboxID)
 			}
+		}
+		if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
+			errs = append(errs, err)
+		}
+		if err := network.RemoveSaved(filepath.Join(dir, netnsState)); err != nil {
+			errs = append(errs, err)
 		}
 		if err := unmountTree(dir); err != nil {
 			errs = append(errs, err)

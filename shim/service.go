@@ -90,7 +90,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if _, ok := s.sb.get(r.ID); ok {
 		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
 	}
-	if err := s.sb.ensureVM(ctx); err != nil {
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "read the spec of %s: %v", r.ID, err)
+	}
+	if err := s.sb.ensureVM(ctx, spec); err != nil {
 		log.G(ctx).WithError(err).Error("boot VM")
 		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: boot the VM for %s: %w", r.ID, err))
 	}
@@ -119,6 +123,14 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	c, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
+	}
+	if r.ExecID == "" && c.id == s.sb.id {
+		// CNI may have added interfaces since Create (ctr run --cni):
+		// the workload must find them configured.
+		if err := s.sb.rescanNetwork(ctx); err != nil {
+			log.G(ctx).WithError(err).WithField("sandbox", s.sb.id).Error("pod network")
+			return nil, errdefs.ToGRPC(err)
+		}
 	}
 	err = p.Start(ctx, func() {
 		if r.ExecID == "" {

@@ -38,7 +38,9 @@ type hostIO struct {
 }
 
 // openIO opens what the paths name. The FIFOs' other ends belong to
-// containerd's client, which has opened them already.
+// containerd's client, which may open them only after Create returns (CRI
+// does): ctx must outlive the request, since the fifo package closes a
+// FIFO whose open is still pending when ctx ends.
 func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO, retErr error) {
 	h := &hostIO{done: make(chan struct{})}
 	defer func() {

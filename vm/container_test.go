@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
@@ -163,5 +165,63 @@ func TestGuestExec(t *testing.T) {
 	}
 	if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "c1"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGuestPodContainers: a second container joins the first one's
+// namespaces (as a pod's containers join its sandbox's), and its output
+// arrives while it still runs (no EOF to end a read).
+func TestGuestPodContainers(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	for _, id := range []string{"sandbox", "app"} {
+		if err := harness.BusyboxRootfs(filepath.Join(share, id, "rootfs")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-pod", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+	create := func(id string, args []string, join uint32) uint32 {
+		spec := specconv.Example()
+		spec.Root.Path = "/run/podvm/shared/" + id + "/rootfs"
+		spec.Process.Terminal = false
+		spec.Process.Args = args
+		if join != 0 {
+			for i, ns := range spec.Linux.Namespaces {
+				switch ns.Type {
+				case specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace:
+					spec.Linux.Namespaces[i].Path = fmt.Sprintf("/proc/%d/ns/%s", join, map[specs.LinuxNamespaceType]string{specs.PIDNamespace: "pid", specs.IPCNamespace: "ipc", specs.UTSNamespace: "uts"}[ns.Type])
+				}
+			}
+		}
+		b, _ := json.Marshal(spec)
+		r, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, Spec: b, Storages: []*agentapi.Storage{shareStorage}, Stdio: &agentapi.StdioConfig{Stdout: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: id}); err != nil {
+			t.Fatal(err)
+		}
+		return r.Pid
+	}
+	pid := create("sandbox", []string{"sleep", "1000"}, 0)
+	create("app", []string{"sh", "-c", "echo pid $$; sleep 1000"}, pid)
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer rcancel()
+	r, err := g.Stdio.ReadOutput(rctx, &agentapi.ReadOutputRequest{ContainerId: "app"})
+	// In the sandbox's PID namespace, the app is not PID 1.
+	if err != nil || r.Eof || !strings.HasPrefix(string(r.Data), "pid ") || string(r.Data) == "pid 1\n" {
+		t.Fatalf("output of a running app container: %+v, %v", r, err)
+	}
+	for _, id := range []string{"app", "sandbox"} {
+		if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: id}); err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -10,7 +10,11 @@ import (
 func GuestNetwork(ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) *agentapi.NetworkConfig {
 	c := &agentapi.NetworkConfig{}
 	for _, i := range ifaces {
-		c.Interfaces = append(c.Interfaces, &agentapi.Interface{Name: i.Name, Mac: i.HardwareAddr.String(), Mtu: uint32(i.MTU), Addresses: i.Addresses})
+		gi := &agentapi.Interface{Name: i.Name, Mac: i.HardwareAddr.String(), Mtu: uint32(i.MTU), Addresses: i.Addresses}
+		if i.BootMAC != nil {
+			gi.CurrentMac = i.BootMAC.String()
+		}
+		c.Interfaces = append(c.Interfaces, gi)
 	}
 	for _, r := range routes {
 		c.Routes = append(c.Routes, &agentapi.Route{Dest: r.Dest, Gateway: r.Gateway, Device: r.Device, Scope: uint32(r.Scope), Family: uint32(r.Family)})

@@ -22,6 +22,7 @@ type Config struct {
 	Hypervisor Hypervisor `toml:"hypervisor"`
 	Agent      Agent      `toml:"agent"`
 	Timeouts   Timeouts   `toml:"timeouts"`
+	Network    Network    `toml:"network"`
 	// Debug makes the shim, the guest kernel and the agent log verbosely.
 	Debug bool `toml:"debug"`
 	// StateDir holds runtime state such as the accelerator probe's answer.
@@ -61,6 +62,13 @@ type Agent struct {
 	Transport string `toml:"transport"`
 	// VsockPort is the agent's vsock port.
 	VsockPort uint32 `toml:"vsock_port"`
+}
+
+// Network is the [network] table: how pod interfaces reach the VM.
+type Network struct {
+	// Model is "tcfilter" (tc redirects between the pod interface and a
+	// TAP; the guest keeps the pod's MAC), "macvtap" or "bridge".
+	Model string `toml:"model"`
 }
 
 // Timeouts is the [timeouts] table.
@@ -103,7 +111,8 @@ func Default() *Config {
 			TCGCacheMiB: 32,
 			CPUModel:    "max",
 		},
-		Agent: Agent{Transport: "auto", VsockPort: 1024},
+		Agent:   Agent{Transport: "auto", VsockPort: 1024},
+		Network: Network{Model: "tcfilter"},
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},
 			Shutdown: Duration{5 * time.Second},

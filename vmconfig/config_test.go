@@ -31,7 +31,7 @@ func TestExampleMatchesDefaults(t *testing.T) {
 	}
 	// Every key of Config appears in the example, commented or not.
 	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
-		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown"} {
+		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model"} {
 		if !strings.Contains(string(b), key+" = ") {
 			t.Errorf("example config does not document %s", key)
 		}
@@ -82,6 +82,7 @@ func TestParseRejects(t *testing.T) {
 		{"[hypervisor]\nkernel = \"vmlinux\"\n", []string{"hypervisor.kernel", "absolute path"}},
 		{"[hypervisor]\ntcg_cache_mib = -1\n", []string{"hypervisor.tcg_cache_mib"}},
 		{"[agent]\ntransport = \"pigeon\"\n", []string{"agent.transport", `"pigeon"`}},
+		{"[network]\nmodel = \"ipvlan\"\n", []string{"network.model", `"ipvlan"`}},
 		{"[timeouts]\nboot = \"soon\"\n", []string{"timeouts.boot", "not a duration"}},
 		{"[timeouts]\nboot = \"10ms\"\n", []string{"timeouts.boot", "shorter than"}},
 		{"state_dir = \"run\"\n", []string{"state_dir", "absolute path"}},
@@ -124,5 +125,33 @@ func TestLoad(t *testing.T) {
 	t.Setenv("PODVM_CONFIG", path)
 	if _, err := Load(); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "hypervisor.machine") {
 		t.Fatalf("Load of a bad file = %v", err)
+	}
+}
+
+func TestForPod(t *testing.T) {
+	c := Default()
+	tests := []struct {
+		ann      map[string]string
+		cpus, mb int
+	}{
+		{nil, 1, 512},
+		{map[string]string{AnnotationCPUQuota: "50000", AnnotationCPUPeriod: "100000"}, min(2, MaxVCPUs()), 512},
+		{map[string]string{AnnotationCPUQuota: "-1", AnnotationCPUPeriod: "100000"}, 1, 512},
+		{map[string]string{AnnotationCPUQuota: "10000000", AnnotationCPUPeriod: "100000"}, MaxVCPUs(), 512},
+		{map[string]string{AnnotationMemory: "268435456"}, 1, 768},
+		{map[string]string{AnnotationMemory: "1"}, 1, 513},
+		{map[string]string{AnnotationMemory: "bogus"}, 1, 512},
+	}
+	for _, tt := range tests {
+		got := c.ForPod(tt.ann)
+		if got.Hypervisor.VCPUs != tt.cpus || got.Hypervisor.MemoryMiB != tt.mb {
+			t.Errorf("ForPod(%v) = %d vCPU %d MiB, want %d %d", tt.ann, got.Hypervisor.VCPUs, got.Hypervisor.MemoryMiB, tt.cpus, tt.mb)
+		}
+		if err := got.Validate(); err != nil {
+			t.Errorf("ForPod(%v) is invalid: %v", tt.ann, err)
+		}
+	}
+	if c.Hypervisor.VCPUs != 1 {
+		t.Error("ForPod changed its receiver")
 	}
 }

@@ -45,6 +45,11 @@ func (c *Config) Validate() error {
 	default:
 		bad("agent.transport", "%q is not auto, serial or vsock", c.Agent.Transport)
 	}
+	switch c.Network.Model {
+	case "tcfilter", "macvtap", "bridge":
+	default:
+		bad("network.model", "%q is not tcfilter, macvtap or bridge", c.Network.Model)
+	}
 	if c.Agent.VsockPort == 0 {
 		bad("agent.vsock_port", "must not be 0")
 	}

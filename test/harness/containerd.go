@@ -21,6 +21,7 @@ type Containerd struct {
 	Address string
 	NetNS   string // the network namespace's name under /var/run/netns
 	Env     []string
+	CNIDir  string // CRI: the CNI configuration and IP allocations
 
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -181,14 +182,23 @@ func (c *Containerd) ImportBusybox(t testing.TB) {
 	}
 }
 
-// Import imports the local busybox image.
+// Import imports the local busybox image (and, for CRI, the pause image
+// into CRI's k8s.io namespace too).
 func (c *Containerd) Import() error {
-	tarball := filepath.Join(c.Dir, "busybox.tar")
-	if err := WriteBusyboxImage(tarball, BusyboxImage); err != nil {
-		return err
-	}
-	if _, errOut, err := c.Ctr(context.Background(), "image", "import", tarball); err != nil {
-		return fmt.Errorf("ctr image import: %v: %s", err, errOut)
+	images := []struct {
+		name string
+		cmd  []string
+	}{{BusyboxImage, []string{"sh"}}, {PauseImage, []string{"sleep", "2147483647"}}}
+	for i, img := range images {
+		tarball := filepath.Join(c.Dir, fmt.Sprintf("image%d.tar", i))
+		if err := WriteImage(tarball, img.name, img.cmd); err != nil {
+			return err
+		}
+		for _, ns := range []string{"default", "k8s.io"} {
+			if _, errOut, err := c.Ctr(context.Background(), "-n", ns, "image", "import", tarball); err != nil {
+				return fmt.Errorf("ctr image import: %v: %s", err, errOut)
+			}
+		}
 	}
 	return nil
 }
@@ -200,15 +210,22 @@ func (c *Containerd) Stop() (leaks []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if c.cmd != nil && c.cmd.Process != nil {
-		if out, _, err := c.Ctr(ctx, "task", "ls", "-q"); err == nil {
-			for _, id := range strings.Fields(out) {
-				c.Ctr(ctx, "task", "kill", "-s", "KILL", id)
-				c.Ctr(ctx, "task", "delete", "-f", id)
-			}
+		if c.CNIDir != "" {
+			// Through CRI, so that it releases the pods' namespaces and
+			// addresses.
+			c.Crictl(ctx, "rmp", "--all", "--force")
 		}
-		if out, _, err := c.Ctr(ctx, "container", "ls", "-q"); err == nil {
-			for _, id := range strings.Fields(out) {
-				c.Ctr(ctx, "container", "delete", id)
+		for _, ns := range []string{"default", "k8s.io"} {
+			if out, _, err := c.Ctr(ctx, "-n", ns, "task", "ls", "-q"); err == nil {
+				for _, id := range strings.Fields(out) {
+					c.Ctr(ctx, "-n", ns, "task", "kill", "-s", "KILL", id)
+					c.Ctr(ctx, "-n", ns, "task", "delete", "-f", id)
+				}
+			}
+			if out, _, err := c.Ctr(ctx, "-n", ns, "container", "ls", "-q"); err == nil {
+				for _, id := range strings.Fields(out) {
+					c.Ctr(ctx, "-n", ns, "container", "delete", id)
+				}
 			}
 		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)

@@ -18,10 +18,19 @@ import (
 // would normalise local/busybox:latest to it).
 const BusyboxImage = "docker.io/local/busybox:latest"
 
+// PauseImage is the local stand-in for Kubernetes' pause image: busybox
+// sleeping forever.
+const PauseImage = "docker.io/local/pause:latest"
+
 // WriteBusyboxImage writes a single-layer OCI image layout, as a tar that
 // `ctr image import` takes, of a busybox root filesystem: no registry
 // needed.
 func WriteBusyboxImage(path, name string) error {
+	return WriteImage(path, name, []string{"sh"})
+}
+
+// WriteImage is WriteBusyboxImage with the image's default command.
+func WriteImage(path, name string, cmd []string) error {
 	root, err := os.MkdirTemp("", "podvm-image-")
 	if err != nil {
 		return err
@@ -40,7 +49,7 @@ func WriteBusyboxImage(path, name string) error {
 		"os":           "linux",
 		"config": map[string]any{
 			"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd":        []string{"sh"},
+			"Cmd":        cmd,
 			"WorkingDir": "/",
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},

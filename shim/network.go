@@ -1,0 +1,144 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/network"
+	"github.com/podvm/podvm/vm"
+)
+
+// State files of the sandbox's network, in its directory: what `delete`
+// needs to undo after a crash.
+const (
+	netnsState   = "netns.json"
+	networkState = "network.json"
+)
+
+// podNetwork prepares the pod's network before the VM boots: the network
+// namespace QEMU will run in and the NICs it gets. A spec that names a
+// namespace (CRI's) is used as it is; one that asks for a new namespace
+// gets a persistent one podvm owns (and removes with the sandbox); one
+// without a network namespace shares the host's, and the guest gets no NIC.
+func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
+	var nsSpec *specs.LinuxNamespace
+	if spec.Linux != nil {
+		for i, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				nsSpec = &spec.Linux.Namespaces[i]
+			}
+		}
+	}
+	if nsSpec == nil {
+		log.G(ctx).Warn("the spec shares the host's network namespace: the VM gets no network interface")
+		return "", nil, nil
+	}
+	ns := &network.Namespace{Path: nsSpec.Path}
+	if ns.Path == "" {
+		if ns, err = network.CreateNS("podvm-" + sb.id); err != nil {
+			return "", nil, err
+		}
+		if err := network.SaveNS(filepath.Join(sb.dir, netnsState), ns); err != nil {
+			_ = ns.Remove()
+			return "", nil, err
+		}
+	}
+	sb.pod, err = network.OpenPod(ns.Path, network.Model(sb.cfg.Network.Model), filepath.Join(sb.dir, networkState))
+	if err != nil {
+		return "", nil, err
+	}
+	eps, err := sb.pod.Attach()
+	if err != nil {
+		return "", nil, err
+	}
+	if ns.Owned && len(eps) == 0 {
+		// `ctr run --cni` adds the interface after the task exists: the
+		// VM boots with a spare NIC that Start joins to it.
+		if _, err := sb.pod.Spare(); err != nil {
+			log.G(ctx).WithError(err).Warn("no spare NIC: an interface added after the VM started will not reach it")
+		}
+	}
+	for _, e := range sb.pod.Endpoints() {
+		mac := e.Interface.HardwareAddr
+		if e.BootMAC != nil {
+			mac = e.BootMAC
+		}
+		nics = append(nics, hypervisor.NIC{MAC: mac, File: e.File, MTU: e.Interface.MTU})
+	}
+	return ns.Path, nics, nil
+}
+
+// configureGuestNetwork gives the guest the pod interfaces joined so far.
+func (sb *sandbox) configureGuestNetwork(ctx context.Context) error {
+	if sb.pod == nil {
+		return nil
+	}
+	ifaces, routes, neighs := sb.pod.Guest()
+	if len(ifaces) == 0 {
+		return nil
+	}
+	if _, err := sb.guest.Network.Configure(ctx, vm.GuestNetwork(ifaces, routes, neighs)); err != nil {
+		return fmt.Errorf("configure the guest's network: %w", err)
+	}
+	return nil
+}
+
+// rescanNetwork joins interfaces that appeared in the pod's namespace since
+// the VM booted (CNI run by `ctr run --cni` between Create and Start) and
+// configures them in the guest.
+func (sb *sandbox) rescanNetwork(ctx context.Context) error {
+	if sb.pod == nil {
+		return nil
+	}
+	added, err := sb.pod.Attach()
+	if err != nil {
+		return err
+	}
+	for _, e := range added {
+		if e.BootMAC == nil {
+			log.G(ctx).WithField("interface", e.Interface.Name).Error("an interface appeared after the VM started and no spare NIC was left for it")
+		}
+		if e.File != nil {
+			// QEMU has the spare's TAP since boot.
+			e.File.Close()
+			e.File = nil
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	return sb.configureGuestNetwork(ctx)
+}
+
+// closeNetwork undoes the pod network podvm made; the namespace itself
+// goes only if podvm owns it. Repeating it is harmless.
+func (sb *sandbox) closeNetwork() error {
+	var errs []error
+	if sb.pod != nil {
+		errs = append(errs, sb.pod.Close())
+		sb.pod = nil
+	}
+	errs = append(errs, network.Cleanup(filepath.Join(sb.dir, networkState)))
+	errs = append(errs, network.RemoveSaved(filepath.Join(sb.dir, netnsState)))
+	return errors.Join(errs...)
+}
+
+// closeEndpointFiles drops the shim's copies of the NICs' devices once QEMU
+// holds its own: a TAP then lives exactly as long as the VM.
+func (sb *sandbox) closeEndpointFiles() {
+	if sb.pod == nil {
+		return
+	}
+	for _, e := range sb.pod.Endpoints() {
+		if e.File != nil {
+			e.File.Close()
+			e.File = nil
+		}
+	}
+}

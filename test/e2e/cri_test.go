@@ -1,0 +1,202 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+type cri struct {
+	t   *testing.T
+	ctd *harness.Containerd
+	dir string
+	n   int
+}
+
+func (c *cri) run(args ...string) (string, error) {
+	c.t.Helper()
+	out, errOut, err := c.ctd.Crictl(context.Background(), args...)
+	if err != nil {
+		return out, fmt.Errorf("crictl %v: %v: %s", args, err, errOut)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+func (c *cri) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.run(args...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// runp starts a pod under a handler and returns its ID and config file.
+func (c *cri) runp(handler string) (id, config string) {
+	c.t.Helper()
+	c.n++
+	name := fmt.Sprintf("%s-pod-%d", handler, c.n)
+	logs := filepath.Join(c.dir, name+"-logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	config, err := harness.WriteJSON(c.dir, name+".json", map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": fmt.Sprintf("uid-%d", c.n)},
+		"hostname":      name,
+		"log_directory": logs,
+		"linux":         map[string]any{},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return c.must("runp", "--runtime", handler, config), config
+}
+
+// container creates and starts a busybox container in a pod.
+func (c *cri) container(pod, podConfig, name string, cmd ...string) string {
+	c.t.Helper()
+	config, err := harness.WriteJSON(c.dir, pod+"-"+name+".json", map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": harness.BusyboxImage},
+		"command":  cmd,
+		"log_path": name + ".log",
+		"linux":    map[string]any{},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	id := c.must("create", pod, config, podConfig)
+	c.must("start", id)
+	return id
+}
+
+func (c *cri) podIP(pod string) string {
+	c.t.Helper()
+	var st struct {
+		Status struct {
+			Network struct {
+				IP string `json:"ip"`
+			} `json:"network"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(c.must("inspectp", "-o", "json", pod)), &st); err != nil {
+		c.t.Fatal(err)
+	}
+	return st.Status.Network.IP
+}
+
+// qemuOf lists the QEMU processes of a pod (podvm names them after the
+// sandbox).
+func qemuOf(pod string) []string {
+	var out []string
+	for _, q := range harness.TakeCensus().QEMU {
+		if strings.Contains(q, "-name "+pod+" ") {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+func TestCRI(t *testing.T) {
+	harness.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("skipped in -short mode: boots VMs through CRI")
+	}
+	harness.WatchLeaks(t)
+	ctd := harness.StartCRI(t)
+	c := &cri{t: t, ctd: ctd, dir: t.TempDir()}
+	peer := func(args ...string) (string, error) {
+		out, err := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + ctd.NetNS, harness.Busybox}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+
+	for _, handler := range []string{"runc", "podvm"} {
+		t.Run(handler, func(t *testing.T) {
+			c.t = t
+			pod, podConfig := c.runp(handler)
+			ip := c.podIP(pod)
+			if !strings.HasPrefix(ip, "10.66.0.") {
+				t.Fatalf("pod IP %q is not from the CNI range", ip)
+			}
+			// A server in one container, reached from the test's
+			// namespace and, over localhost, from a second container.
+			server := c.container(pod, podConfig, "server", "nc", "-ll", "-p", "8080", "-e", "echo", "hello from "+handler)
+			var got string
+			waitFor(t, func() bool {
+				got, _ = peer("nc", "-w", "3", ip, "8080")
+				return strings.Contains(got, "hello from "+handler)
+			})
+			client := c.container(pod, podConfig, "client", "sh", "-c", "while ! nc -w 2 127.0.0.1 8080; do sleep 0.2; done; sleep 100000")
+			waitFor(t, func() bool {
+				out, _ := c.run("logs", client)
+				return strings.Contains(out, "hello from "+handler)
+			})
+			if t.Failed() {
+				out, err := c.run("logs", client)
+				t.Logf("client logs: %q %v", out, err)
+				out, err = c.run("exec", "-s", client, "sh", "-c", "ip addr; nc -w 2 127.0.0.1 8080; echo rc=$?; ps; cat /proc/net/tcp")
+				t.Logf("client exec: %s %v", out, err)
+				out, err = c.run("exec", "-s", server, "sh", "-c", "ip addr; ps; cat /proc/net/tcp")
+				t.Logf("server exec: %s %v", out, err)
+				out, err = c.run("ps", "-a")
+				t.Logf("ps: %s %v", out, err)
+			}
+			if handler == "podvm" {
+				if q := qemuOf(pod); len(q) != 1 {
+					t.Errorf("pod %s has %d QEMU processes, want one: %v", pod, len(q), q)
+				}
+				if out := c.must("exec", "-s", server, "uname", "-r"); !strings.HasSuffix(out, "-podvm") {
+					t.Errorf("exec -s uname -r = %q", out)
+				}
+			}
+			if out := c.must("exec", "-s", server, "hostname"); out != strings.Split(podConfig[strings.LastIndex(podConfig, "/")+1:], ".")[0] {
+				t.Errorf("hostname in the pod = %q", out)
+			}
+			var stats struct {
+				Stats []struct {
+					Memory struct {
+						WorkingSetBytes struct {
+							Value string `json:"value"`
+						} `json:"workingSetBytes"`
+					} `json:"memory"`
+				} `json:"stats"`
+			}
+			if err := json.Unmarshal([]byte(c.must("stats", "-o", "json", "--id", server)), &stats); err != nil || len(stats.Stats) != 1 || stats.Stats[0].Memory.WorkingSetBytes.Value == "" || stats.Stats[0].Memory.WorkingSetBytes.Value == "0" {
+				t.Errorf("stats: %+v, %v", stats, err)
+			}
+			c.must("stopp", pod)
+			c.must("stopp", pod)
+			c.must("rmp", pod)
+			if q := qemuOf(pod); len(q) != 0 {
+				t.Errorf("QEMU left after rmp: %v", q)
+			}
+		})
+	}
+
+	t.Run("QEMU killed", func(t *testing.T) {
+		c.t = t
+		pod, podConfig := c.runp("podvm")
+		c.container(pod, podConfig, "sleeper", "sleep", "100000")
+		q := qemuOf(pod)
+		if len(q) != 1 {
+			t.Fatalf("QEMU of %s: %v", pod, q)
+		}
+		var pid int
+		fmt.Sscan(q[0], &pid)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		c.must("stopp", pod)
+		c.must("rmp", pod)
+	})
+}

@@ -1,0 +1,99 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// CRISubnet is the pod network of the CRI harness: a CNI bridge in the test
+// containerd's network namespace.
+const CRISubnet = "10.66.0.0/24"
+
+// CRIConfig is the containerd configuration for CRI: handlers runc and
+// podvm, the local pause image, and a CNI bridge whose configuration and
+// IP allocations live in dir. restrict_oom_score_adj is needed on hosts
+// without CAP_SYS_RESOURCE.
+func CRIConfig(dir string) string {
+	return fmt.Sprintf(`
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm]
+      runtime_type = "io.containerd.podvm.v2"
+`, PauseImage, filepath.Join(dir, "net.d"))
+}
+
+// WriteCNIConfig writes the bridge network CRIConfig points at.
+func WriteCNIConfig(dir string) error {
+	if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"podvm-cri","plugins":[{"type":"bridge","bridge":"podvmcri0","isGateway":true,"ipMasq":false,
+"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+		filepath.Join(dir, "ipam"), CRISubnet)
+	return os.WriteFile(filepath.Join(dir, "net.d", "10-podvm-cri.conflist"), []byte(conf), 0o644)
+}
+
+// StartCRI starts a private containerd with CRI, its CNI network and images.
+func StartCRI(t testing.TB) *Containerd {
+	t.Helper()
+	_, err := exec.LookPath(Crictl())
+	Need(t, err == nil, "crictl is missing (make deps builds it into build/tools)")
+	dir := t.TempDir()
+	if err := WriteCNIConfig(dir); err != nil {
+		t.Fatal(err)
+	}
+	c := StartContainerd(t, CRIConfig(dir))
+	c.CNIDir = dir
+	if err := c.Import(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Crictl is crictl: build/tools of the tree, else PATH.
+func Crictl() string {
+	p := filepath.Join(RepoRoot(), "build", "tools", "crictl")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return "crictl"
+}
+
+// Crictl runs crictl against this containerd.
+func (c *Containerd) Crictl(ctx context.Context, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	endpoint := "unix://" + c.Address
+	cmd := exec.CommandContext(ctx, Crictl(), append([]string{"--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "2m"}, args...)...)
+	cmd.Env = c.Env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// WriteJSON writes v as JSON into dir/name and returns the path.
+func WriteJSON(dir, name string, v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, name)
+	return p, os.WriteFile(p, b, 0o644)
+}
