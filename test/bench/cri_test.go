@@ -1,0 +1,151 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+// BenchmarkCRI measures what a kubelet sees, runc and podvm side by side in
+// one containerd: a pod with one container from runp to started, and TCP
+// throughput from the test's namespace (the CNI bridge's side) into it.
+func BenchmarkCRI(b *testing.B) {
+	harness.VMConfig(b)
+	ctd := harness.StartCRI(b)
+	dir := b.TempDir()
+	ctx := context.Background()
+	crictl := func(args ...string) string {
+		out, errOut, err := ctd.Crictl(ctx, args...)
+		if err != nil {
+			b.Fatalf("crictl %v: %v: %s", args, err, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	n := samples(10)
+	start := map[string][]time.Duration{}
+	mbps := map[string][]float64{}
+	for _, handler := range []string{"runc", "podvm"} {
+		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("%s-%d", handler, i)
+			podCfg, _ := harness.WriteJSON(dir, name+"-pod.json", map[string]any{
+				"metadata": map[string]any{"name": name, "namespace": "default", "uid": name}, "linux": map[string]any{}})
+			ctrCfg, _ := harness.WriteJSON(dir, name+"-ctr.json", map[string]any{
+				"metadata": map[string]any{"name": "sink"}, "image": map[string]any{"image": harness.BusyboxImage},
+				"command": []string{"nc", "-ll", "-p", "5001", "-e", "cat"}, "linux": map[string]any{}})
+			t0 := time.Now()
+			pod := crictl("runp", "--runtime", handler, podCfg)
+			c := crictl("create", pod, ctrCfg, podCfg)
+			crictl("start", c)
+			start[handler] = append(start[handler], time.Since(t0))
+			if i < 3 {
+				var st struct {
+					Status struct {
+						Network struct{ IP string } `json:"network"`
+					} `json:"status"`
+				}
+				json.Unmarshal([]byte(crictl("inspectp", "-o", "json", pod)), &st)
+				mb, err := throughput(ctd.NetNS, st.Status.Network.IP+":5001", 64<<20)
+				if err != nil {
+					b.Fatalf("%s: %v", handler, err)
+				}
+				mbps[handler] = append(mbps[handler], mb)
+			}
+			crictl("stopp", pod)
+			crictl("rmp", pod)
+		}
+	}
+	fmt.Printf("CRI, runc and podvm side by side (%d pods each):\n", n)
+	for _, h := range []string{"runc", "podvm"} {
+		fmt.Printf("  %-6s runp + create + start: %s\n", h, harness.Summary(start[h]))
+		fmt.Printf("  %-6s TCP into the pod (64 MiB, echoed back): %s MB/s\n", h, floats(mbps[h]))
+	}
+	fmt.Printf("  podvm/runc: start %.1fx, TCP %.2fx\n",
+		float64(harness.Median(start["podvm"]))/float64(harness.Median(start["runc"])), median(mbps["podvm"])/median(mbps["runc"]))
+}
+
+// throughput sends size bytes to addr from inside the namespace and reads
+// them back (the server echoes), returning MB/s each way.
+func throughput(nsName, addr string, size int) (float64, error) {
+	errc := make(chan error, 1)
+	var mb float64
+	go func() {
+		runtime.LockOSThread()
+		// The thread stays in the namespace and ends with the goroutine.
+		ns, err := netns.GetFromPath(filepath.Join("/var/run/netns", nsName))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		var conn net.Conn
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			if conn, err = net.DialTimeout("tcp", addr, 5*time.Second); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer conn.Close()
+		t0 := time.Now()
+		done := make(chan error, 1)
+		go func() {
+			_, err := io.CopyN(io.Discard, conn, int64(size))
+			done <- err
+		}()
+		buf := make([]byte, 256<<10)
+		for sent := 0; sent < size; sent += len(buf) {
+			if _, err := conn.Write(buf); err != nil {
+				errc <- err
+				return
+			}
+		}
+		if err := <-done; err != nil {
+			errc <- err
+			return
+		}
+		mb = float64(size) / 1e6 / time.Since(t0).Seconds()
+		errc <- nil
+	}()
+	return mb, <-errc
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
+}
+
+func floats(v []float64) string {
+	var parts []string
+	for _, f := range v {
+		parts = append(parts, fmt.Sprintf("%.1f", f))
+	}
+	return fmt.Sprintf("median %.1f (%s)", median(v), strings.Join(parts, ", "))
+}
+
