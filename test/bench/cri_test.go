@@ -148,4 +148,3 @@ func floats(v []float64) string {
 	}
 	return fmt.Sprintf("median %.1f (%s)", median(v), strings.Join(parts, ", "))
 }
-
