@@ -1,16 +1,19 @@
 // Command podvm-demo shows the furthest podvm gets on this machine: first a
 // VM whose agent answers, then containers run through a private containerd
-// with `ctr run --runtime io.containerd.podvm.v2`, beside runc.
+// with `ctr run --runtime io.containerd.podvm.v2`, beside runc, then a pod
+// through CRI.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -75,7 +78,12 @@ func run(kernel, initramfs string, debug bool) error {
 
 	fmt.Println()
 	fmt.Println("== 2. containers through a private containerd: ctr run --runtime io.containerd.podvm.v2")
-	return containers(ctx, cfg)
+	if err := containers(ctx, cfg); err != nil {
+		return err
+	}
+	fmt.Println()
+	fmt.Println("== 3. a pod through CRI (crictl runp --runtime podvm), on a CNI bridge")
+	return pod(ctx)
 }
 
 // containers runs the same commands under runc and podvm through a private
@@ -115,4 +123,86 @@ func containers(ctx context.Context, cfg *vmconfig.Config) error {
 		fmt.Printf("\n$ ctr run --runtime %s --rm %s demo-%d sh -c '...'\n%s%s(exit %d, %v)\n", rt, harness.BusyboxImage, i, out, errOut, code, time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// pod runs a Kubernetes-style pod through containerd's CRI: a server
+// container and a client container that reaches it over localhost, both in
+// one VM, and the server reached from outside the pod over the CNI bridge.
+func pod(ctx context.Context) error {
+	ctd, err := harness.NewCRI()
+	if ctd != nil {
+		defer func() {
+			for _, leak := range ctd.Stop() {
+				fmt.Println("leak:", leak)
+			}
+			ctd.Remove()
+		}()
+	}
+	if err != nil {
+		return err
+	}
+	crictl := func(args ...string) (string, error) {
+		out, errOut, err := ctd.Crictl(ctx, args...)
+		if err != nil {
+			return "", fmt.Errorf("crictl %v: %v: %s", args, err, errOut)
+		}
+		return strings.TrimSpace(out), nil
+	}
+	dir := ctd.CNIDir
+	podCfg, _ := harness.WriteJSON(dir, "pod.json", map[string]any{
+		"metadata": map[string]any{"name": "demo", "namespace": "default", "uid": "demo"}, "hostname": "demo-pod",
+		"log_directory": dir, "linux": map[string]any{}})
+	start := time.Now()
+	pod, err := crictl("runp", "--runtime", "podvm", podCfg)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Status struct {
+			Network struct{ IP string } `json:"network"`
+		} `json:"status"`
+	}
+	out, _ := crictl("inspectp", "-o", "json", pod)
+	json.Unmarshal([]byte(out), &st)
+	fmt.Printf("pod:           %s, IP %s (CNI bridge), runp took %v\n", pod[:12], st.Status.Network.IP, time.Since(start).Round(time.Millisecond))
+	mk := func(name string, cmd ...string) (string, error) {
+		cfg, _ := harness.WriteJSON(dir, name+".json", map[string]any{
+			"metadata": map[string]any{"name": name}, "image": map[string]any{"image": harness.BusyboxImage},
+			"command": cmd, "log_path": name + ".log", "linux": map[string]any{}})
+		id, err := crictl("create", pod, cfg, podCfg)
+		if err != nil {
+			return "", err
+		}
+		_, err = crictl("start", id)
+		return id, err
+	}
+	server, err := mk("server", "nc", "-ll", "-p", "8080", "-e", "sh", "-c", "echo hello from $(hostname), kernel $(uname -r)")
+	if err != nil {
+		return err
+	}
+	client, err := mk("client", "sh", "-c", "until nc -w 2 127.0.0.1 8080; do sleep 0.2; done; sleep 100000")
+	if err != nil {
+		return err
+	}
+	var logs string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if logs, _ = crictl("logs", client); logs != "" {
+			break
+		}
+	}
+	fmt.Printf("client -> server over localhost in the pod: %s\n", logs)
+	from, _ := exec.Command("nsenter", "--net=/var/run/netns/"+ctd.NetNS, harness.Busybox, "nc", "-w", "5", st.Status.Network.IP, "8080").CombinedOutput()
+	fmt.Printf("host side of the bridge -> server:            %s", from)
+	qemus := 0
+	for _, q := range harness.TakeCensus().QEMU {
+		if strings.Contains(q, "-name "+pod+" ") {
+			qemus++
+		}
+	}
+	fmt.Printf("containers %s and %s share %d VM (QEMU process)\n", server[:12], client[:12], qemus)
+	if _, err := crictl("stopp", pod); err != nil {
+		return err
+	}
+	_, err = crictl("rmp", pod)
+	return err
 }

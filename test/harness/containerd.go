@@ -244,8 +244,14 @@ func (c *Containerd) Stop() (leaks []string) {
 	return leaks
 }
 
-// Remove deletes the directory (after Stop).
-func (c *Containerd) Remove() error { return os.RemoveAll(c.Dir) }
+// Remove deletes the directory (after Stop), and a CNI directory made by
+// NewCRI.
+func (c *Containerd) Remove() error {
+	if strings.HasPrefix(filepath.Base(c.CNIDir), "podvm-cni-") {
+		os.RemoveAll(c.CNIDir)
+	}
+	return os.RemoveAll(c.Dir)
+}
 
 func tailLines(s string, n int) string {
 	lines := strings.Split(s, "\n")

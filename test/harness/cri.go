@@ -66,6 +66,26 @@ func StartCRI(t testing.TB) *Containerd {
 	return c
 }
 
+// NewCRI is StartCRI outside a test: the caller Stops and Removes it.
+func NewCRI() (*Containerd, error) {
+	dir, err := os.MkdirTemp("", "podvm-cni-")
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteCNIConfig(dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	c, err := NewContainerd(CRIConfig(dir))
+	if c != nil {
+		c.CNIDir = dir
+	}
+	if err == nil {
+		err = c.Import()
+	}
+	return c, err
+}
+
 // Crictl is crictl: build/tools of the tree, else PATH.
 func Crictl() string {
 	p := filepath.Join(RepoRoot(), "build", "tools", "crictl")
