@@ -113,6 +113,9 @@ func args(c *Config, f fds) ([]string, error) {
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
 	)
+	for i := 0; i < m.hotplugSlots(); i++ {
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d,bus=pcie.0", hotplugPort(i), i+1, i+1))
+	}
 	for i, n := range c.NICs {
 		// vhost-net is not used: it is absent on some hosts and its
 		// gain matters less than a working default.
@@ -156,3 +159,6 @@ func hostMTU(mtu int) string {
 	}
 	return ",host_mtu=" + strconv.Itoa(mtu)
 }
+
+// hotplugPort names the i-th root port NICs are hot-plugged into.
+func hotplugPort(i int) string { return fmt.Sprintf("hp%d", i) }

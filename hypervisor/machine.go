@@ -9,6 +9,9 @@ type machine interface {
 	// ("serial", "rng", "vsock", "net", "9p", "fs") on this machine's bus.
 	virtio(kind string) string
 	kernelParams(c *Config) []string
+	// hotplugSlots is how many NICs can be plugged into the running VM
+	// (0: none; microvm has no hot-pluggable bus).
+	hotplugSlots() int
 }
 
 var machines = map[string]machine{
@@ -37,6 +40,8 @@ func (microvm) kernelParams(*Config) []string {
 	return []string{"acpi=off", "pci=off"}
 }
 
+func (microvm) hotplugSlots() int { return 0 }
+
 // q35 is a PC with PCIe: slower to boot than microvm, but with ACPI and
 // PCI hot-plug.
 type q35 struct{}
@@ -50,6 +55,11 @@ func (q35) virtio(kind string) string {
 }
 
 func (q35) kernelParams(*Config) []string { return nil }
+
+// PCIe devices plug into root ports, which must exist when QEMU starts.
+func (q35) hotplugSlots() int { return q35HotplugPorts }
+
+const q35HotplugPorts = 4
 
 // virtioDevices maps device kinds to QEMU device names without their bus
 // suffix (-device for MMIO, -pci for PCI).

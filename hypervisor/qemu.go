@@ -23,9 +23,10 @@ type VM struct {
 	started time.Time
 	qmp     *QMP
 
-	mu        sync.Mutex
-	agentConn net.Conn // serial: the host end, handed out once
-	vsockCID  uint32
+	mu         sync.Mutex
+	agentConn  net.Conn // serial: the host end, handed out once
+	vsockCID   uint32
+	hotplugged int // NICs plugged in after start
 
 	args []string
 

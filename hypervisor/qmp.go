@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrQMPClosed is returned for calls on a QMP connection that QEMU closed,
@@ -179,6 +182,16 @@ func (q *QMP) read(dec *json.Decoder) {
 // arguments (nil for none); the command's return value is unmarshalled into
 // result when it is not nil.
 func (q *QMP) Execute(ctx context.Context, cmd string, args, result any) error {
+	return q.execute(ctx, cmd, args, result, nil)
+}
+
+// ExecuteWithFile runs a command with a file descriptor attached (SCM_RIGHTS),
+// as `getfd` and `add-fd` expect. The connection must be a unix socket.
+func (q *QMP) ExecuteWithFile(ctx context.Context, cmd string, args, result any, f *os.File) error {
+	return q.execute(ctx, cmd, args, result, f)
+}
+
+func (q *QMP) execute(ctx context.Context, cmd string, args, result any, f *os.File) error {
 	q.callMu.Lock()
 	defer q.callMu.Unlock()
 
@@ -204,7 +217,7 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args, result any) error {
 		_ = q.conn.SetWriteDeadline(dl)
 		defer q.conn.SetWriteDeadline(time.Time{})
 	}
-	if err := q.enc.Encode(req); err != nil {
+	if err := q.send(req, f); err != nil {
 		q.forget(id)
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
@@ -227,6 +240,31 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args, result any) error {
 		q.forget(id)
 		return fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 	}
+}
+
+func (q *QMP) send(req any, f *os.File) error {
+	if f == nil {
+		return q.enc.Encode(req)
+	}
+	uc, ok := q.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("passing a file needs a unix socket")
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var werr error
+	if err := rc.Control(func(fd uintptr) {
+		_, _, werr = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return err
+	}
+	return werr
 }
 
 func (q *QMP) forget(id string) {

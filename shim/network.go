@@ -57,9 +57,10 @@ func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns stri
 	if err != nil {
 		return "", nil, err
 	}
-	if ns.Owned && len(eps) == 0 {
-		// `ctr run --cni` adds the interface after the task exists: the
-		// VM boots with a spare NIC that Start joins to it.
+	if ns.Owned && len(eps) == 0 && !hypervisor.MachineHotplugs(sb.cfg.Hypervisor.Machine) {
+		// `ctr run --cni` adds the interface after the task exists. q35
+		// plugs a NIC in then; a microvm cannot, so it boots with a spare
+		// NIC that Start joins to the interface.
 		if _, err := sb.pod.Spare(); err != nil {
 			log.G(ctx).WithError(err).Warn("no spare NIC: an interface added after the VM started will not reach it")
 		}
@@ -101,11 +102,17 @@ func (sb *sandbox) rescanNetwork(ctx context.Context) error {
 		return err
 	}
 	for _, e := range added {
-		if e.BootMAC == nil {
+		switch {
+		case e.BootMAC != nil:
+			// An adopted spare: QEMU has its TAP since boot.
+		case sb.guest.VM.CanHotplug():
+			if err := sb.guest.VM.AddNIC(ctx, hypervisor.NIC{MAC: e.Interface.HardwareAddr, File: e.File, MTU: e.Interface.MTU}); err != nil {
+				return fmt.Errorf("hot-plug a NIC for %s: %w", e.Interface.Name, err)
+			}
+		default:
 			log.G(ctx).WithField("interface", e.Interface.Name).Error("an interface appeared after the VM started and no spare NIC was left for it")
 		}
 		if e.File != nil {
-			// QEMU has the spare's TAP since boot.
 			e.File.Close()
 			e.File = nil
 		}

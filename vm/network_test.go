@@ -123,3 +123,46 @@ func nsIno(t *testing.T, path string) string {
 	}
 	return fmt.Sprintf("net:[%d]", st.Ino)
 }
+
+// TestNICHotplug: on q35, a NIC for an interface CNI added after boot is
+// plugged into the running VM over QMP, then configured by the agent.
+func TestNICHotplug(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	cfg.Hypervisor.Machine = "q35"
+	harness.WatchLeaks(t)
+	pod, peer := harness.NetNS(t, "pod"), harness.NetNS(t, "peer")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-hotplug", NetNS: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+	if !g.VM.CanHotplug() {
+		t.Fatal("q35 says it cannot hot-plug")
+	}
+	// CNI's turn, after the VM exists.
+	harness.AddVeth(t, pod, peer, "10.96.0.2/24", "10.96.0.1/24")
+	p, err := network.OpenPod(pod, network.TCFilter, filepath.Join(t.TempDir(), "network.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	eps, err := p.Attach()
+	if err != nil || len(eps) != 1 {
+		t.Fatalf("attach: %v %v", eps, err)
+	}
+	e := eps[0]
+	if err := g.VM.AddNIC(ctx, hypervisor.NIC{MAC: e.Interface.HardwareAddr, File: e.File, MTU: e.Interface.MTU}); err != nil {
+		t.Fatal(err)
+	}
+	e.File.Close()
+	e.File = nil
+	ifaces, routes, neighs := p.Guest()
+	if _, err := g.Network.Configure(ctx, GuestNetwork(ifaces, routes, neighs)); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nsenter", "--net="+peer, harness.Busybox, "ping", "-c", "3", "-W", "5", "10.96.0.2").CombinedOutput(); err != nil {
+		t.Fatalf("ping the hot-plugged NIC: %v\n%s", err, out)
+	}
+}
