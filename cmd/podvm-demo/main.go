@@ -95,12 +95,7 @@ func containers(ctx context.Context, cfg *vmconfig.Config) error {
 	}
 	ctd, err := harness.NewContainerd("")
 	if ctd != nil {
-		defer func() {
-			for _, leak := range ctd.Stop() {
-				fmt.Println("leak:", leak)
-			}
-			ctd.Remove()
-		}()
+		defer teardown(ctd)
 	}
 	if err != nil {
 		return err
@@ -131,12 +126,7 @@ func containers(ctx context.Context, cfg *vmconfig.Config) error {
 func pod(ctx context.Context) error {
 	ctd, err := harness.NewCRI()
 	if ctd != nil {
-		defer func() {
-			for _, leak := range ctd.Stop() {
-				fmt.Println("leak:", leak)
-			}
-			ctd.Remove()
-		}()
+		defer teardown(ctd)
 	}
 	if err != nil {
 		return err
@@ -205,4 +195,13 @@ func pod(ctx context.Context) error {
 	}
 	_, err = crictl("rmp", pod)
 	return err
+}
+
+// teardown stops a private containerd and says what it left behind (which
+// would be a podvm bug).
+func teardown(ctd *harness.Containerd) {
+	for _, leak := range ctd.Stop() {
+		fmt.Println("leak:", leak)
+	}
+	ctd.Remove()
 }

@@ -179,6 +179,7 @@ func TestCRI(t *testing.T) {
 			if q := qemuOf(pod); len(q) != 0 {
 				t.Errorf("QEMU left after rmp: %v", q)
 			}
+			checkNoAllocations(t, ctd)
 		})
 	}
 
@@ -198,5 +199,18 @@ func TestCRI(t *testing.T) {
 		time.Sleep(time.Second)
 		c.must("stopp", pod)
 		c.must("rmp", pod)
+		checkNoAllocations(t, ctd)
 	})
+}
+
+// checkNoAllocations fails the test if host-local still holds a pod IP:
+// CNI's DEL must have run for every removed pod.
+func checkNoAllocations(t *testing.T, ctd *harness.Containerd) {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(ctd.CNIDir, "ipam", "podvm-cri"))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "10.") {
+			t.Errorf("leak: IP allocation %s left", e.Name())
+		}
+	}
 }
