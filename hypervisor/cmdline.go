@@ -113,6 +113,7 @@ func args(c *Config, f fds) ([]string, error) {
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
 	)
+	a = append(a, m.extraArgs()...)
 	for i := 0; i < m.hotplugSlots(); i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d,bus=pcie.0", hotplugPort(i), i+1, i+1))
 	}

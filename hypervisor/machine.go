@@ -12,6 +12,8 @@ type machine interface {
 	// hotplugSlots is how many NICs can be plugged into the running VM
 	// (0: none; microvm has no hot-pluggable bus).
 	hotplugSlots() int
+	// extraArgs are further QEMU options the machine needs.
+	extraArgs() []string
 }
 
 var machines = map[string]machine{
@@ -42,6 +44,8 @@ func (microvm) kernelParams(*Config) []string {
 
 func (microvm) hotplugSlots() int { return 0 }
 
+func (microvm) extraArgs() []string { return nil }
+
 // q35 is a PC with PCIe: slower to boot than microvm, but with ACPI and
 // PCI hot-plug.
 type q35 struct{}
@@ -60,6 +64,13 @@ func (q35) kernelParams(*Config) []string { return nil }
 func (q35) hotplugSlots() int { return q35HotplugPorts }
 
 const q35HotplugPorts = 4
+
+// QEMU 7.2's q35 hands PCIe root port hot-plug to ACPI by default; native
+// PCIe hot-plug (pciehp) is what the guest kernel has, and needs no ACPI
+// method evaluation on every plug.
+func (q35) extraArgs() []string {
+	return []string{"-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"}
+}
 
 // virtioDevices maps device kinds to QEMU device names without their bus
 // suffix (-device for MMIO, -pci for PCI).
