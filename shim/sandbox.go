@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/podvm/podvm/hypervisor"
@@ -48,9 +49,10 @@ type sandbox struct {
 	dir       string // <state_dir>/sandboxes/<id>
 	shareDir  string // dir/shared, the guest's /run/podvm/shared
 
-	bootMu sync.Mutex
-	guest  *vm.Guest
-	pod    *network.Pod // the pod's interfaces joined to the VM
+	bootMu     sync.Mutex
+	configured bool // runtime options applied
+	guest      *vm.Guest
+	pod        *network.Pod // the pod's interfaces joined to the VM
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -68,6 +70,23 @@ func newSandbox(ctx context.Context, id, namespace string, cfg *vmconfig.Config,
 
 func sandboxDir(cfg *vmconfig.Config, id string) string {
 	return filepath.Join(cfg.StateDir, "sandboxes", id)
+}
+
+// configure applies the runtime handler's options (CRI's ConfigPath or
+// ConfigBody) once, before the VM exists: a VM's configuration is settled
+// when it boots.
+func (sb *sandbox) configure(opts *anypb.Any) error {
+	sb.bootMu.Lock()
+	defer sb.bootMu.Unlock()
+	if sb.guest != nil || sb.configured {
+		return nil
+	}
+	c, err := withRuntimeOptions(sb.cfg, opts)
+	if err != nil {
+		return err
+	}
+	sb.cfg, sb.configured = c, true
+	return nil
 }
 
 // qemuPidFile records QEMU's PID for `containerd-shim-podvm-v2 delete`

@@ -94,6 +94,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "read the spec of %s: %v", r.ID, err)
 	}
+	if err := s.sb.configure(r.Options); err != nil {
+		log.G(ctx).WithError(err).Error("configuration")
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "podvm: %v", err)
+	}
 	if err := s.sb.ensureVM(ctx, spec); err != nil {
 		log.G(ctx).WithError(err).Error("boot VM")
 		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: boot the VM for %s: %w", r.ID, err))

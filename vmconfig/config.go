@@ -205,3 +205,26 @@ func describeDecodeError(err error) error {
 	}
 	return err
 }
+
+// Overlay returns a copy of c with a TOML document's keys on top: how
+// containerd's runtime options (a ConfigPath or ConfigBody) refine the
+// node's configuration for one runtime handler. Unknown keys and bad values
+// are errors, as in Parse.
+func (c *Config) Overlay(doc string) (*Config, error) {
+	out := *c
+	md, err := toml.Decode(doc, &out)
+	if err != nil {
+		return nil, describeDecodeError(err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("unknown key %s: see the example config.toml for the keys podvm knows", strings.Join(keys, ", "))
+	}
+	if err := out.Validate(); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

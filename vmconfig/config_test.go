@@ -155,3 +155,24 @@ func TestForPod(t *testing.T) {
 		t.Error("ForPod changed its receiver")
 	}
 }
+
+func TestOverlay(t *testing.T) {
+	base, err := Parse("[hypervisor]\nmemory_mib = 1024\nvcpus = 1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := base.Overlay("[hypervisor]\nmachine = \"q35\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The overlay's keys win; the others keep the base's values.
+	if c.Hypervisor.Machine != "q35" || c.Hypervisor.MemoryMiB != 1024 || base.Hypervisor.Machine != "microvm" {
+		t.Errorf("overlay %+v, base %+v", c.Hypervisor, base.Hypervisor)
+	}
+	if _, err := base.Overlay("[hypervisor]\nmachine = \"pc\"\n"); err == nil || !strings.Contains(err.Error(), "hypervisor.machine") {
+		t.Errorf("bad overlay: %v", err)
+	}
+	if _, err := base.Overlay("frobnicate = 1\n"); err == nil || !strings.Contains(err.Error(), "frobnicate") {
+		t.Errorf("unknown key: %v", err)
+	}
+}

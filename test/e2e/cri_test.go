@@ -183,6 +183,23 @@ func TestCRI(t *testing.T) {
 		})
 	}
 
+	t.Run("failed run", func(t *testing.T) {
+		// The handler's ConfigPath (a runtime option) names a kernel that
+		// does not exist: runp fails, saying so, and leaves nothing.
+		c.t = t
+		c.n++
+		cfg, _ := harness.WriteJSON(c.dir, "broken.json", map[string]any{
+			"metadata": map[string]any{"name": "broken", "namespace": "default", "uid": "broken"}, "linux": map[string]any{}})
+		_, err := c.run("runp", "--runtime", "podvm-broken", cfg)
+		if err == nil || !strings.Contains(err.Error(), harness.BrokenKernel) {
+			t.Errorf("runp with a broken configuration: %v", err)
+		}
+		if out := c.must("pods", "-q"); out != "" {
+			t.Errorf("pods left: %q", out)
+		}
+		checkNoAllocations(t, ctd)
+	})
+
 	t.Run("QEMU killed", func(t *testing.T) {
 		c.t = t
 		pod, podConfig := c.runp("podvm")

@@ -35,12 +35,24 @@ func CRIConfig(dir string) string {
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm]
       runtime_type = "io.containerd.podvm.v2"
-`, PauseImage, filepath.Join(dir, "net.d"))
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken.options]
+        ConfigPath = %q
+`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"))
 }
 
-// WriteCNIConfig writes the bridge network CRIConfig points at.
+// BrokenKernel is the kernel the podvm-broken handler's configuration
+// names: it does not exist, so its pods fail to start.
+const BrokenKernel = "/nonexistent/podvm/vmlinux"
+
+// WriteCNIConfig writes the bridge network CRIConfig points at, and the
+// podvm-broken handler's configuration.
 func WriteCNIConfig(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "broken.toml"), []byte(fmt.Sprintf("[hypervisor]\nkernel = %q\n", BrokenKernel)), 0o644); err != nil {
 		return err
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"podvm-cri","plugins":[{"type":"bridge","bridge":"podvmcri0","isGateway":true,"ipMasq":false,
