@@ -23,6 +23,9 @@ type Config struct {
 	Agent      Agent      `toml:"agent"`
 	Timeouts   Timeouts   `toml:"timeouts"`
 	Network    Network    `toml:"network"`
+	// Annotations says which keys a pod may change with annotations
+	// io.podvm.config.<key>.
+	Annotations Annotations `toml:"annotations"`
 	// Debug makes the shim, the guest kernel and the agent log verbosely.
 	Debug bool `toml:"debug"`
 	// StateDir holds runtime state such as the accelerator probe's answer.
@@ -45,6 +48,9 @@ type Hypervisor struct {
 	// VCPUs and MemoryMiB size the guest.
 	VCPUs     int `toml:"vcpus"`
 	MemoryMiB int `toml:"memory_mib"`
+	// MaxMemoryMiB bounds a guest's memory, whatever a pod's limits or
+	// annotations ask for.
+	MaxMemoryMiB int `toml:"max_memory_mib"`
 	// CPUModel is the guest CPU under TCG (QEMU's -cpu); under KVM the
 	// guest gets the host's.
 	CPUModel string `toml:"cpu_model"`
@@ -101,18 +107,20 @@ func Default() *Config {
 	share := assetDir()
 	return &Config{
 		Hypervisor: Hypervisor{
-			Path:        "qemu-system-x86_64",
-			Kernel:      filepath.Join(share, "vmlinux"),
-			Initramfs:   filepath.Join(share, "initramfs.cpio"),
-			Machine:     "microvm",
-			Accelerator: "auto",
-			VCPUs:       1,
-			MemoryMiB:   512,
-			TCGCacheMiB: 32,
-			CPUModel:    "max",
+			Path:         "qemu-system-x86_64",
+			Kernel:       filepath.Join(share, "vmlinux"),
+			Initramfs:    filepath.Join(share, "initramfs.cpio"),
+			Machine:      "microvm",
+			Accelerator:  "auto",
+			VCPUs:        1,
+			MemoryMiB:    512,
+			MaxMemoryMiB: 16384,
+			TCGCacheMiB:  32,
+			CPUModel:     "max",
 		},
-		Agent:   Agent{Transport: "auto", VsockPort: 1024},
-		Network: Network{Model: "tcfilter"},
+		Agent:       Agent{Transport: "auto", VsockPort: 1024},
+		Network:     Network{Model: "tcfilter"},
+		Annotations: Annotations{Allowed: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "debug"}},
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},
 			Shutdown: Duration{5 * time.Second},

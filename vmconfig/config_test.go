@@ -31,7 +31,7 @@ func TestExampleMatchesDefaults(t *testing.T) {
 	}
 	// Every key of Config appears in the example, commented or not.
 	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
-		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model"} {
+		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed"} {
 		if !strings.Contains(string(b), key+" = ") {
 			t.Errorf("example config does not document %s", key)
 		}
@@ -174,5 +174,50 @@ func TestOverlay(t *testing.T) {
 	}
 	if _, err := base.Overlay("frobnicate = 1\n"); err == nil || !strings.Contains(err.Error(), "frobnicate") {
 		t.Errorf("unknown key: %v", err)
+	}
+}
+
+func TestWithAnnotations(t *testing.T) {
+	c := Default()
+	got, err := c.WithAnnotations(map[string]string{
+		"io.podvm.config.hypervisor.vcpus":      "2",
+		"io.podvm.config.hypervisor.memory_mib": "1024",
+		"io.podvm.config.debug":                 "true",
+		"other.annotation":                      "ignored",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Hypervisor.VCPUs != min(2, MaxVCPUs()) && got.Hypervisor.VCPUs != 2 || got.Hypervisor.MemoryMiB != 1024 || !got.Debug {
+		t.Errorf("got %+v debug %v", got.Hypervisor, got.Debug)
+	}
+	if c.Debug || c.Hypervisor.MemoryMiB != 512 {
+		t.Error("WithAnnotations changed its receiver")
+	}
+	tests := []struct {
+		ann  map[string]string
+		want []string
+	}{
+		{map[string]string{"io.podvm.config.hypervisor.path": "/tmp/evil"}, []string{"io.podvm.config.hypervisor.path", "may not be set by pods", "annotations.allowed"}},
+		{map[string]string{"io.podvm.config.hypervisor.kernel": "/tmp/evil"}, []string{"hypervisor.kernel", "may not be set"}},
+		{map[string]string{"io.podvm.config.hypervisor.vcpu": "2"}, []string{"not a configuration key"}},
+		{map[string]string{"io.podvm.config.hypervisor.memory_mib": "999999"}, []string{"hypervisor.memory_mib", "max_memory_mib"}},
+		{map[string]string{"io.podvm.config.hypervisor.vcpus": "lots"}, []string{"hypervisor.vcpus"}},
+	}
+	for _, tt := range tests {
+		_, err := c.WithAnnotations(tt.ann)
+		for _, w := range tt.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("WithAnnotations(%v) = %v, want it to mention %q", tt.ann, err, w)
+			}
+		}
+	}
+	// An operator may allow more.
+	c.Annotations.Allowed = append(c.Annotations.Allowed, "hypervisor.machine")
+	if got, err := c.WithAnnotations(map[string]string{"io.podvm.config.hypervisor.machine": "q35"}); err != nil || got.Hypervisor.Machine != "q35" {
+		t.Errorf("allowed machine: %v %v", got, err)
+	}
+	if _, err := Parse("[annotations]\nallowed = [\"hypervisor.nope\"]\n"); err == nil || !strings.Contains(err.Error(), "annotations.allowed") {
+		t.Errorf("bad allowlist: %v", err)
 	}
 }

@@ -24,7 +24,7 @@ func (c *Config) ForPod(annotations map[string]string) *Config {
 	}
 	if mem, _ := strconv.ParseInt(annotations[AnnotationMemory], 10, 64); mem > 0 {
 		mib := int((mem + 1<<20 - 1) >> 20)
-		out.Hypervisor.MemoryMiB = min(c.Hypervisor.MemoryMiB+mib, MaxMemoryMiB)
+		out.Hypervisor.MemoryMiB = min(c.Hypervisor.MemoryMiB+mib, c.Hypervisor.MaxMemoryMiB)
 	}
 	return &out
 }

@@ -34,8 +34,11 @@ func (c *Config) Validate() error {
 	if h.VCPUs < 1 || h.VCPUs > MaxVCPUs() {
 		bad("hypervisor.vcpus", "%d is outside 1..%d (the host's CPUs)", h.VCPUs, MaxVCPUs())
 	}
-	if h.MemoryMiB < MinMemoryMiB || h.MemoryMiB > MaxMemoryMiB {
-		bad("hypervisor.memory_mib", "%d is outside %d..%d", h.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
+	if h.MaxMemoryMiB < MinMemoryMiB || h.MaxMemoryMiB > MaxMemoryMiB {
+		bad("hypervisor.max_memory_mib", "%d is outside %d..%d", h.MaxMemoryMiB, MinMemoryMiB, MaxMemoryMiB)
+	}
+	if h.MemoryMiB < MinMemoryMiB || h.MemoryMiB > h.MaxMemoryMiB {
+		bad("hypervisor.memory_mib", "%d is outside %d..%d (hypervisor.max_memory_mib)", h.MemoryMiB, MinMemoryMiB, h.MaxMemoryMiB)
 	}
 	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > 4096 {
 		bad("hypervisor.tcg_cache_mib", "%d is outside 0..4096 (0 means QEMU's default)", h.TCGCacheMiB)
@@ -49,6 +52,11 @@ func (c *Config) Validate() error {
 	case "tcfilter", "macvtap", "bridge":
 	default:
 		bad("network.model", "%q is not tcfilter, macvtap or bridge", c.Network.Model)
+	}
+	for _, k := range c.Annotations.Allowed {
+		if _, ok := annotationKeys[k]; !ok {
+			bad("annotations.allowed", "%q is not a configuration key (see the example config.toml)", k)
+		}
 	}
 	if c.Agent.VsockPort == 0 {
 		bad("agent.vsock_port", "must not be 0")
