@@ -73,9 +73,9 @@ func sandboxDir(cfg *vmconfig.Config, id string) string {
 }
 
 // configure applies the runtime handler's options (CRI's ConfigPath or
-// ConfigBody) once, before the VM exists: a VM's configuration is settled
-// when it boots.
-func (sb *sandbox) configure(opts *anypb.Any) error {
+// ConfigBody) and then the pod's io.podvm.config.* annotations once, before
+// the VM exists: a VM's configuration is settled when it boots.
+func (sb *sandbox) configure(opts *anypb.Any, annotations map[string]string) error {
 	sb.bootMu.Lock()
 	defer sb.bootMu.Unlock()
 	if sb.guest != nil || sb.configured {
@@ -84,6 +84,9 @@ func (sb *sandbox) configure(opts *anypb.Any) error {
 	c, err := withRuntimeOptions(sb.cfg, opts)
 	if err != nil {
 		return err
+	}
+	if c, err = c.WithAnnotations(annotations); err != nil {
+		return fmt.Errorf("pod annotations: %w", err)
 	}
 	sb.cfg, sb.configured = c, true
 	return nil

@@ -94,7 +94,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "read the spec of %s: %v", r.ID, err)
 	}
-	if err := s.sb.configure(r.Options); err != nil {
+	if err := s.sb.configure(r.Options, spec.Annotations); err != nil {
 		log.G(ctx).WithError(err).Error("configuration")
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "podvm: %v", err)
 	}

@@ -41,7 +41,14 @@ func (c *cri) must(args ...string) string {
 }
 
 // runp starts a pod under a handler and returns its ID and config file.
-func (c *cri) runp(handler string) (id, config string) {
+func (c *cri) runp(handler string, annotations map[string]string) (id, config string) {
+	c.t.Helper()
+	config = c.podConfig(handler, annotations)
+	return c.must("runp", "--runtime", handler, config), config
+}
+
+// podConfig writes a pod's configuration for crictl runp.
+func (c *cri) podConfig(handler string, annotations map[string]string) string {
 	c.t.Helper()
 	c.n++
 	name := fmt.Sprintf("%s-pod-%d", handler, c.n)
@@ -53,12 +60,13 @@ func (c *cri) runp(handler string) (id, config string) {
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": fmt.Sprintf("uid-%d", c.n)},
 		"hostname":      name,
 		"log_directory": logs,
+		"annotations":   annotations,
 		"linux":         map[string]any{},
 	})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return c.must("runp", "--runtime", handler, config), config
+	return config
 }
 
 // container creates and starts a busybox container in a pod.
@@ -122,7 +130,7 @@ func TestCRI(t *testing.T) {
 	for _, handler := range []string{"runc", "podvm"} {
 		t.Run(handler, func(t *testing.T) {
 			c.t = t
-			pod, podConfig := c.runp(handler)
+			pod, podConfig := c.runp(handler, nil)
 			ip := c.podIP(pod)
 			if !strings.HasPrefix(ip, "10.66.0.") {
 				t.Fatalf("pod IP %q is not from the CNI range", ip)
@@ -200,9 +208,38 @@ func TestCRI(t *testing.T) {
 		checkNoAllocations(t, ctd)
 	})
 
+	t.Run("pod annotations", func(t *testing.T) {
+		// Allowed keys size the VM; a key the allowlist does not hold
+		// fails runp with its name, leaving nothing.
+		c.t = t
+		pod, podConfig := c.runp("podvm", map[string]string{
+			"io.podvm.config.hypervisor.vcpus":      "2",
+			"io.podvm.config.hypervisor.memory_mib": "384",
+		})
+		sleeper := c.container(pod, podConfig, "sleeper", "sleep", "100000")
+		if out := c.must("exec", "-s", sleeper, "nproc"); out != "2" {
+			t.Errorf("nproc in a pod annotated with 2 vCPUs = %q", out)
+		}
+		if q := qemuOf(pod); len(q) != 1 || !strings.Contains(q[0], " -smp 2 ") || !strings.Contains(q[0], " -m 384M ") {
+			t.Errorf("QEMU of the annotated pod: %v", q)
+		}
+		c.must("stopp", pod)
+		c.must("rmp", pod)
+
+		refused := c.podConfig("podvm", map[string]string{"io.podvm.config.hypervisor.path": "/bin/true"})
+		_, err := c.run("runp", "--runtime", "podvm", refused)
+		if err == nil || !strings.Contains(err.Error(), "io.podvm.config.hypervisor.path") || !strings.Contains(err.Error(), "annotations.allowed") {
+			t.Errorf("runp with a refused annotation: %v", err)
+		}
+		if out := c.must("pods", "-q"); out != "" {
+			t.Errorf("pods left: %q", out)
+		}
+		checkNoAllocations(t, ctd)
+	})
+
 	t.Run("QEMU killed", func(t *testing.T) {
 		c.t = t
-		pod, podConfig := c.runp("podvm")
+		pod, podConfig := c.runp("podvm", nil)
 		c.container(pod, podConfig, "sleeper", "sleep", "100000")
 		q := qemuOf(pod)
 		if len(q) != 1 {

@@ -35,6 +35,7 @@ func CRIConfig(dir string) string {
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm]
       runtime_type = "io.containerd.podvm.v2"
+      pod_annotations = ["io.podvm.config.*"]
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken]
       runtime_type = "io.containerd.podvm.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken.options]
