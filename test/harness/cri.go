@@ -19,8 +19,13 @@ const CRISubnet = "10.66.0.0/24"
 // CRIConfig is the containerd configuration for CRI: handlers runc and
 // podvm, the local pause image, and a CNI bridge whose configuration and
 // IP allocations live in dir. restrict_oom_score_adj is needed on hosts
-// without CAP_SYS_RESOURCE.
-func CRIConfig(dir string) string {
+// without CAP_SYS_RESOURCE. The podvm runtime is the README's snippet,
+// verbatim.
+func CRIConfig(dir string) (string, error) {
+	podvm, err := READMEBlock("toml", `runtimes.podvm]`)
+	if err != nil {
+		return "", err
+	}
 	return fmt.Sprintf(`
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
@@ -33,14 +38,11 @@ func CRIConfig(dir string) string {
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm]
-      runtime_type = "io.containerd.podvm.v2"
-      pod_annotations = ["io.podvm.config.*"]
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken]
       runtime_type = "io.containerd.podvm.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken.options]
         ConfigPath = %q
-`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"))
+%s`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"), podvm), nil
 }
 
 // BrokenKernel is the kernel the podvm-broken handler's configuration
@@ -71,7 +73,11 @@ func StartCRI(t testing.TB) *Containerd {
 	if err := WriteCNIConfig(dir); err != nil {
 		t.Fatal(err)
 	}
-	c := StartContainerd(t, CRIConfig(dir))
+	config, err := CRIConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartContainerd(t, config)
 	c.CNIDir = dir
 	if err := c.Import(); err != nil {
 		t.Fatal(err)
@@ -89,7 +95,12 @@ func NewCRI() (*Containerd, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	c, err := NewContainerd(CRIConfig(dir))
+	config, err := CRIConfig(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	c, err := NewContainerd(config)
 	if c != nil {
 		c.CNIDir = dir
 	}

@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+// TestREADME runs what the README tells a user to type: its ctr line
+// against a private containerd, and its RuntimeClass against the runtime
+// the containerd snippet defines (that snippet is the CRI tests' podvm
+// runtime, verbatim).
+func TestREADME(t *testing.T) {
+	harness.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("skipped in -short mode: boots a VM")
+	}
+	harness.WatchLeaks(t)
+
+	snippet, err := harness.READMEBlock("toml", "runtimes.podvm]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	class, err := harness.READMEBlock("yaml", "kind: RuntimeClass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rc struct {
+		APIVersion string `yaml:"apiVersion"`
+		Kind       string `yaml:"kind"`
+		Handler    string `yaml:"handler"`
+	}
+	if err := yaml.Unmarshal([]byte(class), &rc); err != nil {
+		t.Fatalf("README's RuntimeClass: %v", err)
+	}
+	if rc.APIVersion != "node.k8s.io/v1" || rc.Kind != "RuntimeClass" || !strings.Contains(snippet, "runtimes."+rc.Handler+"]") {
+		t.Errorf("README's RuntimeClass %+v does not name the runtime of its containerd snippet:\n%s", rc, snippet)
+	}
+
+	line, err := harness.READMEBlock("sh", "ctr run --runtime io.containerd.podvm.v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctd := harness.StartContainerd(t, "")
+	ctd.ImportBusybox(t)
+	// The README names the image users pull; here it is the local one.
+	image := strings.Fields(line)[5]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, errOut, err := ctd.Ctr(ctx, "image", "tag", harness.BusyboxImage, image); err != nil {
+		t.Fatalf("ctr image tag %s: %v: %s", image, err, errOut)
+	}
+	cmd := exec.CommandContext(ctx, "sh", "-e", "-c", line)
+	cmd.Env = append(ctd.Env, "CONTAINERD_ADDRESS="+ctd.Address)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "-podvm") {
+		t.Errorf("README's ctr line %q: %v: %s", strings.TrimSpace(line), err, out)
+	}
+}
