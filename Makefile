@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all deps build guest generate verify-generate install uninstall test unit bench demo check clean \
+.PHONY: all deps build guest generate verify-generate install uninstall deploy-image test unit bench demo check clean \
 	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo $(GUEST)/initramfs.cpio
 
 all: build guest
@@ -93,6 +93,13 @@ install: build guest
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/containerd-shim-podvm-v2
 	rm -rf $(DESTDIR)$(PREFIX)/share/podvm
+
+## deploy-image: deploy/'s installer image, build/podvm-deploy.tar (ctr -n k8s.io image import)
+deploy-image: build guest
+	rm -rf build/deploy-root
+	$(MAKE) install DESTDIR=$(CURDIR)/build/deploy-root PREFIX=/opt/podvm
+	$(GO) run ./deploy/image -source build/deploy-root/opt/podvm -o build/podvm-deploy.tar
+	rm -rf build/deploy-root
 
 ## test: every test, as root, with real QEMU guests; nothing may be skipped
 test: build guest verify-generate

@@ -165,6 +165,14 @@ func TestCRI(t *testing.T) {
 				if out := c.must("exec", "-s", server, "uname", "-r"); !strings.HasSuffix(out, "-podvm") {
 					t.Errorf("exec -s uname -r = %q", out)
 				}
+				// What the RuntimeClass declares as pod overhead must
+				// cover what the pod's VM really costs.
+				cost, err := podCost(pod)
+				overhead := runtimeClassOverhead(t)
+				t.Logf("the VM of a two-container pod costs %.0f MiB (QEMU and shim RSS); the RuntimeClass declares %.0f MiB", cost, overhead)
+				if err != nil || cost > overhead {
+					t.Errorf("pod overhead: %v; cost %.0f MiB > declared %.0f MiB", err, cost, overhead)
+				}
 			}
 			if out := c.must("exec", "-s", server, "hostname"); out != strings.Split(podConfig[strings.LastIndex(podConfig, "/")+1:], ".")[0] {
 				t.Errorf("hostname in the pod = %q", out)

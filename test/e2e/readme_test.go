@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/podvm/podvm/install"
 	"github.com/podvm/podvm/test/harness"
 )
 
@@ -41,6 +45,18 @@ func TestREADME(t *testing.T) {
 	}
 	if rc.APIVersion != "node.k8s.io/v1" || rc.Kind != "RuntimeClass" || !strings.Contains(snippet, "runtimes."+rc.Handler+"]") {
 		t.Errorf("README's RuntimeClass %+v does not name the runtime of its containerd snippet:\n%s", rc, snippet)
+	}
+	var readmeClass, deployClass map[string]any
+	yaml.Unmarshal([]byte(class), &readmeClass)
+	b, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "runtimeclass.yaml"))
+	if err == nil {
+		err = yaml.Unmarshal(b, &deployClass)
+	}
+	if err != nil || !reflect.DeepEqual(readmeClass, deployClass) {
+		t.Errorf("README's RuntimeClass differs from deploy/runtimeclass.yaml (%v):\n%v\n%v", err, readmeClass, deployClass)
+	}
+	if want := install.Stanza(2, rc.Handler); snippet != want {
+		t.Errorf("README's containerd snippet differs from what install adds:\n%s\nwant\n%s", snippet, want)
 	}
 
 	line, err := harness.READMEBlock("sh", "ctr run --runtime io.containerd.podvm.v2")

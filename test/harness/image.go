@@ -1,17 +1,9 @@
 package harness
 
 import (
-	"archive/tar"
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
-	"time"
+
+	"github.com/podvm/podvm/oci"
 )
 
 // BusyboxImage is the name the local busybox image is imported under (CRI
@@ -39,127 +31,5 @@ func WriteImage(path, name string, cmd []string) error {
 	if err := BusyboxRootfs(root); err != nil {
 		return err
 	}
-	var layer bytes.Buffer
-	if err := tarTree(&layer, root); err != nil {
-		return err
-	}
-	layerDigest := digest(layer.Bytes())
-	config, _ := json.Marshal(map[string]any{
-		"architecture": "amd64",
-		"os":           "linux",
-		"config": map[string]any{
-			"Env":        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd":        cmd,
-			"WorkingDir": "/",
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
-	})
-	manifest, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        descriptor("application/vnd.oci.image.config.v1+json", config),
-		"layers":        []any{descriptor("application/vnd.oci.image.layer.v1.tar", layer.Bytes())},
-	})
-	md := descriptor("application/vnd.oci.image.manifest.v1+json", manifest)
-	md["annotations"] = map[string]string{
-		"io.containerd.image.name":          name,
-		"org.opencontainers.image.ref.name": "latest",
-	}
-	md["platform"] = map[string]string{"architecture": "amd64", "os": "linux"}
-	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []any{md}})
-
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	add := func(name string, b []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}); err != nil {
-			return err
-		}
-		_, err := tw.Write(b)
-		return err
-	}
-	for _, e := range []struct {
-		name string
-		b    []byte
-	}{
-		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
-		{"index.json", index},
-		{blobPath(config), config},
-		{blobPath(manifest), manifest},
-		{blobPath(layer.Bytes()), layer.Bytes()},
-	} {
-		if err := add(e.name, e.b); err != nil {
-			return err
-		}
-	}
-	return tw.Close()
-}
-
-func digest(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-func blobPath(b []byte) string {
-	sum := sha256.Sum256(b)
-	return "blobs/sha256/" + hex.EncodeToString(sum[:])
-}
-
-func descriptor(mediaType string, b []byte) map[string]any {
-	return map[string]any{"mediaType": mediaType, "digest": digest(b), "size": len(b)}
-}
-
-// tarTree writes dir as a layer: paths relative to it, owned by root.
-func tarTree(w io.Writer, dir string) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(path); err != nil {
-				return err
-			}
-		}
-		h, err := tar.FileInfoHeader(info, link)
-		if err != nil {
-			return err
-		}
-		h.Name = rel
-		if info.IsDir() {
-			h.Name += "/"
-		}
-		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "root", "root"
-		h.ModTime = time.Unix(0, 0)
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if info.Mode().IsRegular() {
-			f, err := os.Open(path)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if _, err := io.Copy(tw, f); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
+	return oci.WriteImage(path, name, root, oci.Config{Cmd: cmd})
 }
