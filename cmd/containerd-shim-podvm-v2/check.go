@@ -11,8 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/BurntSushi/toml"
+
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/install"
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
 )
@@ -20,7 +23,7 @@ import (
 // finding is one line of `check`: what was looked at, what was found, and
 // for a failure the command that fixes it.
 type finding struct {
-	status string // ok, info, FAIL
+	status string // ok, info, warn (not needed for ctr, needed for CRI), FAIL
 	what   string
 	detail string
 	fix    string
@@ -28,17 +31,65 @@ type finding struct {
 
 // runCheck is `containerd-shim-podvm-v2 check`, podvm's answer to
 // `kata-runtime check`: it exits non-zero when something podvm needs is
-// missing and says how to get it.
+// missing and says how to get it. `check --config [FILE]` only validates
+// the configuration and prints it as podvm would run with it.
 func runCheck(args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	configPath := fs.String("config", "", "configuration file (default: $PODVM_CONFIG or "+vmconfig.DefaultPath+")")
+	onlyConfig := fs.Bool("config", false, "validate the configuration file and print the effective configuration")
+	ctdConfig := fs.String("containerd-config", install.DefaultContainerdConfig, "containerd's configuration file, checked for podvm's runtime")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: containerd-shim-podvm-v2 check [--config] [--containerd-config FILE] [CONFIG]\n"+
+			"CONFIG defaults to $PODVM_CONFIG, else %s.\n", vmconfig.DefaultPath)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return 2
+	}
+	configPath := fs.Arg(0)
+	if *onlyConfig {
+		return printConfig(os.Stdout, os.Stderr, configPath)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	fds := check(ctx, *configPath)
+	fds := check(ctx, configPath)
+	fds = append(fds, containerdFindings(*ctdConfig)...)
 	return report(os.Stdout, fds)
+}
+
+// loadConfig reads the named file, else the one podvm would read.
+func loadConfig(configPath string) (*vmconfig.Config, string, error) {
+	if configPath != "" {
+		c, err := vmconfig.LoadFile(configPath)
+		return c, configPath, err
+	}
+	path, _ := vmconfig.Path()
+	c, err := vmconfig.Load()
+	return c, path, err
+}
+
+// printConfig is `check --config`: the configuration after defaults, as
+// TOML, or the error naming the bad key.
+func printConfig(w, errw io.Writer, configPath string) int {
+	cfg, path, err := loadConfig(configPath)
+	if err != nil {
+		fmt.Fprintf(errw, "FAIL  configuration: %v\n      fix: correct %s (every key is described in share/podvm/config.toml.example)\n", err, path)
+		return 1
+	}
+	source := "built-in defaults (" + path + " does not exist)"
+	if _, err := os.Stat(path); err == nil {
+		source = "built-in defaults overlaid with " + path
+	}
+	fmt.Fprintf(w, "# effective podvm configuration: %s\n", source)
+	fmt.Fprintf(w, "# containerd's runtime options and allowed pod annotations may still change it per pod\n")
+	if err := toml.NewEncoder(w).Encode(cfg); err != nil {
+		fmt.Fprintf(errw, "print configuration: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 func report(w io.Writer, fds []finding) int {
@@ -47,9 +98,9 @@ func report(w io.Writer, fds []finding) int {
 		fmt.Fprintf(w, "%-5s %s: %s\n", f.status, f.what, f.detail)
 		if f.status == "FAIL" {
 			failed++
-			if f.fix != "" {
-				fmt.Fprintf(w, "      fix: %s\n", f.fix)
-			}
+		}
+		if f.fix != "" && f.status != "ok" {
+			fmt.Fprintf(w, "      fix: %s\n", strings.ReplaceAll(f.fix, "\n", "\n           "))
 		}
 	}
 	if failed > 0 {
@@ -64,17 +115,7 @@ func check(ctx context.Context, configPath string) []finding {
 	var fds []finding
 	add := func(f finding) { fds = append(fds, f) }
 
-	var cfg *vmconfig.Config
-	var err error
-	if configPath != "" {
-		cfg, err = vmconfig.LoadFile(configPath)
-	} else {
-		cfg, err = vmconfig.Load()
-	}
-	path, _ := vmconfig.Path()
-	if configPath != "" {
-		path = configPath
-	}
+	cfg, path, err := loadConfig(configPath)
 	if err != nil {
 		add(finding{"FAIL", "configuration", err.Error(), "correct " + path + " (see " + "share/podvm/config.toml.example)"})
 		return fds
@@ -210,4 +251,32 @@ func cgroupFinding() finding {
 		return finding{"ok", "cgroups", "v1 (legacy or hybrid hierarchy)", ""}
 	}
 	return finding{"FAIL", "cgroups", "no cgroup hierarchy mounted at /sys/fs/cgroup", "mount -t cgroup2 none /sys/fs/cgroup"}
+}
+
+// containerdFindings looks for podvm's runtime in containerd's
+// configuration: without it ctr works (--runtime io.containerd.podvm.v2)
+// but CRI, and so Kubernetes, cannot run podvm pods.
+func containerdFindings(path string) []finding {
+	major := 0
+	if v, err := commandVersion("containerd", "--version"); err == nil {
+		major = install.ContainerdMajor(v)
+	}
+	c, err := install.ReadContainerdConfig(path, major)
+	if err != nil {
+		return []finding{{"warn", "containerd config", err.Error(), "fix " + path + ", then run `containerd-shim-podvm-v2 install` or add the podvm runtime by hand"}}
+	}
+	names := c.PodvmRuntimes()
+	if len(names) == 0 {
+		return []finding{{"warn", "containerd config", fmt.Sprintf("%s (version %d) has no CRI runtime with runtime_type %q: Kubernetes cannot run podvm pods", path, c.Version, install.RuntimeType),
+			"run `containerd-shim-podvm-v2 install`, or add to " + path + " and restart containerd:\n" + install.Stanza(c.Version, "podvm")}}
+	}
+	var fds []finding
+	for _, name := range names {
+		if c.PassesAnnotations(name) {
+			fds = append(fds, finding{"ok", "containerd config", fmt.Sprintf("CRI runtime %q runs podvm and passes io.podvm.config.* annotations", name), ""})
+		} else {
+			fds = append(fds, finding{"info", "containerd config", fmt.Sprintf("CRI runtime %q runs podvm; without pod_annotations = [\"io.podvm.config.*\"] pods cannot use io.podvm.config.* annotations", name), ""})
+		}
+	}
+	return fds
 }
