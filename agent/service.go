@@ -26,7 +26,9 @@ func (s *service) Health(ctx context.Context, _ *agentapi.HealthRequest) (*agent
 	if s.stopping.Load() {
 		st = agentapi.HealthResponse_STOPPING
 	}
-	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs}, nil
+	total, avail := meminfo()
+	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs,
+		MemoryTotalBytes: total, MemoryAvailableBytes: avail, CpusOnline: uint32(onlineCPUs())}, nil
 }
 
 func (s *service) Version(ctx context.Context, _ *agentapi.VersionRequest) (*agentapi.VersionResponse, error) {

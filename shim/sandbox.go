@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/metrics"
 	"github.com/podvm/podvm/network"
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
@@ -53,6 +55,12 @@ type sandbox struct {
 	configured bool // runtime options applied
 	guest      *vm.Guest
 	pod        *network.Pod // the pod's interfaces joined to the VM
+
+	// running is guest for readers that must not wait for a boot (the
+	// metrics); nil before boot and after stop.
+	running       atomic.Pointer[vm.Guest]
+	metrics       *metrics.Shim
+	metricsServer *metrics.Server
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -113,6 +121,7 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	defer func() {
 		if retErr != nil {
 			if sb.guest != nil {
+				sb.running.Store(nil)
 				_ = sb.guest.Shutdown(context.Background())
 				sb.guest = nil
 			}
@@ -127,16 +136,20 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	logger := log.G(sb.ctx).WithField("sandbox", sb.id)
 	sizing := sb.cfg.ForPod(spec.Annotations)
 	g, err := vm.Boot(ctx, sizing, vm.Options{
-		ID:      sb.id,
-		Shares:  []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
-		Console: func(line string) { logger.Debug("guest: " + line) },
-		NetNS:   netns,
-		NICs:    nics,
+		ID:          sb.id,
+		Shares:      []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
+		Console:     func(line string) { logger.Debug("guest: " + line) },
+		NetNS:       netns,
+		NICs:        nics,
+		Interceptor: sb.agentInterceptor,
 	})
 	if err != nil {
+		sb.metrics.BootFailed()
 		return err
 	}
 	sb.guest = g
+	sb.running.Store(g)
+	sb.metrics.Booted(g.BootTime, g.AgentReady, sizing.Hypervisor.VCPUs, sizing.Hypervisor.MemoryMiB)
 	sb.closeEndpointFiles()
 	_ = os.WriteFile(filepath.Join(sb.dir, qemuPidFile), []byte(strconv.Itoa(g.VM.PID())), 0o644)
 	if err := sb.configureGuestNetwork(ctx); err != nil {
@@ -276,6 +289,11 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	sb.bootMu.Lock()
 	defer sb.bootMu.Unlock()
 	var errs []error
+	sb.running.Store(nil)
+	if sb.metricsServer != nil {
+		sb.metricsServer.Close()
+		sb.metricsServer = nil
+	}
 	if sb.guest != nil {
 		if err := sb.guest.Shutdown(ctx); err != nil {
 			errs = append(errs, err)

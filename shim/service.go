@@ -48,6 +48,7 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 	ev := newEvents(ctx, publisher)
 	s := &service{events: ev, shutdown: sd}
 	s.sb = newSandbox(ctx, id, ns, cfg, ev)
+	s.sb.serveMetrics()
 	sd.RegisterCallback(func(ctx context.Context) error {
 		err := s.sb.stop(ctx)
 		ev.close()
@@ -61,7 +62,7 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 
 // RegisterTTRPC makes the service a containerd shim TTRPC plugin.
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
-	taskAPI.RegisterTaskService(server, s)
+	taskAPI.RegisterTaskService(server, observed{s: s, m: s.sb.metrics})
 	return nil
 }
 

@@ -36,6 +36,7 @@ type Guest struct {
 	// AgentReady is the guest's own view: kernel start to the agent serving.
 	AgentReady time.Duration
 
+	interceptor     ttrpc.UnaryClientInterceptor
 	shutdownTimeout time.Duration
 	stopOnce        sync.Once
 	stopErr         error
@@ -53,6 +54,8 @@ type Options struct {
 	// NetNS is the network namespace QEMU runs in; NICs its network cards.
 	NetNS string
 	NICs  []hypervisor.NIC
+	// Interceptor sees every RPC to the agent (the shim's metrics).
+	Interceptor ttrpc.UnaryClientInterceptor
 }
 
 // HypervisorConfig turns the configuration into what hypervisor.Start
@@ -124,7 +127,7 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 		return nil, err
 	}
 	logger.Debugf("qemu pid %d: %s", v.PID(), strings.Join(v.CommandLine(), " "))
-	g := &Guest{ID: opts.ID, VM: v, Accel: choice, shutdownTimeout: c.Timeouts.Shutdown.Duration}
+	g := &Guest{ID: opts.ID, VM: v, Accel: choice, shutdownTimeout: c.Timeouts.Shutdown.Duration, interceptor: opts.Interceptor}
 	if err := g.connect(ctx, c.Timeouts.Boot.Duration); err != nil {
 		_ = v.Stop(context.Background(), 0)
 		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
@@ -150,7 +153,11 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 	if err != nil {
 		return g.explain(ctx, timeout, err)
 	}
-	g.client = ttrpc.NewClient(conn)
+	var opts []ttrpc.ClientOpts
+	if g.interceptor != nil {
+		opts = append(opts, ttrpc.WithUnaryClientInterceptor(g.interceptor))
+	}
+	g.client = ttrpc.NewClient(conn, opts...)
 	g.Agent = agentapi.NewAgentClient(g.client)
 	g.Containers = agentapi.NewContainersClient(g.client)
 	g.Stdio = agentapi.NewStdioClient(g.client)

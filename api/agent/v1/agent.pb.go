@@ -122,7 +122,12 @@ type HealthResponse struct {
 	// Nanoseconds since the guest kernel started (CLOCK_BOOTTIME).
 	UptimeNs int64 `protobuf:"varint,2,opt,name=uptime_ns,json=uptimeNs,proto3" json:"uptime_ns,omitempty"`
 	// Nanoseconds from kernel start to the agent serving.
-	AgentReadyNs  int64 `protobuf:"varint,3,opt,name=agent_ready_ns,json=agentReadyNs,proto3" json:"agent_ready_ns,omitempty"`
+	AgentReadyNs int64 `protobuf:"varint,3,opt,name=agent_ready_ns,json=agentReadyNs,proto3" json:"agent_ready_ns,omitempty"`
+	// The guest's memory (MemTotal, MemAvailable of /proc/meminfo), bytes.
+	MemoryTotalBytes     uint64 `protobuf:"varint,4,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	MemoryAvailableBytes uint64 `protobuf:"varint,5,opt,name=memory_available_bytes,json=memoryAvailableBytes,proto3" json:"memory_available_bytes,omitempty"`
+	// CPUs online in the guest.
+	CpusOnline    uint32 `protobuf:"varint,6,opt,name=cpus_online,json=cpusOnline,proto3" json:"cpus_online,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -174,6 +179,27 @@ func (x *HealthResponse) GetUptimeNs() int64 {
 func (x *HealthResponse) GetAgentReadyNs() int64 {
 	if x != nil {
 		return x.AgentReadyNs
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetMemoryAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemoryAvailableBytes
+	}
+	return 0
+}
+
+func (x *HealthResponse) GetCpusOnline() uint32 {
+	if x != nil {
+		return x.CpusOnline
 	}
 	return 0
 }
@@ -398,11 +424,15 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x14agent/v1/agent.proto\x12\x0epodvm.agent.v1\"\x0f\n" +
-	"\rHealthRequest\"\xc4\x01\n" +
+	"\rHealthRequest\"\xc9\x02\n" +
 	"\x0eHealthResponse\x12=\n" +
 	"\x06status\x18\x01 \x01(\x0e2%.podvm.agent.v1.HealthResponse.StatusR\x06status\x12\x1b\n" +
 	"\tuptime_ns\x18\x02 \x01(\x03R\buptimeNs\x12$\n" +
-	"\x0eagent_ready_ns\x18\x03 \x01(\x03R\fagentReadyNs\"0\n" +
+	"\x0eagent_ready_ns\x18\x03 \x01(\x03R\fagentReadyNs\x12,\n" +
+	"\x12memory_total_bytes\x18\x04 \x01(\x04R\x10memoryTotalBytes\x124\n" +
+	"\x16memory_available_bytes\x18\x05 \x01(\x04R\x14memoryAvailableBytes\x12\x1f\n" +
+	"\vcpus_online\x18\x06 \x01(\rR\n" +
+	"cpusOnline\"0\n" +
 	"\x06Status\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aSERVING\x10\x01\x12\f\n" +
