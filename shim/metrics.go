@@ -21,12 +21,12 @@ import (
 func (sb *sandbox) serveMetrics() {
 	sb.metrics = metrics.NewShim(sb.id, sb)
 	if err := os.MkdirAll(sb.dir, 0o711); err != nil {
-		log.G(sb.ctx).WithError(err).WithField("sandbox", sb.id).Warn("no metrics socket")
+		log.G(sb.ctx).WithError(err).Warn("no metrics socket")
 		return
 	}
 	srv, err := sb.metrics.Serve(filepath.Join(sb.dir, metrics.SocketName))
 	if err != nil {
-		log.G(sb.ctx).WithError(err).WithField("sandbox", sb.id).Warn("no metrics socket")
+		log.G(sb.ctx).WithError(err).Warn("no metrics socket")
 		return
 	}
 	sb.metricsServer = srv

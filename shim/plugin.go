@@ -3,10 +3,13 @@ package shim
 import (
 	"context"
 	"flag"
+	"os"
+	"strings"
 
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
 )
 
 // Register adds the task service to the shim's plugins, as containerd's
@@ -43,10 +46,36 @@ func Register() {
 // serving the task API.
 func Run(ctx context.Context, name string) {
 	Register()
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(idFields(os.Args[1:])))
 	shim.RunManager(ctx, NewManager(name), func(c *shim.Config) {
 		// QEMU is the shim's only child, and the hypervisor package waits
 		// for it: the library's reaper would steal its exit status.
 		c.NoReaper = true
 		c.NoSubreaper = true
 	})
+}
+
+// idFields names what a shim process's log lines are about, from the
+// arguments containerd gave it (parsed here because the shim library parses
+// them only after it starts logging): the serving shim's -id is its
+// sandbox (see manager.Start), `start` and `delete` name a container.
+func idFields(args []string) log.Fields {
+	id, action := "", ""
+	for i, a := range args {
+		switch {
+		case (a == "-id" || a == "--id") && i+1 < len(args):
+			id = args[i+1]
+		case strings.HasPrefix(a, "-id="), strings.HasPrefix(a, "--id="):
+			id = a[strings.Index(a, "=")+1:]
+		case a == "start" || a == "delete":
+			action = a
+		}
+	}
+	if id == "" {
+		return log.Fields{}
+	}
+	if action != "" {
+		return log.Fields{"container": id}
+	}
+	return log.Fields{"sandbox": id}
 }

@@ -133,8 +133,16 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	if err != nil {
 		return fmt.Errorf("pod network: %w", err)
 	}
-	logger := log.G(sb.ctx).WithField("sandbox", sb.id)
+	logger := log.G(sb.ctx)
 	sizing := sb.cfg.ForPod(spec.Annotations)
+	// containerd's -debug and the configuration's debug (which runtime
+	// options or a pod annotation may set) mean the same: the guest's
+	// console and its agent's logs in the shim's log.
+	if log.GetLevel() >= log.DebugLevel {
+		sizing.Debug = true
+	} else if sizing.Debug {
+		_ = log.SetLevel("debug")
+	}
 	g, err := vm.Boot(ctx, sizing, vm.Options{
 		ID:          sb.id,
 		Shares:      []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
@@ -179,7 +187,7 @@ func (sb *sandbox) watchVM() {
 	stopping := sb.stopping
 	sb.mu.Unlock()
 	if !stopping {
-		log.G(sb.ctx).WithField("sandbox", sb.id).WithError(sb.guest.VM.Err()).Error("the VM exited unexpectedly; its containers are gone")
+		log.G(sb.ctx).WithError(sb.guest.VM.Err()).Error("the VM exited unexpectedly; its containers are gone")
 	}
 }
 

@@ -87,7 +87,6 @@ func (s *service) process(id, execID string) (*container, *process, error) {
 }
 
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"sandbox": s.sb.id, "container": r.ID}))
 	if _, ok := s.sb.get(r.ID); ok {
 		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
 	}
@@ -133,7 +132,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		// CNI may have added interfaces since Create (ctr run --cni):
 		// the workload must find them configured.
 		if err := s.sb.rescanNetwork(ctx); err != nil {
-			log.G(ctx).WithError(err).WithField("sandbox", s.sb.id).Error("pod network")
+			log.G(ctx).WithError(err).Error("pod network")
 			return nil, errdefs.ToGRPC(err)
 		}
 	}
@@ -165,7 +164,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if s.sb.remove(c.id) {
 			// The last container is gone: so is the reason for the VM.
 			if err := s.sb.stop(ctx); err != nil {
-				log.G(ctx).WithError(err).WithField("sandbox", s.sb.id).Error("stop VM")
+				log.G(ctx).WithError(err).Error("stop VM")
 			}
 		}
 		s.events.send(&eventstypes.TaskDelete{
