@@ -72,19 +72,21 @@ $(GUEST)/initramfs.cpio: bin/podvm-agent
 ## generate: the protobuf and ttrpc code of api/ (committed)
 generate:
 	protoc -I api -I /usr/include --go_out=. --go_opt=module=$(MODULE) \
-		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto api/agent/v1/containers.proto api/agent/v1/network.proto
+		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto api/agent/v1/containers.proto api/agent/v1/network.proto api/agent/v1/debug.proto
 
 # The committed generated code must be what `make generate` produces.
 verify-generate: generate
 	@git diff --exit-code --stat -- api/ || { echo "api/ differs from make generate: commit the regenerated files"; exit 1; }
 
 ## install: the shim in $(PREFIX)/bin, the guest in $(PREFIX)/share/podvm,
-## an example configuration in /etc/podvm (kept if one exists)
+## a static busybox for the debug console beside them, an example
+## configuration in /etc/podvm (kept if one exists)
 install: build guest
 	install -D -m 0755 bin/containerd-shim-podvm-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-podvm-v2
 	install -D -m 0644 $(GUEST)/vmlinux $(DESTDIR)$(PREFIX)/share/podvm/vmlinux
 	install -D -m 0644 $(GUEST)/vmlinux.version $(DESTDIR)$(PREFIX)/share/podvm/vmlinux.version
 	install -D -m 0644 $(GUEST)/initramfs.cpio $(DESTDIR)$(PREFIX)/share/podvm/initramfs.cpio
+	install -D -m 0755 /bin/busybox $(DESTDIR)$(PREFIX)/share/podvm/busybox
 	install -D -m 0644 config/config.toml $(DESTDIR)$(PREFIX)/share/podvm/config.toml.example
 	@if [ ! -e $(DESTDIR)/etc/podvm/config.toml ]; then \
 		install -D -m 0644 config/config.toml $(DESTDIR)/etc/podvm/config.toml; \

@@ -80,6 +80,7 @@ func run() error {
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
+	agentapi.RegisterDebugService(srv, newDebugService(p.DebugConsole, r, cs))
 	logf(levelInfo, "serving %s on %s (agent %s, kernel up %dms)", p.Transport, l.Addr(), version.Version, svc.readyNs/1e6)
 	if err := srv.Serve(context.Background(), l); err != nil && err != ttrpc.ErrServerClosed {
 		return fmt.Errorf("serve: %w", err)

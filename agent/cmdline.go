@@ -23,6 +23,8 @@ type Params struct {
 	Probe bool
 	// Hostname is set as the guest's hostname.
 	Hostname string
+	// DebugConsole lets the Debug service start shells.
+	DebugConsole bool
 }
 
 // ParseCmdline reads the podvm.* parameters out of a kernel command line.
@@ -45,6 +47,8 @@ func ParseCmdline(cmdline string) Params {
 			p.Debug = v == "" || v == "1" || v == "true"
 		case agentapi.ParamHostname:
 			p.Hostname = v
+		case agentapi.ParamDebugConsole:
+			p.DebugConsole = v == "" || v == "1" || v == "true"
 		case agentapi.ParamProbe:
 			p.Probe = v == "" || v == "1" || v == "true"
 		}

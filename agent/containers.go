@@ -31,6 +31,10 @@ type containerService struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+
+	// consoles finds the debug service's consoles, whose terminals the
+	// Stdio calls also carry (container ID agentapi.DebugConsoleID).
+	consoles func(id string) (*process, error)
 }
 
 type container struct {
@@ -74,6 +78,16 @@ func (c *container) process(execID string) (*process, error) {
 		return nil, status.Errorf(codes.NotFound, "process %s of container %s not found", execID, c.id)
 	}
 	return p, nil
+}
+
+// stdioProcess finds the process whose streams a Stdio or ResizePty call
+// names: a container's, or a debug console's.
+func (s *containerService) stdioProcess(containerID, execID string) (*process, error) {
+	if containerID == agentapi.DebugConsoleID && s.consoles != nil {
+		return s.consoles(execID)
+	}
+	_, p, err := s.getProcess(containerID, execID)
+	return p, err
 }
 
 func (s *containerService) getProcess(containerID, execID string) (*container, *process, error) {
@@ -369,7 +383,7 @@ func (s *containerService) ResumeContainer(ctx context.Context, req *agentapi.Co
 }
 
 func (s *containerService) ResizePty(ctx context.Context, req *agentapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
@@ -418,7 +432,7 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.Up
 }
 
 func (s *containerService) WriteStdin(ctx context.Context, req *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +444,7 @@ func (s *containerService) WriteStdin(ctx context.Context, req *agentapi.WriteSt
 }
 
 func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
@@ -443,7 +457,7 @@ func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.Process
 const outputChunk = 1 << 20
 
 func (s *containerService) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}

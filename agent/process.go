@@ -125,7 +125,7 @@ func (pio *processIO) started() error {
 	}
 	// Non-blocking, so that the runtime poller serves it and reads can
 	// have deadlines.
-	fd, err := unix.Dup(int(master.Fd()))
+	fd, err := unix.FcntlInt(master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	master.Close()
 	if err != nil {
 		return err

@@ -13,8 +13,9 @@ import (
 // Binary is the shim's file name: containerd derives it from RuntimeType.
 const Binary = "containerd-shim-podvm-v2"
 
-// Assets are the files of share/podvm a node needs.
-var Assets = []string{"vmlinux", "vmlinux.version", "initramfs.cpio", "config.toml.example"}
+// Assets are the files of share/podvm a node needs; busybox is the debug
+// console's shell.
+var Assets = []string{"vmlinux", "vmlinux.version", "initramfs.cpio", "busybox", "config.toml.example"}
 
 // Node describes an installation onto a node.
 type Node struct {

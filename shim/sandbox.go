@@ -61,6 +61,7 @@ type sandbox struct {
 	running       atomic.Pointer[vm.Guest]
 	metrics       *metrics.Shim
 	metricsServer *metrics.Server
+	console       *consoleServer // nil unless debug_console is on
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -165,6 +166,12 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	}
 	go sb.watchOOM()
 	go sb.watchVM()
+	if sizing.DebugConsole {
+		// A pod without its console still runs: say why and go on.
+		if err := sb.serveConsole(); err != nil {
+			logger.WithError(err).Warn("no debug console")
+		}
+	}
 	return nil
 }
 
@@ -297,6 +304,11 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	sb.bootMu.Lock()
 	defer sb.bootMu.Unlock()
 	var errs []error
+	if sb.console != nil {
+		// Before the VM goes: each open console is closed in the guest.
+		sb.console.close()
+		sb.console = nil
+	}
 	sb.running.Store(nil)
 	if sb.metricsServer != nil {
 		sb.metricsServer.Close()

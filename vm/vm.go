@@ -29,6 +29,7 @@ type Guest struct {
 	Containers agentapi.ContainersService
 	Stdio      agentapi.StdioService
 	Network    agentapi.NetworkService
+	Debug      agentapi.DebugService
 	Accel      hypervisor.AccelChoice
 	client     *ttrpc.Client
 	// BootTime is from QEMU's exec to the agent's first answer.
@@ -79,6 +80,9 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 	hc.Hostname, _ = os.Hostname()
 	if h.KernelParams != "" {
 		hc.KernelParams = strings.Fields(h.KernelParams)
+	}
+	if c.DebugConsole {
+		hc.KernelParams = append(hc.KernelParams, agentapi.ParamDebugConsole+"=1")
 	}
 	switch c.Agent.Transport {
 	case "vsock":
@@ -162,6 +166,7 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 	g.Containers = agentapi.NewContainersClient(g.client)
 	g.Stdio = agentapi.NewStdioClient(g.client)
 	g.Network = agentapi.NewNetworkClient(g.client)
+	g.Debug = agentapi.NewDebugClient(g.client)
 	resp, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {
 		g.client.Close()

@@ -28,6 +28,9 @@ type Config struct {
 	Annotations Annotations `toml:"annotations"`
 	// Debug makes the shim, the guest kernel and the agent log verbosely.
 	Debug bool `toml:"debug"`
+	// DebugConsole lets `containerd-shim-podvm-v2 console` open a shell in
+	// the guest.
+	DebugConsole bool `toml:"debug_console"`
 	// StateDir holds runtime state such as the accelerator probe's answer.
 	StateDir string `toml:"state_dir"`
 }

@@ -86,6 +86,7 @@ func TestDeploy(t *testing.T) {
 		"share/podvm/vmlinux":             kernel,
 		"share/podvm/vmlinux.version":     kernel + ".version",
 		"share/podvm/initramfs.cpio":      initramfs,
+		"share/podvm/busybox":             "/bin/busybox",
 		"share/podvm/config.toml.example": filepath.Join(harness.RepoRoot(), "config", "config.toml"),
 	}
 	for dst, src := range sources {

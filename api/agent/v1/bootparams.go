@@ -12,6 +12,8 @@ const (
 	ParamVsockPort = "podvm.vsock_port"
 	// ParamDebug makes the agent log verbosely to the console.
 	ParamDebug = "podvm.debug"
+	// ParamDebugConsole lets the agent serve the debug console.
+	ParamDebugConsole = "podvm.debug_console"
 	// ParamProbe makes the agent print ProbeMarker and power off at once.
 	ParamProbe = "podvm.probe"
 	// ParamHostname is the guest's hostname: the host's, which is what a
@@ -28,3 +30,7 @@ const (
 	// runs: proof that the accelerator ran a real guest to user space.
 	ProbeMarker = "podvm-agent: probe ok"
 )
+
+// DebugConsoleID is the container ID the Stdio service knows debug
+// consoles by: not a valid container ID, so no container can take it.
+const DebugConsoleID = "~debug-console"

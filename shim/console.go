@@ -1,0 +1,297 @@
+package shim
+
+import (
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"google.golang.org/grpc/status"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/debugconsole"
+	"github.com/podvm/podvm/vm"
+)
+
+// consoleServer serves the sandbox's debug console socket: each connection
+// is one shell in the guest, relayed frame by frame.
+type consoleServer struct {
+	sb   *sandbox
+	path string
+	l    net.Listener
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+	// busybox is the guest path of the staged busybox, once staged.
+	busybox string
+}
+
+// consoleShareDir holds the staged busybox in the share; the leading dot
+// keeps it apart from containers' directories (containerd's IDs cannot
+// start with one).
+const consoleShareDir = ".debug-console"
+
+// hostBusybox is used when none is installed beside the guest kernel
+// (Debian's busybox-static).
+const hostBusybox = "/bin/busybox"
+
+// serveConsole opens the console socket of a VM booted with the console on.
+func (sb *sandbox) serveConsole() error {
+	path := filepath.Join(sb.dir, debugconsole.SocketName)
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("debug console socket: %w", err)
+	}
+	// Root only: the console is a root shell in every container's VM.
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		os.Remove(path)
+		return fmt.Errorf("debug console socket: %w", err)
+	}
+	cs := &consoleServer{sb: sb, path: path, l: l, conns: map[net.Conn]bool{}}
+	sb.console = cs
+	go cs.accept()
+	return nil
+}
+
+func (cs *consoleServer) accept() {
+	for {
+		conn, err := cs.l.Accept()
+		if err != nil {
+			return
+		}
+		cs.mu.Lock()
+		if cs.conns == nil {
+			cs.mu.Unlock()
+			conn.Close()
+			return
+		}
+		cs.conns[conn] = true
+		cs.wg.Add(1)
+		cs.mu.Unlock()
+		go func() {
+			defer cs.wg.Done()
+			cs.relay(conn)
+			cs.mu.Lock()
+			delete(cs.conns, conn)
+			cs.mu.Unlock()
+		}()
+	}
+}
+
+// close stops serving, ends every open console and removes the socket.
+func (cs *consoleServer) close() {
+	cs.l.Close()
+	os.Remove(cs.path)
+	cs.mu.Lock()
+	for c := range cs.conns {
+		c.Close()
+	}
+	cs.conns = nil
+	cs.mu.Unlock()
+	cs.wg.Wait()
+}
+
+// relay runs one console: a shell started in the guest whose terminal is
+// copied to and from conn until the shell exits or the client goes away;
+// then what is left of the shell's session is killed.
+func (cs *consoleServer) relay(conn net.Conn) {
+	defer conn.Close()
+	logger := log.G(cs.sb.ctx)
+	var wmu sync.Mutex
+	send := func(t debugconsole.FrameType, b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return debugconsole.WriteFrame(conn, t, b)
+	}
+	fail := func(err error) {
+		logger.WithError(err).Warn("debug console")
+		_ = send(debugconsole.Error, []byte(err.Error()))
+	}
+
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	t, b, err := debugconsole.ReadFrame(conn)
+	if err != nil || t != debugconsole.Open {
+		fail(fmt.Errorf("the client did not open a console (frame %q, %v)", t, err))
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	hello, err := debugconsole.ParseHello(b)
+	if err != nil {
+		fail(err)
+		return
+	}
+	g := cs.sb.running.Load()
+	if g == nil {
+		fail(fmt.Errorf("the VM of sandbox %s is not running", cs.sb.id))
+		return
+	}
+	busybox, err := cs.stageBusybox()
+	if err != nil {
+		fail(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(cs.sb.ctx)
+	defer cancel()
+	r, err := g.Debug.StartConsole(ctx, &agentapi.StartConsoleRequest{
+		Busybox: busybox, Terminal: hello.Terminal, Term: hello.Term,
+		Width: uint32(hello.Size.Width), Height: uint32(hello.Size.Height),
+		Storages: []*agentapi.Storage{shareStorage},
+	})
+	if err != nil {
+		fail(fmt.Errorf("start the console shell: %s", status.Convert(err).Message()))
+		return
+	}
+	id := r.Id
+	logger = logger.WithField("console", id)
+	logger.Info("debug console opened")
+	defer func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer ccancel()
+		if _, err := g.Debug.CloseConsole(cctx, &agentapi.ConsoleRequest{Id: id}); err != nil {
+			logger.WithError(err).Warn("close the debug console")
+		}
+		logger.Info("debug console closed")
+	}()
+
+	outDone := make(chan struct{})
+	go func() {
+		defer close(outDone)
+		cs.copyOut(ctx, g, id, send)
+	}()
+	go func() {
+		// The client going away ends the console: cancel the wait.
+		defer cancel()
+		cs.copyIn(ctx, g, id, hello.Terminal, conn)
+	}()
+	w, err := g.Debug.WaitConsole(ctx, &agentapi.ConsoleRequest{Id: id})
+	if err != nil {
+		if ctx.Err() == nil {
+			fail(fmt.Errorf("wait for the console shell: %s", status.Convert(err).Message()))
+		}
+		return
+	}
+	// The shell's last words before its status; a background job holding
+	// the terminal open does not hold up the exit for long.
+	select {
+	case <-outDone:
+	case <-time.After(execOutputGrace):
+	}
+	_ = send(debugconsole.Exit, debugconsole.ExitBytes(int32(w.ExitStatus)))
+}
+
+func (cs *consoleServer) copyOut(ctx context.Context, g *vm.Guest, id string, send func(debugconsole.FrameType, []byte) error) {
+	req := &agentapi.ReadOutputRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Stream: agentapi.ReadOutputRequest_STDOUT}
+	for {
+		r, err := g.Stdio.ReadOutput(ctx, req)
+		if err != nil {
+			return
+		}
+		if len(r.Data) > 0 {
+			if err := send(debugconsole.Data, r.Data); err != nil {
+				return
+			}
+		}
+		if r.Eof {
+			return
+		}
+	}
+}
+
+func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, terminal bool, conn net.Conn) {
+	for {
+		t, b, err := debugconsole.ReadFrame(conn)
+		if err != nil {
+			return
+		}
+		switch t {
+		case debugconsole.Data:
+			_, err = g.Stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Data: b})
+		case debugconsole.Resize:
+			var s debugconsole.Size
+			if s, err = debugconsole.ParseSize(b); err == nil {
+				_, err = g.Containers.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Width: uint32(s.Width), Height: uint32(s.Height)})
+			}
+		case debugconsole.EOF:
+			if terminal {
+				// The client's terminal sends ^D itself.
+				continue
+			}
+			_, err = g.Stdio.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id})
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).Debug("debug console input ended")
+			return
+		}
+	}
+}
+
+// stageBusybox puts a static busybox in the shared directory, where the
+// guest runs it from, and returns its guest path. The guest image carries
+// no shell: it costs nothing until an operator asks for one.
+func (cs *consoleServer) stageBusybox() (string, error) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.busybox != "" {
+		return cs.busybox, nil
+	}
+	src := filepath.Join(filepath.Dir(cs.sb.cfg.Hypervisor.Kernel), "busybox")
+	if _, err := os.Stat(src); err != nil {
+		src = hostBusybox
+	}
+	if err := checkStatic(src); err != nil {
+		return "", fmt.Errorf("no busybox for the debug console: %w; install a static busybox beside the guest kernel (%s) or Debian's busybox-static", err, filepath.Dir(cs.sb.cfg.Hypervisor.Kernel))
+	}
+	dir := filepath.Join(cs.sb.shareDir, consoleShareDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("stage busybox: %w", err)
+	}
+	if err := copyFile(filepath.Join(dir, "busybox"), src, 0o755); err != nil {
+		return "", fmt.Errorf("stage busybox: %w", err)
+	}
+	cs.busybox = guestShareRoot + "/" + consoleShareDir + "/busybox"
+	return cs.busybox, nil
+}
+
+// checkStatic makes sure path is an executable the guest can run: it has
+// no C library, so a dynamically linked busybox would fail with a
+// confusing "no such file".
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New(path + " is dynamically linked")
+		}
+	}
+	return nil
+}
+
+func copyFile(dst, src string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
