@@ -4,8 +4,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 )
 
 // meminfo is the guest's MemTotal and MemAvailable in bytes, for the
@@ -32,14 +30,4 @@ func meminfo() (total, available uint64) {
 		}
 	}
 	return total, available
-}
-
-// onlineCPUs counts the CPUs the guest kernel runs on now (hot-plugged ones
-// included once online), not the ones the Go runtime saw at start.
-func onlineCPUs() int {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return 0
-	}
-	return set.Count()
 }

@@ -44,6 +44,10 @@ func kernelCmdline(c *Config, m machine) string {
 		p = append(p, "quiet")
 	}
 	p = append(p, m.kernelParams(c)...)
+	if growsCPUs(c, m) && c.cpuPlug() == PlugPresent {
+		// The others stay offline until the agent onlines them.
+		p = append(p, "maxcpus="+strconv.Itoa(c.CPUs))
+	}
 	if c.Accel == TCG {
 		if c.TSCKHz > 0 {
 			p = append(p, "tsc_early_khz="+strconv.FormatUint(c.TSCKHz, 10))
@@ -81,8 +85,8 @@ func args(c *Config, f fds) ([]string, error) {
 		"-parallel", "none", "-net", "none",
 		// A guest reset is how a microvm without ACPI powers off.
 		"-no-reboot",
-		"-smp", strconv.Itoa(c.CPUs),
-		"-m", strconv.Itoa(c.MemoryMiB) + "M",
+		"-smp", smpArg(c, m),
+		"-m", memoryArg(c, m),
 	}
 	switch c.Accel {
 	case KVM:
@@ -147,6 +151,36 @@ func args(c *Config, f fds) ([]string, error) {
 		)
 	}
 	return a, nil
+}
+
+// growsCPUs says whether the VM can get more vCPUs than it boots with.
+func growsCPUs(c *Config, m machine) bool {
+	return m.resizable() && c.MaxCPUs > c.CPUs
+}
+
+// smpArg is -smp: the boot CPUs, and room for hot-plugged ones (or all of
+// them present from the start, see PlugPresent).
+func smpArg(c *Config, m machine) string {
+	if !growsCPUs(c, m) {
+		return strconv.Itoa(c.CPUs)
+	}
+	if c.cpuPlug() == PlugPresent {
+		return fmt.Sprintf("%d,maxcpus=%d", c.MaxCPUs, c.MaxCPUs)
+	}
+	return fmt.Sprintf("%d,maxcpus=%d", c.CPUs, c.MaxCPUs)
+}
+
+// memorySlots is how many DIMMs a VM can take: one per growth, and an
+// Update rarely grows a pod more than a few times.
+const memorySlots = 16
+
+// memoryArg is -m: the boot RAM, and room for hot-plugged DIMMs.
+func memoryArg(c *Config, m machine) string {
+	s := strconv.Itoa(c.MemoryMiB) + "M"
+	if m.resizable() && c.MaxMemoryMiB > c.MemoryMiB {
+		s += fmt.Sprintf(",slots=%d,maxmem=%dM", memorySlots, c.MaxMemoryMiB)
+	}
+	return s
 }
 
 // qemuEscape doubles commas, QEMU's escape inside option values.

@@ -21,6 +21,31 @@ const (
 	TCG Accel = "tcg"
 )
 
+// CPUPlug is how a running VM gets more vCPUs.
+type CPUPlug string
+
+const (
+	// PlugQMP adds vCPUs with device_add, as Kata does.
+	PlugQMP CPUPlug = "qmp"
+	// PlugPresent starts every vCPU the VM may have with QEMU and has the
+	// guest kernel bring up only the first ones (maxcpus=); growing onlines
+	// the others. Under TCG, QEMU 7.2 aborts on a vCPU hot-plugged once its
+	// translation cache regions are all in use (tcg_region_initial_alloc),
+	// which any busy guest reaches; idle present vCPUs cost nothing.
+	PlugPresent CPUPlug = "present"
+)
+
+// cpuPlug is c.CPUPlug, or the accelerator's default.
+func (c *Config) cpuPlug() CPUPlug {
+	if c.CPUPlug != "" {
+		return c.CPUPlug
+	}
+	if c.Accel == TCG {
+		return PlugPresent
+	}
+	return PlugQMP
+}
+
 // Transport is how the host reaches the guest agent.
 type Transport string
 
@@ -49,6 +74,14 @@ type Config struct {
 	CPUs     int
 	// MemoryMiB is the guest's RAM.
 	MemoryMiB int
+	// MaxCPUs and MaxMemoryMiB are how far the running VM can grow by
+	// hot-plug (AddCPUs, AddMemory), on machines that can; values not
+	// above CPUs or MemoryMiB leave that resource fixed.
+	MaxCPUs      int
+	MaxMemoryMiB int
+	// CPUPlug is how vCPUs are added (default: by accelerator, see
+	// cpuPlug).
+	CPUPlug CPUPlug
 	// TBSizeMiB caps TCG's translation cache, which otherwise reserves 1 GiB
 	// and grows under load. Zero leaves QEMU's default.
 	TBSizeMiB int
@@ -123,6 +156,9 @@ func (c *Config) validate() error {
 	}
 	if c.CPUs < 1 || c.CPUs > maxCPUs {
 		errs = append(errs, fmt.Errorf("vCPUs must be between 1 and %d, not %d", maxCPUs, c.CPUs))
+	}
+	if c.MaxCPUs > maxCPUs {
+		errs = append(errs, fmt.Errorf("at most %d vCPUs can be hot-plugged, not %d", maxCPUs, c.MaxCPUs))
 	}
 	if c.MemoryMiB < minMemoryMiB {
 		errs = append(errs, fmt.Errorf("guest memory must be at least %d MiB, not %d", minMemoryMiB, c.MemoryMiB))

@@ -14,6 +14,8 @@ type machine interface {
 	hotplugSlots() int
 	// extraArgs are further QEMU options the machine needs.
 	extraArgs() []string
+	// resizable says whether CPUs and memory can be hot-plugged (ACPI).
+	resizable() bool
 }
 
 var machines = map[string]machine{
@@ -46,6 +48,8 @@ func (microvm) hotplugSlots() int { return 0 }
 
 func (microvm) extraArgs() []string { return nil }
 
+func (microvm) resizable() bool { return false }
+
 // q35 is a PC with PCIe: slower to boot than microvm, but with ACPI and
 // PCI hot-plug.
 type q35 struct{}
@@ -59,6 +63,8 @@ func (q35) virtio(kind string) string {
 }
 
 func (q35) kernelParams(*Config) []string { return nil }
+
+func (q35) resizable() bool { return true }
 
 // PCIe devices plug into root ports, which must exist when QEMU starts.
 func (q35) hotplugSlots() int { return q35HotplugPorts }

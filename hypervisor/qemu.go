@@ -28,6 +28,8 @@ type VM struct {
 	vsockCID   uint32
 	hotplugged int // NICs plugged in after start
 
+	res resources
+
 	args []string
 
 	console *tail
@@ -49,6 +51,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
 	}
 	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), done: make(chan struct{})}
+	vm.res.cpus, vm.res.memoryMiB = cfg.CPUs, cfg.MemoryMiB
 	if err := vm.start(ctx); err != nil {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
 	}

@@ -86,6 +86,12 @@ func (m *Shim) Booted(boot, agentReady time.Duration, vcpus, memoryMiB int) {
 	m.memoryBytes.Set(float64(memoryMiB << 20))
 }
 
+// Resized records the VM's size after a hot-plug.
+func (m *Shim) Resized(vcpus, memoryMiB int) {
+	m.vcpus.Set(float64(vcpus))
+	m.memoryBytes.Set(float64(memoryMiB << 20))
+}
+
 // BootFailed counts a failed boot.
 func (m *Shim) BootFailed() { m.bootFailures.Inc() }
 

@@ -101,6 +101,15 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 		return nil, err
 	}
 
+	if err := sb.fit(ctx, c.id, demandOf(specResources(spec)), false); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			sb.forget(c.id)
+		}
+	}()
+
 	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	c.init = newProcess(c, "", stdio)
 	c.init.pid = uint32(sb.guest.VM.PID())

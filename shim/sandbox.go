@@ -66,6 +66,10 @@ type sandbox struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	stopping   bool
+
+	// resizeMu guards demands, each container's limits (see fit).
+	resizeMu sync.Mutex
+	demands  map[string]demand
 }
 
 func newSandbox(ctx context.Context, id, namespace string, cfg *vmconfig.Config, ev *events) *sandbox {
@@ -73,7 +77,7 @@ func newSandbox(ctx context.Context, id, namespace string, cfg *vmconfig.Config,
 	return &sandbox{
 		id: id, ctx: ctx, namespace: namespace, cfg: cfg, events: ev,
 		dir: dir, shareDir: filepath.Join(dir, "shared"),
-		containers: map[string]*container{},
+		containers: map[string]*container{}, demands: map[string]demand{},
 	}
 }
 
@@ -136,6 +140,12 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	}
 	logger := log.G(sb.ctx)
 	sizing := sb.cfg.ForPod(spec.Annotations)
+	if spec.Annotations[annotationContainerType] == "" {
+		// Not CRI (ctr run): the container is the whole pod, and its
+		// limits size the VM from the start.
+		d := demandOf(specResources(spec))
+		sizing = sizing.Grown(d.cpus, d.memoryMiB)
+	}
 	// containerd's -debug and the configuration's debug (which runtime
 	// options or a pod annotation may set) mean the same: the guest's
 	// console and its agent's logs in the shim's log.
@@ -286,6 +296,7 @@ func (sb *sandbox) remove(id string) bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	delete(sb.containers, id)
+	sb.forget(id)
 	return len(sb.containers) == 0
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/vmconfig"
@@ -319,7 +320,19 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err != nil {
 		return nil, err
 	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(b, &res); err != nil {
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "resources of %s: %v", r.ID, err)
+	}
+	// The VM first: limits it cannot give are refused before the
+	// container's cgroup changes.
+	prev := s.sb.demand(c.id)
+	if err := s.sb.fit(ctx, c.id, prev.updated(&res), true); err != nil {
+		log.G(ctx).WithError(err).Warn("update")
+		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: update %s: %w", r.ID, err))
+	}
 	if err := c.init.Update(ctx, b); err != nil {
+		s.sb.setDemand(c.id, prev)
 		return nil, errdefs.ToGRPC(err)
 	}
 	return empty, nil

@@ -57,6 +57,9 @@ type Options struct {
 	NICs  []hypervisor.NIC
 	// Interceptor sees every RPC to the agent (the shim's metrics).
 	Interceptor ttrpc.UnaryClientInterceptor
+	// CPUPlug overrides how vCPUs are added (hypervisor.CPUPlug); empty
+	// chooses by accelerator.
+	CPUPlug hypervisor.CPUPlug
 }
 
 // HypervisorConfig turns the configuration into what hypervisor.Start
@@ -71,11 +74,15 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 		Machine:   h.Machine,
 		CPUs:      h.VCPUs,
 		MemoryMiB: h.MemoryMiB,
-		TBSizeMiB: h.TCGCacheMiB,
-		CPUModel:  h.CPUModel,
-		TSCKHz:    hypervisor.CachedHostTSCKHz(c.StateDir),
-		VsockPort: c.Agent.VsockPort,
-		Debug:     c.Debug,
+		// Room to grow on machines that can (q35): Update hot-plugs up
+		// to these.
+		MaxCPUs:      vmconfig.MaxVCPUs(),
+		MaxMemoryMiB: h.MaxMemoryMiB,
+		TBSizeMiB:    h.TCGCacheMiB,
+		CPUModel:     h.CPUModel,
+		TSCKHz:       hypervisor.CachedHostTSCKHz(c.StateDir),
+		VsockPort:    c.Agent.VsockPort,
+		Debug:        c.Debug,
 	}
 	hc.Hostname, _ = os.Hostname()
 	if h.KernelParams != "" {
@@ -123,6 +130,7 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 	hc.Shares = opts.Shares
 	hc.NetNS = opts.NetNS
 	hc.NICs = opts.NICs
+	hc.CPUPlug = opts.CPUPlug
 	if hc.Console == nil {
 		hc.Console = func(line string) { logger.Debug("console: " + line) }
 	}

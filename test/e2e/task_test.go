@@ -220,6 +220,10 @@ func TestTask(t *testing.T) {
 // no `task update`, and containerd 1.7's client package does not build
 // against runtime-spec 1.3.
 func updateMemory(ctd *harness.Containerd, id string, limit int64) error {
+	return updateResources(ctd, id, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
+}
+
+func updateResources(ctd *harness.Containerd, id string, r *specs.LinuxResources) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, "containerd-namespace", "default")
@@ -228,7 +232,7 @@ func updateMemory(ctd *harness.Containerd, id string, limit int64) error {
 		return err
 	}
 	defer conn.Close()
-	res, err := typeurl.MarshalAny(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
+	res, err := typeurl.MarshalAny(r)
 	if err != nil {
 		return err
 	}

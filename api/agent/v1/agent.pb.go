@@ -419,6 +419,111 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
+type OnlineResourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Cpus  uint32                 `protobuf:"varint,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	// MemTotal of /proc/meminfo, bytes.
+	MemoryTotalBytes uint64 `protobuf:"varint,2,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *OnlineResourcesRequest) Reset() {
+	*x = OnlineResourcesRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineResourcesRequest) ProtoMessage() {}
+
+func (x *OnlineResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineResourcesRequest.ProtoReflect.Descriptor instead.
+func (*OnlineResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OnlineResourcesRequest) GetCpus() uint32 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *OnlineResourcesRequest) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+type OnlineResourcesResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	CpusOnline       uint32                 `protobuf:"varint,1,opt,name=cpus_online,json=cpusOnline,proto3" json:"cpus_online,omitempty"`
+	MemoryTotalBytes uint64                 `protobuf:"varint,2,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *OnlineResourcesResponse) Reset() {
+	*x = OnlineResourcesResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineResourcesResponse) ProtoMessage() {}
+
+func (x *OnlineResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineResourcesResponse.ProtoReflect.Descriptor instead.
+func (*OnlineResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OnlineResourcesResponse) GetCpusOnline() uint32 {
+	if x != nil {
+		return x.CpusOnline
+	}
+	return 0
+}
+
+func (x *OnlineResourcesResponse) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -450,11 +555,19 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\",\n" +
 	"\x0fShutdownRequest\x12\x19\n" +
 	"\bgrace_ns\x18\x01 \x01(\x03R\agraceNs\"\x12\n" +
-	"\x10ShutdownResponse2\xeb\x01\n" +
+	"\x10ShutdownResponse\"Z\n" +
+	"\x16OnlineResourcesRequest\x12\x12\n" +
+	"\x04cpus\x18\x01 \x01(\rR\x04cpus\x12,\n" +
+	"\x12memory_total_bytes\x18\x02 \x01(\x04R\x10memoryTotalBytes\"h\n" +
+	"\x17OnlineResourcesResponse\x12\x1f\n" +
+	"\vcpus_online\x18\x01 \x01(\rR\n" +
+	"cpusOnline\x12,\n" +
+	"\x12memory_total_bytes\x18\x02 \x01(\x04R\x10memoryTotalBytes2\xcf\x02\n" +
 	"\x05Agent\x12G\n" +
 	"\x06Health\x12\x1d.podvm.agent.v1.HealthRequest\x1a\x1e.podvm.agent.v1.HealthResponse\x12J\n" +
 	"\aVersion\x12\x1e.podvm.agent.v1.VersionRequest\x1a\x1f.podvm.agent.v1.VersionResponse\x12M\n" +
-	"\bShutdown\x12\x1f.podvm.agent.v1.ShutdownRequest\x1a .podvm.agent.v1.ShutdownResponseB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
+	"\bShutdown\x12\x1f.podvm.agent.v1.ShutdownRequest\x1a .podvm.agent.v1.ShutdownResponse\x12b\n" +
+	"\x0fOnlineResources\x12&.podvm.agent.v1.OnlineResourcesRequest\x1a'.podvm.agent.v1.OnlineResourcesResponseB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -469,26 +582,30 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_agent_v1_agent_proto_goTypes = []any{
-	(HealthResponse_Status)(0), // 0: podvm.agent.v1.HealthResponse.Status
-	(*HealthRequest)(nil),      // 1: podvm.agent.v1.HealthRequest
-	(*HealthResponse)(nil),     // 2: podvm.agent.v1.HealthResponse
-	(*VersionRequest)(nil),     // 3: podvm.agent.v1.VersionRequest
-	(*VersionResponse)(nil),    // 4: podvm.agent.v1.VersionResponse
-	(*ShutdownRequest)(nil),    // 5: podvm.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),   // 6: podvm.agent.v1.ShutdownResponse
+	(HealthResponse_Status)(0),      // 0: podvm.agent.v1.HealthResponse.Status
+	(*HealthRequest)(nil),           // 1: podvm.agent.v1.HealthRequest
+	(*HealthResponse)(nil),          // 2: podvm.agent.v1.HealthResponse
+	(*VersionRequest)(nil),          // 3: podvm.agent.v1.VersionRequest
+	(*VersionResponse)(nil),         // 4: podvm.agent.v1.VersionResponse
+	(*ShutdownRequest)(nil),         // 5: podvm.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),        // 6: podvm.agent.v1.ShutdownResponse
+	(*OnlineResourcesRequest)(nil),  // 7: podvm.agent.v1.OnlineResourcesRequest
+	(*OnlineResourcesResponse)(nil), // 8: podvm.agent.v1.OnlineResourcesResponse
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
 	0, // 0: podvm.agent.v1.HealthResponse.status:type_name -> podvm.agent.v1.HealthResponse.Status
 	1, // 1: podvm.agent.v1.Agent.Health:input_type -> podvm.agent.v1.HealthRequest
 	3, // 2: podvm.agent.v1.Agent.Version:input_type -> podvm.agent.v1.VersionRequest
 	5, // 3: podvm.agent.v1.Agent.Shutdown:input_type -> podvm.agent.v1.ShutdownRequest
-	2, // 4: podvm.agent.v1.Agent.Health:output_type -> podvm.agent.v1.HealthResponse
-	4, // 5: podvm.agent.v1.Agent.Version:output_type -> podvm.agent.v1.VersionResponse
-	6, // 6: podvm.agent.v1.Agent.Shutdown:output_type -> podvm.agent.v1.ShutdownResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
+	7, // 4: podvm.agent.v1.Agent.OnlineResources:input_type -> podvm.agent.v1.OnlineResourcesRequest
+	2, // 5: podvm.agent.v1.Agent.Health:output_type -> podvm.agent.v1.HealthResponse
+	4, // 6: podvm.agent.v1.Agent.Version:output_type -> podvm.agent.v1.VersionResponse
+	6, // 7: podvm.agent.v1.Agent.Shutdown:output_type -> podvm.agent.v1.ShutdownResponse
+	8, // 8: podvm.agent.v1.Agent.OnlineResources:output_type -> podvm.agent.v1.OnlineResourcesResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -505,7 +622,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

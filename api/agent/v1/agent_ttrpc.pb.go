@@ -11,6 +11,7 @@ type AgentService interface {
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	OnlineResources(context.Context, *OnlineResourcesRequest) (*OnlineResourcesResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -36,6 +37,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"OnlineResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req OnlineResourcesRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineResources(ctx, &req)
 			},
 		},
 	})
@@ -70,6 +78,14 @@ func (c *agentClient) Version(ctx context.Context, req *VersionRequest) (*Versio
 func (c *agentClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*ShutdownResponse, error) {
 	var resp ShutdownResponse
 	if err := c.client.Call(ctx, "podvm.agent.v1.Agent", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OnlineResources(ctx context.Context, req *OnlineResourcesRequest) (*OnlineResourcesResponse, error) {
+	var resp OnlineResourcesResponse
+	if err := c.client.Call(ctx, "podvm.agent.v1.Agent", "OnlineResources", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
