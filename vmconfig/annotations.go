@@ -65,6 +65,15 @@ func (c *Config) WithAnnotations(annotations map[string]string) (*Config, error)
 	for _, a := range keys {
 		key := strings.TrimPrefix(a, AnnotationPrefix)
 		if !annotationKeys[key] {
+			// hypervisor_path for hypervisor.path: name the real key,
+			// and whether a pod could set it at all.
+			if alt := strings.Replace(key, "_", ".", 1); annotationKeys[alt] {
+				allowed := "which pods may not set (an operator can allow it in annotations.allowed)"
+				if slices.Contains(c.Annotations.Allowed, alt) {
+					allowed = "which pods may set"
+				}
+				return nil, fmt.Errorf("annotation %s: %q is not a configuration key; did you mean %s%s, %s?", a, key, AnnotationPrefix, alt, allowed)
+			}
 			return nil, fmt.Errorf("annotation %s: %q is not a configuration key", a, key)
 		}
 		if !slices.Contains(c.Annotations.Allowed, key) {

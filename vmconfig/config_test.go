@@ -200,6 +200,7 @@ func TestWithAnnotations(t *testing.T) {
 	}{
 		{map[string]string{"io.podvm.config.hypervisor.path": "/tmp/evil"}, []string{"io.podvm.config.hypervisor.path", "may not be set by pods", "annotations.allowed"}},
 		{map[string]string{"io.podvm.config.hypervisor.kernel": "/tmp/evil"}, []string{"hypervisor.kernel", "may not be set"}},
+		{map[string]string{"io.podvm.config.hypervisor_path": "/tmp/evil"}, []string{"io.podvm.config.hypervisor_path", "did you mean io.podvm.config.hypervisor.path", "may not set"}},
 		{map[string]string{"io.podvm.config.hypervisor.vcpu": "2"}, []string{"not a configuration key"}},
 		{map[string]string{"io.podvm.config.hypervisor.memory_mib": "999999"}, []string{"hypervisor.memory_mib", "max_memory_mib"}},
 		{map[string]string{"io.podvm.config.hypervisor.vcpus": "lots"}, []string{"hypervisor.vcpus"}},

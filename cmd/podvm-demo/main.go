@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/metrics"
 	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
@@ -190,11 +193,40 @@ func pod(ctx context.Context) error {
 		}
 	}
 	fmt.Printf("containers %s and %s share %d VM (QEMU process)\n", server[:12], client[:12], qemus)
+	printMetrics(ctd, pod)
 	if _, err := crictl("stopp", pod); err != nil {
 		return err
 	}
 	_, err = crictl("rmp", pod)
 	return err
+}
+
+// printMetrics shows what an operator's node exporter would scrape for the
+// pod, through `containerd-shim-podvm-v2 metrics`.
+func printMetrics(ctd *harness.Containerd, pod string) {
+	out, err := exec.Command(harness.ShimBinary(), "metrics", "--state-dir", filepath.Join(ctd.Dir, "podvm")).Output()
+	if err != nil {
+		fmt.Println("metrics:", err)
+		return
+	}
+	fams, err := metrics.Parse(bytes.NewReader(out))
+	if err != nil {
+		fmt.Println("metrics:", err)
+		return
+	}
+	value := func(name string) float64 {
+		for _, m := range fams[name].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "sandbox_id" && l.GetValue() == pod {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+		return 0
+	}
+	fmt.Printf("metrics:       boot %.2f s, QEMU RSS %d MiB, guest %d MiB (%d MiB available), %v containers\n",
+		value("podvm_vm_boot_seconds"), int(value("podvm_qemu_rss_bytes"))>>20,
+		int(value("podvm_guest_memory_total_bytes"))>>20, int(value("podvm_guest_memory_available_bytes"))>>20, value("podvm_containers"))
 }
 
 // teardown stops a private containerd and says what it left behind (which

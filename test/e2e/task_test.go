@@ -157,8 +157,14 @@ func TestTask(t *testing.T) {
 		for _, rt := range runtimes {
 			file := filepath.Join(dir, short(rt)+".log")
 			r := s.ctr(nil, "run", "--runtime", rt, "--rm", "--log-uri", "file://"+file, harness.BusyboxImage, s.id(rt), "sh", "-c", "echo to-file; echo err-to-file >&2")
-			b, _ := os.ReadFile(file)
-			if r.code != 0 || !strings.Contains(string(b), "to-file\n") || !strings.Contains(string(b), "err-to-file\n") {
+			// The shim copies to the file on its own: `ctr run --rm`
+			// may return before the last bytes are in (runc's shim too).
+			var b []byte
+			waitFor(t, func() bool {
+				b, _ = os.ReadFile(file)
+				return strings.Contains(string(b), "to-file\n") && strings.Contains(string(b), "err-to-file\n")
+			})
+			if r.code != 0 {
 				t.Errorf("%s file://: %+v, file %q", short(rt), r, b)
 			}
 			out := filepath.Join(dir, short(rt)+".bin")
