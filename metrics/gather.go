@@ -13,6 +13,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/podvm/podvm/unixsock"
 )
 
 // Gather scrapes every shim whose sandbox lives under stateDir and writes
@@ -55,8 +57,7 @@ func scrape(ctx context.Context, sock string) (map[string]*dto.MetricFamily, err
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
+			return unixsock.Dial(ctx, sock)
 		}},
 	}
 	defer client.CloseIdleConnections()

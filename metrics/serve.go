@@ -3,12 +3,13 @@ package metrics
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podvm/podvm/unixsock"
 )
 
 // Server serves a shim's metrics on a unix socket.
@@ -21,7 +22,7 @@ type Server struct {
 // the registry's metrics at /metrics, to root only.
 func (m *Shim) Serve(path string) (*Server, error) {
 	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("metrics socket: %w", err)
 	}

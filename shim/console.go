@@ -17,6 +17,7 @@ import (
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/debugconsole"
+	"github.com/podvm/podvm/unixsock"
 	"github.com/podvm/podvm/vm"
 )
 
@@ -47,7 +48,7 @@ const hostBusybox = "/bin/busybox"
 func (sb *sandbox) serveConsole() error {
 	path := filepath.Join(sb.dir, debugconsole.SocketName)
 	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path)
 	if err != nil {
 		return fmt.Errorf("debug console socket: %w", err)
 	}

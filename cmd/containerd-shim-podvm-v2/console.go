@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,11 +11,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/debugconsole"
+	"github.com/podvm/podvm/unixsock"
 	"github.com/podvm/podvm/vmconfig"
 )
 
@@ -80,7 +83,9 @@ func dialConsole(stateDir, id string) (net.Conn, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("the debug console is off for sandbox %s (no %s): set debug_console = true in podvm's configuration (or the runtime handler's ConfigPath) and recreate the pod", id, path)
 	}
-	conn, err := net.Dial("unix", path)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := unixsock.Dial(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the console of sandbox %s: %w (is its shim still running?)", id, err)
 	}

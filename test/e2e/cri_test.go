@@ -173,6 +173,12 @@ func TestCRI(t *testing.T) {
 				if err != nil || cost > overhead {
 					t.Errorf("pod overhead: %v; cost %.0f MiB > declared %.0f MiB", err, cost, overhead)
 				}
+				// A CRI ID makes the metrics socket's path longer than
+				// a socket address holds under this test's state_dir.
+				out, err := exec.Command(harness.ShimBinary(), "metrics", "--state-dir", filepath.Join(ctd.Dir, "podvm")).Output()
+				if err != nil || !strings.Contains(string(out), `podvm_vm_boot_seconds{sandbox_id="`+pod+`"}`) {
+					t.Errorf("metrics of the pod: %v\n%s", err, out)
+				}
 			}
 			if out := c.must("exec", "-s", server, "hostname"); out != strings.Split(podConfig[strings.LastIndex(podConfig, "/")+1:], ".")[0] {
 				t.Errorf("hostname in the pod = %q", out)

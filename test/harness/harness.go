@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/podvm/podvm/vmconfig"
@@ -37,10 +38,24 @@ func NeedRoot(t testing.TB) {
 	Need(t, os.Geteuid() == 0, "needs root (run `make test` as root)")
 }
 
-// RepoRoot is the source tree's root, found from this file.
+// RepoRoot is the source tree's root, found from this file (or, in a
+// binary built with -trimpath, from the working directory).
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	if filepath.IsAbs(file) {
+		return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	}
+	// Built with -trimpath (the demo), file is module-relative: the tree
+	// is the working directory or one of its parents.
+	wd, _ := os.Getwd()
+	for d := wd; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/podvm/podvm\n") {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return wd
+		}
+	}
 }
 
 // Assets returns the guest kernel and initramfs: $PODVM_KERNEL and
