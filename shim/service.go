@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sync"
 
 	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -32,6 +33,10 @@ type service struct {
 	sb       *sandbox
 	events   *events
 	shutdown shutdown.Service
+	// deleting is held (read) by each Delete, so that a Shutdown that
+	// containerd sends after one container's Delete cannot end the shim
+	// while another's (the one stopping the VM) has yet to answer.
+	deleting sync.RWMutex
 }
 
 var (
@@ -151,6 +156,8 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 }
 
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	s.deleting.RLock()
+	defer s.deleting.RUnlock()
 	c, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
@@ -375,6 +382,8 @@ func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 }
 
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
+	s.deleting.Lock()
+	defer s.deleting.Unlock()
 	if !s.sb.empty() {
 		return empty, nil
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vm"
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // samples is how many times each timed step runs ($PODVM_BENCH_N).
@@ -49,6 +50,36 @@ func BenchmarkBoot(b *testing.B) {
 		fmt.Printf("  QEMU exec -> first agent answer:      %s\n", harness.Summary(host))
 		fmt.Printf("  guest kernel start -> agent serving:  %s\n", harness.Summary(guest))
 	}
+}
+
+// BenchmarkGrow times what an Update that outgrows a q35 VM costs: one
+// vCPU and 1 GiB more, from the first QMP command to the guest having them
+// online.
+func BenchmarkGrow(b *testing.B) {
+	cfg := harness.VMConfig(b)
+	cfg.Hypervisor.Machine = "q35"
+	if vmconfig.MaxVCPUs() < cfg.Hypervisor.VCPUs+1 {
+		b.Skip("needs a host CPU more than the guest's")
+	}
+	ctx := context.Background()
+	n := samples(10)
+	var grow []time.Duration
+	for i := 0; i < n; i++ {
+		g, err := vm.Boot(ctx, cfg, vm.Options{ID: fmt.Sprintf("podvm-bench-grow-%d", i), Console: func(string) {}})
+		if err != nil {
+			b.Fatalf("boot %d: %v", i, err)
+		}
+		start := time.Now()
+		err = g.Grow(ctx, cfg.Hypervisor.VCPUs+1, cfg.Hypervisor.MemoryMiB+1024)
+		grow = append(grow, time.Since(start))
+		if serr := g.Shutdown(ctx); err == nil {
+			err = serr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	fmt.Printf("grow a q35 VM by 1 vCPU and 1 GiB until the guest has them online, %d VMs:\n  %s\n", n, harness.Summary(grow))
 }
 
 // BenchmarkIdleMemory reads QEMU's memory after the guest settled, for
