@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,12 +73,22 @@ func (c *cri) podConfig(handler string, annotations map[string]string) string {
 // container creates and starts a busybox container in a pod.
 func (c *cri) container(pod, podConfig, name string, cmd ...string) string {
 	c.t.Helper()
+	return c.limitedContainer(pod, podConfig, name, nil, cmd...)
+}
+
+// limitedContainer is container with CRI's linux.resources.
+func (c *cri) limitedContainer(pod, podConfig, name string, resources map[string]any, cmd ...string) string {
+	c.t.Helper()
+	linux := map[string]any{}
+	if resources != nil {
+		linux["resources"] = resources
+	}
 	config, err := harness.WriteJSON(c.dir, pod+"-"+name+".json", map[string]any{
 		"metadata": map[string]any{"name": name},
 		"image":    map[string]any{"image": harness.BusyboxImage},
 		"command":  cmd,
 		"log_path": name + ".log",
-		"linux":    map[string]any{},
+		"linux":    linux,
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -249,6 +260,46 @@ func TestCRI(t *testing.T) {
 			t.Errorf("pods left: %q", out)
 		}
 		checkNoAllocations(t, ctd)
+	})
+
+	// containerd 1.6 sends no pod sizing annotations: a q35 pod's VM
+	// grows as containers with limits arrive, and with CRI's updates.
+	t.Run("limits grow a q35 pod", func(t *testing.T) {
+		c.t = t
+		pod, podConfig := c.runp("podvm-q35", nil)
+		defer func() {
+			c.must("stopp", pod)
+			c.must("rmp", pod)
+		}()
+		sleeper := c.container(pod, podConfig, "sleeper", "sleep", "100000")
+		memTotal := func() int {
+			kb, err := strconv.Atoi(c.must("exec", "-s", sleeper, "awk", "/^MemTotal:/ {print $2}", "/proc/meminfo"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb >> 10
+		}
+		if n := c.must("exec", "-s", sleeper, "nproc"); n != "1" {
+			t.Fatalf("nproc before: %s", n)
+		}
+		before := memTotal()
+		// 768 MiB and one CPU on top of the VM's own 512 MiB and vCPU.
+		limited := c.limitedContainer(pod, podConfig, "limited", map[string]any{
+			"memory_limit_in_bytes": 768 << 20, "cpu_quota": 100000, "cpu_period": 100000,
+		}, "sleep", "100000")
+		if n := c.must("exec", "-s", sleeper, "nproc"); n != "2" {
+			t.Errorf("nproc after a container with a 1-CPU limit: %s, want 2", n)
+		}
+		if grown := memTotal() - before; grown != 768 {
+			t.Errorf("MemTotal grew by %d MiB for a 768 MiB limit", grown)
+		}
+		c.must("update", "--memory", strconv.Itoa(1280<<20), limited)
+		if grown := memTotal() - before; grown != 1280 {
+			t.Errorf("MemTotal grew by %d MiB after crictl update to 1280 MiB", grown)
+		}
+		if got := c.must("exec", "-s", limited, "sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"); got != strconv.Itoa(1280<<20) {
+			t.Errorf("memory.max after crictl update: %s", got)
+		}
 	})
 
 	t.Run("QEMU killed", func(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 // containerd's network namespace.
 const CRISubnet = "10.66.0.0/24"
 
-// CRIConfig is the containerd configuration for CRI: handlers runc and
-// podvm, the local pause image, and a CNI bridge whose configuration and
+// CRIConfig is the containerd configuration for CRI: handlers runc,
+// podvm, podvm-broken and podvm-q35 (VMs that grow), the local pause image, and a CNI bridge whose configuration and
 // IP allocations live in dir. restrict_oom_score_adj is needed on hosts
 // without CAP_SYS_RESOURCE. The podvm runtime is the README's snippet,
 // verbatim.
@@ -42,7 +42,11 @@ func CRIConfig(dir string) (string, error) {
       runtime_type = "io.containerd.podvm.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken.options]
         ConfigPath = %q
-%s`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"), podvm), nil
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-q35]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-q35.options]
+        ConfigPath = %q
+%s`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"), podvm), nil
 }
 
 // BrokenKernel is the kernel the podvm-broken handler's configuration
@@ -50,12 +54,15 @@ func CRIConfig(dir string) (string, error) {
 const BrokenKernel = "/nonexistent/podvm/vmlinux"
 
 // WriteCNIConfig writes the bridge network CRIConfig points at, and the
-// podvm-broken handler's configuration.
+// podvm-broken and podvm-q35 handlers' configurations.
 func WriteCNIConfig(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "broken.toml"), []byte(fmt.Sprintf("[hypervisor]\nkernel = %q\n", BrokenKernel)), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "q35.toml"), []byte("[hypervisor]\nmachine = \"q35\"\nvcpus = 1\nmemory_mib = 512\n"), 0o644); err != nil {
 		return err
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"podvm-cri","plugins":[{"type":"bridge","bridge":"podvmcri0","isGateway":true,"ipMasq":false,
