@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -9,6 +11,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/podvm/podvm/metrics"
 	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vmconfig"
 )
@@ -46,7 +49,7 @@ func TestUpdateGrowsVM(t *testing.T) {
 		}
 	}()
 	n := 0
-	exec := func(id, script string) string {
+	run := func(id, script string) string {
 		t.Helper()
 		n++
 		r := s.ctr(nil, "task", "exec", "--exec-id", "x"+strconv.Itoa(n), id, "sh", "-c", script)
@@ -57,17 +60,17 @@ func TestUpdateGrowsVM(t *testing.T) {
 	}
 	memTotalMiB := func(id string) int {
 		t.Helper()
-		kb, err := strconv.Atoi(exec(id, "awk '/^MemTotal:/ {print $2}' /proc/meminfo"))
+		kb, err := strconv.Atoi(run(id, "awk '/^MemTotal:/ {print $2}' /proc/meminfo"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return kb >> 10
 	}
 	cgroupFile := func(id, name string) string {
-		return exec(id, "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/"+name)
+		return run(id, "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/"+name)
 	}
 
-	if got := exec(grown, "nproc"); got != "1" {
+	if got := run(grown, "nproc"); got != "1" {
 		t.Fatalf("nproc before the update: %s", got)
 	}
 	before := memTotalMiB(grown)
@@ -80,7 +83,7 @@ func TestUpdateGrowsVM(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("update on q35: %v", err)
 	}
-	if got := exec(grown, "nproc"); got != "2" {
+	if got := run(grown, "nproc"); got != "2" {
 		t.Errorf("nproc after the update: %s, want 2", got)
 	}
 	if after := memTotalMiB(grown); after-before != 1024 {
@@ -92,9 +95,31 @@ func TestUpdateGrowsVM(t *testing.T) {
 	if got := cgroupFile(grown, "cpu.max"); got != "200000 100000" {
 		t.Errorf("cpu.max after the update: %s", got)
 	}
+	// The shim's metrics follow the VM's new size.
+	out, err := exec.Command(harness.ShimBinary(), "metrics", "--state-dir", filepath.Join(ctd.Dir, "podvm")).Output()
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	fams, err := metrics.Parse(bytes.NewReader(out))
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	for name, want := range map[string]float64{"podvm_vm_vcpus": 2, "podvm_vm_memory_bytes": 1536 << 20} {
+		got := -1.0
+		for _, m := range fams[name].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "sandbox_id" && l.GetValue() == grown {
+					got = m.GetGauge().GetValue()
+				}
+			}
+		}
+		if got != want {
+			t.Errorf("%s of the grown VM: %v, want %v", name, got, want)
+		}
+	}
 	// Past what the VM may ever have: refused, naming the bound.
 	huge := int64(64 << 30)
-	err := updateResources(ctd, grown, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &huge}})
+	err = updateResources(ctd, grown, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &huge}})
 	if err == nil || !strings.Contains(err.Error(), "max_memory_mib") {
 		t.Errorf("update to 64 GiB: %v", err)
 	}
