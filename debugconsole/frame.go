@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // SocketName is the console socket in a sandbox's state directory; it
@@ -83,8 +84,31 @@ func ParseExit(b []byte) (int32, error) {
 	return int32(binary.BigEndian.Uint32(b)), nil
 }
 
+// Sender writes frames from several goroutines, one whole frame at a time.
+type Sender struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewSender sends frames on w.
+func NewSender(w io.Writer) *Sender { return &Sender{w: w} }
+
+// Send writes one frame.
+func (s *Sender) Send(t FrameType, payload []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return WriteFrame(s.w, t, payload)
+}
+
+// Hello sends the Open frame.
+func (s *Sender) Hello(h Hello) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return WriteHello(s.w, h)
+}
+
 // WriteFrame writes one frame. Callers that write from several goroutines
-// serialize the calls.
+// use a Sender.
 func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
 	b := make([]byte, 5, 5+len(payload))
 	b[0] = byte(t)

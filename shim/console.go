@@ -108,12 +108,7 @@ func (cs *consoleServer) close() {
 func (cs *consoleServer) relay(conn net.Conn) {
 	defer conn.Close()
 	logger := log.G(cs.sb.ctx)
-	var wmu sync.Mutex
-	send := func(t debugconsole.FrameType, b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		return debugconsole.WriteFrame(conn, t, b)
-	}
+	send := debugconsole.NewSender(conn).Send
 	fail := func(err error) {
 		logger.WithError(err).Warn("debug console")
 		_ = send(debugconsole.Error, []byte(err.Error()))

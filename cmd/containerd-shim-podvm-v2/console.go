@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/containerd/console"
@@ -95,12 +94,8 @@ func dialConsole(stateDir, id string) (net.Conn, error) {
 // attach relays a terminal (raw, resized with the window), or a script on
 // plain input, to a console and returns the shell's exit status.
 func attach(conn net.Conn, in *os.File, out io.Writer) (int, error) {
-	var wmu sync.Mutex
-	send := func(t debugconsole.FrameType, b []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		return debugconsole.WriteFrame(conn, t, b)
-	}
+	sender := debugconsole.NewSender(conn)
+	send := sender.Send
 	hello := debugconsole.Hello{Term: os.Getenv("TERM"), Size: debugconsole.Size{Width: 80, Height: 24}}
 	if c, err := console.ConsoleFromFile(in); err == nil {
 		if ws, err := c.Size(); err == nil && ws.Width > 0 {
@@ -122,10 +117,7 @@ func attach(conn net.Conn, in *os.File, out io.Writer) (int, error) {
 			}
 		}()
 	}
-	wmu.Lock()
-	err := debugconsole.WriteHello(conn, hello)
-	wmu.Unlock()
-	if err != nil {
+	if err := sender.Hello(hello); err != nil {
 		return 0, fmt.Errorf("open the console: %w", err)
 	}
 	go func() {

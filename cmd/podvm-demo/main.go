@@ -215,14 +215,8 @@ func printMetrics(ctd *harness.Containerd, pod string) {
 		return
 	}
 	value := func(name string) float64 {
-		for _, m := range fams[name].GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "sandbox_id" && l.GetValue() == pod {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-		return 0
+		v, _ := metrics.Value(fams, name, "sandbox_id", pod)
+		return v
 	}
 	fmt.Printf("metrics:       boot %.2f s, QEMU RSS %d MiB, guest %d MiB (%d MiB available), %v containers\n",
 		value("podvm_vm_boot_seconds"), int(value("podvm_qemu_rss_bytes"))>>20,

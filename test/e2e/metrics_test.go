@@ -53,36 +53,14 @@ func TestMetrics(t *testing.T) {
 	fams := gather()
 	value := func(name string, labels ...string) float64 {
 		t.Helper()
-		f, ok := fams[name]
+		if name != "podvm_shims" {
+			labels = append([]string{"sandbox_id", id}, labels...)
+		}
+		v, ok := metrics.Value(fams, name, labels...)
 		if !ok {
-			t.Errorf("no %s", name)
-			return 0
+			t.Errorf("no %s%v", name, labels)
 		}
-	metric:
-		for _, m := range f.Metric {
-			have := map[string]string{}
-			for _, l := range m.Label {
-				have[l.GetName()] = l.GetValue()
-			}
-			if have["sandbox_id"] != id && name != "podvm_shims" {
-				continue
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue metric
-				}
-			}
-			switch {
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-		t.Errorf("no %s%v for sandbox %s", name, labels, id)
-		return 0
+		return v
 	}
 	if v := value("podvm_vm_boot_seconds"); v <= 0 || v > 60 {
 		t.Errorf("boot time %v s", v)

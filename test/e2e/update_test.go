@@ -105,14 +105,7 @@ func TestUpdateGrowsVM(t *testing.T) {
 		t.Fatalf("metrics: %v", err)
 	}
 	for name, want := range map[string]float64{"podvm_vm_vcpus": 2, "podvm_vm_memory_bytes": 1536 << 20} {
-		got := -1.0
-		for _, m := range fams[name].GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "sandbox_id" && l.GetValue() == grown {
-					got = m.GetGauge().GetValue()
-				}
-			}
-		}
+		got, _ := metrics.Value(fams, name, "sandbox_id", grown)
 		if got != want {
 			t.Errorf("%s of the grown VM: %v, want %v", name, got, want)
 		}
