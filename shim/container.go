@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
@@ -84,7 +85,7 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	}
 	binds := map[int]string{}
 	for i, m := range spec.Mounts {
-		if !isBind(m) || m.Destination == "/dev/shm" {
+		if !isBind(m) || isPodShm(m) {
 			continue
 		}
 		if err := bindIntoShare(m, filepath.Join(c.hostDir, "mounts", fmt.Sprint(i))); err != nil {
@@ -117,11 +118,15 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	if err != nil {
 		return nil, err
 	}
+	storages := []*agentapi.Storage{shareStorage}
+	if slices.ContainsFunc(spec.Mounts, isPodShm) {
+		storages = append(storages, podShmStorage)
+	}
 	resp, err := sb.guest.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
 		ContainerId: c.id,
 		Spec:        specJSON,
 		Stdio:       stdioConfig(stdio, c.init.io),
-		Storages:    []*agentapi.Storage{shareStorage},
+		Storages:    storages,
 	})
 	if err != nil {
 		c.init.io.close()

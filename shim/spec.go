@@ -8,13 +8,26 @@ import (
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
 
 // Where the guest mounts the sandbox's shared directory.
 const (
 	shareTag       = "podvm"
 	guestShareRoot = "/run/podvm/shared"
+	// guestPodShm is the pod's /dev/shm in the guest: one tmpfs that
+	// every container of the pod binds, as CRI's sandbox shm is under
+	// runc. The VM is the pod, so one path serves.
+	guestPodShm = "/run/podvm/shm"
 )
+
+// podShmStorage is the guest tmpfs behind the pod's /dev/shm, sized as
+// CRI sizes the sandbox's (64 MiB).
+var podShmStorage = &agentapi.Storage{Source: "shm", Target: guestPodShm, Fstype: "tmpfs", Options: []string{"mode=1777", "size=65536k"}}
+
+// isPodShm says whether m is CRI's bind of the sandbox's /dev/shm.
+func isPodShm(m specs.Mount) bool { return isBind(m) && m.Destination == "/dev/shm" }
 
 // guestRootfs is the container's root filesystem as the guest sees it.
 func guestRootfs(id string) string { return path.Join(guestShareRoot, id, "rootfs") }
@@ -65,11 +78,11 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 	for i, m := range in.Mounts {
 		m := m
 		switch {
-		case isBind(m) && m.Destination == "/dev/shm":
-			// CRI's sandbox shm is a host tmpfs; a guest tmpfs is the
-			// same thing on the right side of the VM boundary.
-			m = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
-				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+		case isPodShm(m):
+			// CRI's sandbox shm is a host tmpfs; the pod's guest tmpfs
+			// is the same thing on the right side of the VM boundary.
+			m = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: guestPodShm,
+				Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
 		case isBind(m):
 			src, ok := t.binds[i]
 			if !ok {

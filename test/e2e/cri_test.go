@@ -159,6 +159,14 @@ func TestCRI(t *testing.T) {
 				out, _ := c.run("logs", client)
 				return strings.Contains(out, "hello from "+handler)
 			})
+			// The pod's containers share its /dev/shm, a 64 MiB tmpfs.
+			c.must("exec", "-s", server, "sh", "-c", "echo shared-by-"+handler+" > /dev/shm/x")
+			if out := c.must("exec", "-s", client, "cat", "/dev/shm/x"); out != "shared-by-"+handler {
+				t.Errorf("/dev/shm/x written by one container, read by the other: %q", out)
+			}
+			if out := c.must("exec", "-s", client, "sh", "-c", "df -k /dev/shm | awk 'NR==2 {print $1, $2}'"); out != "shm 65536" {
+				t.Errorf("/dev/shm: %q, want a 64 MiB tmpfs", out)
+			}
 			if t.Failed() {
 				out, err := c.run("logs", client)
 				t.Logf("client logs: %q %v", out, err)
