@@ -188,22 +188,7 @@ func LoadFile(path string) (*Config, error) {
 // result. Unknown keys are errors: a misspelt key silently ignored is a
 // setting that silently does not apply.
 func Parse(doc string) (*Config, error) {
-	c := Default()
-	md, err := toml.Decode(doc, c)
-	if err != nil {
-		return nil, describeDecodeError(err)
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		keys := make([]string, len(und))
-		for i, k := range und {
-			keys[i] = k.String()
-		}
-		return nil, fmt.Errorf("unknown key %s: see the example config.toml for the keys podvm knows", strings.Join(keys, ", "))
-	}
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return Default().Overlay(doc)
 }
 
 func describeDecodeError(err error) error {
