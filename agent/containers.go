@@ -284,11 +284,13 @@ func (s *containerService) WaitProcess(ctx context.Context, req *agentapi.Proces
 	if err != nil {
 		return nil, err
 	}
+	pctx, cancel := pollContext(ctx)
+	defer cancel()
 	select {
 	case <-p.exited:
 		return &agentapi.WaitProcessResponse{ExitStatus: uint32(p.status), ExitedAt: timestamppb.New(p.exitedAt)}, nil
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-pctx.Done():
+		return nil, notYet(pctx)
 	}
 }
 
@@ -394,11 +396,13 @@ func (s *containerService) ResizePty(ctx context.Context, req *agentapi.ResizePt
 }
 
 func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agentapi.OOMEvent, error) {
+	pctx, cancel := pollContext(ctx)
+	defer cancel()
 	select {
 	case id := <-s.oom:
 		return &agentapi.OOMEvent{ContainerId: id}, nil
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-pctx.Done():
+		return nil, notYet(pctx)
 	}
 }
 
@@ -436,7 +440,11 @@ func (s *containerService) WriteStdin(ctx context.Context, req *agentapi.WriteSt
 	if err != nil {
 		return nil, err
 	}
-	n, err := p.io.writeStdin(req.Data)
+	n, err := p.io.writeStdin(req.Data, answerBy(ctx))
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The process has not taken it all yet: the host sends the rest.
+		return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
+	}
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "write stdin: %v", err)
 	}
@@ -462,7 +470,7 @@ func (s *containerService) ReadOutput(ctx context.Context, req *agentapi.ReadOut
 		return nil, err
 	}
 	buf := make([]byte, outputChunk)
-	n, eof, err := p.io.readOutput(req.Stream, buf)
+	n, eof, err := p.io.readOutput(req.Stream, buf, answerBy(ctx))
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "read %v: %v", req.Stream, err)
 	}

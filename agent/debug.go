@@ -123,11 +123,13 @@ func (d *debugService) WaitConsole(ctx context.Context, req *agentapi.ConsoleReq
 	if err != nil {
 		return nil, err
 	}
+	pctx, cancel := pollContext(ctx)
+	defer cancel()
 	select {
 	case <-p.exited:
 		return &agentapi.WaitConsoleResponse{ExitStatus: uint32(p.status)}, nil
-	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-pctx.Done():
+		return nil, notYet(pctx)
 	}
 }
 

@@ -39,6 +39,7 @@ type processIO struct {
 	child []*os.File
 
 	stdinMu   sync.Mutex
+	readMu    [2]sync.Mutex // stdout's, stderr's
 	closeOnce sync.Once
 }
 
@@ -159,8 +160,8 @@ func (pio *processIO) close() {
 }
 
 // readOutput reads what the stream has now, waiting until there is
-// something or it ends.
-func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf []byte) (int, bool, error) {
+// something, it ends, or by passes (an empty answer).
+func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf []byte, by time.Time) (int, bool, error) {
 	f := pio.stdout
 	if stream == agentapi.ReadOutputRequest_STDERR {
 		f = pio.stderr
@@ -168,7 +169,20 @@ func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf [
 	if f == nil {
 		return 0, true, nil
 	}
+	// One reader at a time: a poll the host gave up on must not take
+	// output meant for the next.
+	mu := &pio.readMu[0]
+	if stream == agentapi.ReadOutputRequest_STDERR {
+		mu = &pio.readMu[1]
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	_ = f.SetReadDeadline(by)
 	n, err := f.Read(buf)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		_ = f.SetReadDeadline(time.Time{})
+		return n, false, nil
+	}
 	// A writer usually writes in small pieces (4 KiB for most programs),
 	// and each answer costs a round trip to the host. So after the first
 	// piece, gather what follows within a moment, up to a full buffer.
@@ -203,12 +217,16 @@ func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf [
 // fill large answers when a process writes fast.
 const gatherWindow = 2 * time.Millisecond
 
-func (pio *processIO) writeStdin(b []byte) (int, error) {
+// writeStdin writes b, or what the process takes of it until by passes
+// (os.ErrDeadlineExceeded with the count written).
+func (pio *processIO) writeStdin(b []byte, by time.Time) (int, error) {
 	pio.stdinMu.Lock()
 	defer pio.stdinMu.Unlock()
 	if pio.stdin == nil {
 		return 0, os.ErrClosed
 	}
+	_ = pio.stdin.SetWriteDeadline(by)
+	defer pio.stdin.SetWriteDeadline(time.Time{})
 	return pio.stdin.Write(b)
 }
 

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
 
 // AccelChoice is the accelerator to use and why.
@@ -77,20 +75,22 @@ func kvmUsable() error {
 	return nil
 }
 
-// ProbeKVM boots the guest of base under KVM until its agent prints the
-// probe marker.
+// ProbeKVM boots the guest of base under KVM until it prints
+// base.ProbeMarker on its console.
 func ProbeKVM(ctx context.Context, base Config) error {
+	if base.ProbeMarker == "" {
+		return errors.New("a probe boot needs a marker line the guest prints")
+	}
 	cfg := base
 	cfg.ID = "podvm-kvm-probe"
 	cfg.Accel = KVM
-	cfg.Probe = true
 	cfg.CPUs = 1
 	cfg.MemoryMiB = 128
-	cfg.Transport = Serial
+	cfg.Vsock = false
 	seen := make(chan struct{})
 	var once bool
 	cfg.Console = func(line string) {
-		if !once && strings.Contains(line, agentapi.ProbeMarker) {
+		if !once && strings.Contains(line, base.ProbeMarker) {
 			once = true
 			close(seen)
 		}

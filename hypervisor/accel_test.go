@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/test/harness"
 )
 
@@ -15,7 +16,8 @@ func testConfig(t *testing.T) Config {
 	c := harness.VMConfig(t)
 	return Config{
 		ID: "podvm-test-" + t.Name(), QEMU: c.Hypervisor.Path, Kernel: c.Hypervisor.Kernel, Initramfs: c.Hypervisor.Initramfs,
-		Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: HostTSCKHz(), Transport: Serial,
+		Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: HostTSCKHz(),
+		Ports: []string{agentapi.SerialPortName}, ProbeMarker: agentapi.ProbeMarker,
 	}
 }
 
@@ -28,7 +30,9 @@ func TestChooseAccel(t *testing.T) {
 	ctx := context.Background()
 	cache := t.TempDir()
 
-	c, err := ChooseAccel(ctx, "auto", base, cache)
+	probe := base
+	probe.KernelParams = []string{agentapi.ParamProbe + "=1"}
+	c, err := ChooseAccel(ctx, "auto", probe, cache)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,14 +49,14 @@ func TestChooseAccel(t *testing.T) {
 		}
 	case c.Accel == KVM:
 		// The probe said KVM works: a real boot under KVM must too.
-		if err := ProbeKVM(ctx, base); err != nil {
+		if err := ProbeKVM(ctx, probe); err != nil {
 			t.Errorf("probe chose KVM, but a second probe boot failed: %v", err)
 		}
 	}
 	if kvmErr == nil {
 		// The answer is cached: the second call is instant and the same.
 		start := time.Now()
-		again, err := ChooseAccel(ctx, "auto", base, cache)
+		again, err := ChooseAccel(ctx, "auto", probe, cache)
 		if err != nil || !again.Cached || again.Accel != c.Accel || time.Since(start) > time.Second {
 			t.Errorf("second call: %+v, %v after %v", again, err, time.Since(start))
 		}
@@ -102,11 +106,11 @@ func TestStartStop(t *testing.T) {
 	if err := vm.QMP().Cont(ctx); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := vm.DialAgent(ctx)
+	conn, err := vm.Port(agentapi.SerialPortName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vm.DialAgent(ctx); err == nil {
+	if _, err := vm.Port(agentapi.SerialPortName); err == nil {
 		t.Error("the serial channel was handed out twice")
 	}
 	start := time.Now()

@@ -4,15 +4,16 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
 
 // fds are the file descriptor numbers QEMU finds its pre-connected sockets
 // on (through exec's ExtraFiles, which start at 3).
 type fds struct {
-	qmp, console, agent, vhostVsock int
-	vsockCID                        uint32
+	qmp, console, vhostVsock int
+	vsockCID                 uint32
+	// ports holds the fd number of each named serial port's socket, in
+	// the order of Config.Ports.
+	ports []int
 	// nics holds the fd number of each NIC's TAP.
 	nics []int
 }
@@ -53,21 +54,6 @@ func kernelCmdline(c *Config, m machine) string {
 			p = append(p, "tsc_early_khz="+strconv.FormatUint(c.TSCKHz, 10))
 		}
 		p = append(p, "lapic_timer_khz="+strconv.Itoa(lapicTimerKHz))
-	}
-	switch c.Transport {
-	case Vsock:
-		p = append(p, agentapi.ParamTransport+"=vsock", agentapi.ParamVsockPort+"="+strconv.FormatUint(uint64(c.VsockPort), 10))
-	default:
-		p = append(p, agentapi.ParamTransport+"=serial", agentapi.ParamPort+"="+agentapi.SerialPortName)
-	}
-	if c.Debug {
-		p = append(p, agentapi.ParamDebug+"=1")
-	}
-	if c.Hostname != "" && !strings.ContainsAny(c.Hostname, " \t\n\"") {
-		p = append(p, agentapi.ParamHostname+"="+c.Hostname)
-	}
-	if c.Probe {
-		p = append(p, agentapi.ParamProbe+"=1")
 	}
 	return strings.Join(append(p, c.KernelParams...), " ")
 }
@@ -112,7 +98,6 @@ func args(c *Config, f fds) ([]string, error) {
 		// now and then on microvm under TCG.
 		"-chardev", fmt.Sprintf("socket,id=console,fd=%d", f.console),
 		"-serial", "chardev:console",
-		"-device", m.virtio("serial")+",max_ports=2",
 		// No virtio-rng: its hwrng thread competes with the boot for the
 		// vCPU (about 50 ms under TCG); the kernel's jitter entropy seeds
 		// the CRNG without it.
@@ -139,16 +124,19 @@ func args(c *Config, f fds) ([]string, error) {
 			"-device", fmt.Sprintf("%s,fsdev=fs%d,mount_tag=%s", m.virtio("9p"), i, sh.Tag),
 		)
 	}
-	switch c.Transport {
-	case Vsock:
+	if c.Vsock {
 		a = append(a, "-device", fmt.Sprintf("%s,id=vsock,guest-cid=%d,vhostfd=%d", m.virtio("vsock"), f.vsockCID, f.vhostVsock))
-	default:
-		a = append(a,
-			// Port 0 is reserved for a console, so the agent's is port 1.
-			"-device", m.virtio("serial")+",max_ports=2",
-			"-chardev", fmt.Sprintf("socket,id=agent,fd=%d", f.agent),
-			"-device", "virtserialport,chardev=agent,name="+agentapi.SerialPortName,
-		)
+	}
+	if len(c.Ports) > 0 {
+		// One device carries every port. Port 0 is reserved for a
+		// console, so named ports start at 1.
+		a = append(a, "-device", fmt.Sprintf("%s,max_ports=%d", m.virtio("serial"), len(c.Ports)+1))
+		for i, name := range c.Ports {
+			a = append(a,
+				"-chardev", fmt.Sprintf("socket,id=port%d,fd=%d", i, f.ports[i]),
+				"-device", fmt.Sprintf("virtserialport,chardev=port%d,name=%s", i, name),
+			)
+		}
 	}
 	return a, nil
 }

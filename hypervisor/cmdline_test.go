@@ -31,41 +31,39 @@ func TestArgs(t *testing.T) {
 	}{
 		{
 			name:        "microvm tcg serial",
-			cfg:         Config{ID: "a", Machine: "microvm", Accel: TCG, CPUs: 2, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: 2445430, Transport: Serial, Kernel: "/k", Initramfs: "/i"},
-			fds:         fds{qmp: 3, console: 4, agent: 5},
+			cfg:         Config{ID: "a", Machine: "microvm", Accel: TCG, CPUs: 2, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: 2445430, Ports: []string{"podvm.agent"}, Kernel: "/k", Initramfs: "/i"},
+			fds:         fds{qmp: 3, console: 4, ports: []int{5}},
 			machine:     "microvm,acpi=off,x-option-roms=off",
-			want:        []string{"-accel=tcg,tb-size=32", "-cpu=max", "-smp=2", "-m=256M", "-kernel=/k", "-initrd=/i", "-name=a", "-chardev=socket,id=qmp,fd=3", "-chardev=socket,id=agent,fd=5", "-serial=chardev:console"},
-			wantDevices: []string{"virtio-serial-device,max_ports=2", "virtserialport,chardev=agent,name=podvm.agent"},
-			wantParams:  []string{"console=ttyS0", "acpi=off", "quiet", "tsc_early_khz=2445430", "lapic_timer_khz=1000000", "podvm.transport=serial", "podvm.port=podvm.agent", "reboot=t", "panic=-1"},
-			notParams:   []string{"podvm.debug=1", "podvm.probe=1"},
+			want:        []string{"-accel=tcg,tb-size=32", "-cpu=max", "-smp=2", "-m=256M", "-kernel=/k", "-initrd=/i", "-name=a", "-chardev=socket,id=qmp,fd=3", "-chardev=socket,id=port0,fd=5", "-serial=chardev:console"},
+			wantDevices: []string{"virtio-serial-device,max_ports=2", "virtserialport,chardev=port0,name=podvm.agent"},
+			wantParams:  []string{"console=ttyS0", "acpi=off", "quiet", "tsc_early_khz=2445430", "lapic_timer_khz=1000000", "reboot=t", "panic=-1"},
 		},
 		{
 			name:        "q35 kvm vsock debug",
-			cfg:         Config{ID: "b", Machine: "q35", Accel: KVM, CPUs: 1, MemoryMiB: 512, MaxCPUs: 2, MaxMemoryMiB: 4096, TBSizeMiB: 32, TSCKHz: 2445430, Transport: Vsock, VsockPort: 1024, Debug: true, KernelParams: []string{"foo=bar"}},
-			fds:         fds{qmp: 3, console: 4, vhostVsock: 5, vsockCID: 77},
+			cfg:         Config{ID: "b", Machine: "q35", Accel: KVM, CPUs: 1, MemoryMiB: 512, MaxCPUs: 2, MaxMemoryMiB: 4096, TBSizeMiB: 32, TSCKHz: 2445430, Vsock: true, Ports: []string{"podvm.secret"}, Debug: true, KernelParams: []string{"foo=bar"}},
+			fds:         fds{qmp: 3, console: 4, vhostVsock: 5, vsockCID: 77, ports: []int{6}},
 			machine:     "q35,vmport=off,smbus=off,sata=off",
 			want:        []string{"-accel=kvm", "-cpu=host", "-smp=1,maxcpus=2", "-m=512M,slots=16,maxmem=4096M"},
-			wantDevices: []string{"vhost-vsock-pci,id=vsock,guest-cid=77,vhostfd=5"},
-			wantParams:  []string{"podvm.transport=vsock", "podvm.vsock_port=1024", "podvm.debug=1", "foo=bar"},
+			wantDevices: []string{"vhost-vsock-pci,id=vsock,guest-cid=77,vhostfd=5", "virtio-serial-pci,max_ports=2", "virtserialport,chardev=port0,name=podvm.secret"},
+			wantParams:  []string{"foo=bar"},
 			notParams:   []string{"quiet", "acpi=off", "tsc_early_khz=2445430", "lapic_timer_khz=1000000"},
 		},
 		{
 			name:       "q35 tcg: vCPUs present, brought up later",
-			cfg:        Config{ID: "d", Machine: "q35", Accel: TCG, CPUs: 1, MemoryMiB: 512, MaxCPUs: 4, MaxMemoryMiB: 1024, Transport: Serial},
-			fds:        fds{qmp: 3, console: 4, agent: 5},
+			cfg:        Config{ID: "d", Machine: "q35", Accel: TCG, CPUs: 1, MemoryMiB: 512, MaxCPUs: 4, MaxMemoryMiB: 1024},
+			fds:        fds{qmp: 3, console: 4},
 			machine:    "q35,vmport=off,smbus=off,sata=off",
 			want:       []string{"-accel=tcg", "-smp=4,maxcpus=4", "-m=512M,slots=16,maxmem=1024M"},
 			wantParams: []string{"maxcpus=1"},
 		},
 		{
-			name:    "probe, default TCG cache",
-			cfg:     Config{ID: "c", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, MaxCPUs: 2, MaxMemoryMiB: 4096, Transport: Serial, Probe: true},
-			fds:     fds{qmp: 3, console: 4, agent: 5},
+			name:    "default TCG cache, no serial ports",
+			cfg:     Config{ID: "c", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, MaxCPUs: 2, MaxMemoryMiB: 4096},
+			fds:     fds{qmp: 3, console: 4},
 			machine: "microvm,acpi=off,x-option-roms=off",
 			// microvm cannot grow: no room is reserved.
-			want:       []string{"-accel=tcg", "-smp=1", "-m=128M"},
-			wantParams: []string{"podvm.probe=1"},
-			notParams:  []string{"tsc_early_khz=0"},
+			want:      []string{"-accel=tcg", "-smp=1", "-m=128M"},
+			notParams: []string{"tsc_early_khz=0"},
 		},
 	}
 	for _, tt := range tests {
@@ -88,6 +86,16 @@ func TestArgs(t *testing.T) {
 				if !slices.Contains(devices, d) {
 					t.Errorf("missing -device %s in %v", d, devices)
 				}
+			}
+			// Exactly one virtio-serial device, and none without ports.
+			serial := 0
+			for _, d := range devices {
+				if strings.HasPrefix(d, "virtio-serial") {
+					serial++
+				}
+			}
+			if want := min(len(tt.cfg.Ports), 1); serial != want {
+				t.Errorf("%d virtio-serial devices for %d ports, want %d", serial, len(tt.cfg.Ports), want)
 			}
 			for _, must := range []string{"-no-reboot", "-nodefaults", "-no-user-config"} {
 				if !slices.Contains(a, must) {

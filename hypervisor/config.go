@@ -46,17 +46,6 @@ func (c *Config) cpuPlug() CPUPlug {
 	return PlugQMP
 }
 
-// Transport is how the host reaches the guest agent.
-type Transport string
-
-const (
-	// Serial is a virtio-serial port whose host end is a socket the VM
-	// hands out through DialAgent. It works everywhere.
-	Serial Transport = "serial"
-	// Vsock is AF_VSOCK through the host's /dev/vhost-vsock.
-	Vsock Transport = "vsock"
-)
-
 // Config is what one QEMU process is started with.
 type Config struct {
 	// ID names the VM in QEMU's -name and in logs; usually the sandbox ID.
@@ -88,21 +77,26 @@ type Config struct {
 	// TSCKHz is the host TSC rate given to a TCG guest (tsc_early_khz),
 	// which cannot calibrate it without ACPI; zero leaves it out.
 	TSCKHz uint64
-	// Transport and VsockPort select the agent channel.
-	Transport Transport
-	VsockPort uint32
-	// KernelParams are appended to the guest kernel command line.
+	// Ports are named virtio-serial ports; the host end of each is a
+	// socket the VM hands out once (Port). Names are the guest's to look
+	// up in /sys/class/virtio-ports.
+	Ports []string
+	// Vsock gives the guest a vhost-vsock device with a context ID of its
+	// own (VsockCID); it needs /dev/vhost-vsock.
+	Vsock bool
+	// KernelParams are appended to the guest kernel command line. They
+	// must be words without spaces or quotes: the kernel splits on both.
 	KernelParams []string
-	// Hostname becomes the guest's hostname.
-	Hostname string
-	// Debug makes the guest kernel and agent verbose.
+	// Debug makes the guest kernel verbose (no "quiet").
 	Debug bool
 	// Console receives each line the guest writes to its console. It is
 	// called from one goroutine; nil discards (the VM still keeps the last
 	// lines for error messages).
 	Console func(line string)
-	// Probe boots the guest only until its agent prints the probe marker.
-	Probe bool
+	// ProbeMarker is the console line that proves a probe boot (ProbeKVM)
+	// reached the guest's user space; the KernelParams must make the guest
+	// print it.
+	ProbeMarker string
 	// NetNS is the network namespace QEMU runs in (a path under
 	// /var/run/netns or /proc); empty runs it in the caller's.
 	NetNS string
@@ -184,17 +178,42 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("invalid 9p mount tag %q", sh.Tag))
 		}
 	}
-	switch c.Transport {
-	case Serial:
-	case Vsock:
-		if c.VsockPort == 0 {
-			errs = append(errs, errors.New("vsock transport needs a port"))
+	seen := map[string]bool{}
+	for _, p := range c.Ports {
+		if !validPortName(p) || seen[p] {
+			errs = append(errs, fmt.Errorf("invalid or repeated virtio-serial port name %q", p))
 		}
-	default:
-		errs = append(errs, fmt.Errorf("unknown agent transport %q: use serial or vsock", c.Transport))
+		seen[p] = true
+	}
+	if !validWord(c.ID) {
+		errs = append(errs, fmt.Errorf("invalid VM name %q: letters, digits, '.', '_' and '-' only", c.ID))
+	}
+	for _, p := range c.KernelParams {
+		if p == "" || strings.ContainsAny(p, " \t\n\"") {
+			errs = append(errs, fmt.Errorf("kernel parameter %q must be one word without quotes", p))
+		}
 	}
 	return errors.Join(errs...)
 }
+
+// validWord says whether s can stand in QEMU's and the kernel's command
+// lines as it is: no separators, no option syntax.
+func validWord(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validPortName is a virtio-serial port name the guest finds in sysfs.
+func validPortName(s string) bool { return validWord(s) && len(s) <= 64 }
 
 const (
 	// maxCPUs matches CONFIG_NR_CPUS of the guest kernel.

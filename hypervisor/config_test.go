@@ -51,7 +51,7 @@ func TestValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := Config{ID: "t", QEMU: "sh", Kernel: self, Initramfs: cpio, Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, Transport: Serial}
+	good := Config{ID: "t", QEMU: "sh", Kernel: self, Initramfs: cpio, Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, Ports: []string{"podvm.agent"}}
 	tests := []struct {
 		name string
 		edit func(c *Config)
@@ -68,7 +68,9 @@ func TestValidate(t *testing.T) {
 		{"unknown accel", func(c *Config) { c.Accel = "hvf" }, `unknown accelerator "hvf"`},
 		{"no cpus", func(c *Config) { c.CPUs = 0 }, "vCPUs must be between"},
 		{"too little memory", func(c *Config) { c.MemoryMiB = 16 }, "at least 64 MiB"},
-		{"unknown transport", func(c *Config) { c.Transport = "pigeon" }, `unknown agent transport "pigeon"`},
+		{"bad port name", func(c *Config) { c.Ports = []string{"a,b"} }, `invalid or repeated virtio-serial port name "a,b"`},
+		{"option in the name", func(c *Config) { c.ID = "a,debug-threads=on" }, `invalid VM name "a,debug-threads=on"`},
+		{"kernel parameter with a space", func(c *Config) { c.KernelParams = []string{"a b"} }, `kernel parameter "a b" must be one word`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

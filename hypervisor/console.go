@@ -2,10 +2,16 @@ package hypervisor
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
+
+// maxLine bounds a console line: the guest writes what it likes, and an
+// endless line must not grow the shim's memory. Longer lines are split.
+const maxLine = 4096
 
 // tail keeps the last lines of an output stream (the guest console, QEMU's
 // own stderr) so that errors can show what happened just before.
@@ -51,14 +57,17 @@ func (t *tail) contains(s string) bool {
 
 // follow reads r line by line until EOF, keeping each line and passing it
 // to fn (which may be nil). A final line without a newline, such as the
-// last words of a kernel panic, is kept too.
+// last words of a kernel panic, is kept too. Lines are at most maxLine
+// bytes and carry no control characters: they come from the guest.
 func (t *tail) follow(r io.Reader, fn func(string)) {
 	defer close(t.done)
-	br := bufio.NewReaderSize(r, 4096)
+	br := bufio.NewReaderSize(r, maxLine)
 	for {
-		line, err := br.ReadString('\n')
-		line = strings.TrimRight(line, "\r\n")
-		if line != "" {
+		b, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			err = nil
+		}
+		if line := printable(b); line != "" {
 			t.add(line)
 			if fn != nil {
 				fn(line)
@@ -68,6 +77,29 @@ func (t *tail) follow(r io.Reader, fn func(string)) {
 			return
 		}
 	}
+}
+
+// printable is a console line fit for a log: trailing line ends dropped,
+// invalid UTF-8 and control characters (a terminal escape sequence, say)
+// replaced.
+func printable(b []byte) string {
+	s := strings.TrimRight(string(b), "\r\n")
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || (r < 0x20 && r != '\t') || r == 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || (r < 0x20 && r != '\t') || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // format renders the kept lines for an error message.

@@ -24,7 +24,7 @@ type VM struct {
 	qmp     *QMP
 
 	mu         sync.Mutex
-	agentConn  net.Conn // serial: the host end, handed out once
+	ports      map[string]net.Conn // host ends of named serial ports, each handed out once
 	vsockCID   uint32
 	hotplugged int // NICs plugged in after start
 
@@ -41,8 +41,8 @@ type VM struct {
 	killed  bool  // Stop or Kill ended it, so an exit by signal is expected
 }
 
-// Start starts QEMU for cfg and returns once QEMU answers QMP. The agent is
-// not waited for: see DialAgent. A failure leaves no process behind.
+// Start starts QEMU for cfg and returns once QEMU answers QMP. The guest is
+// not waited for. A failure leaves no process behind.
 func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.ID == "" {
 		cfg.ID = "podvm"
@@ -50,7 +50,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
 	}
-	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), done: make(chan struct{})}
+	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), done: make(chan struct{}), ports: map[string]net.Conn{}}
 	vm.res.cpus, vm.res.memoryMiB = cfg.CPUs, cfg.MemoryMiB
 	if err := vm.start(ctx); err != nil {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
@@ -85,7 +85,7 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		vm.closers = append(vm.closers, host)
 		return host, os.NewFile(uintptr(fds[1]), "guest"), nil
 	}
-	f := fds{qmp: 3, console: 4, agent: 5, vhostVsock: 5}
+	f := fds{qmp: 3, console: 4}
 	qmpHost, qmpGuest, err := pair()
 	if err != nil {
 		return err
@@ -96,25 +96,27 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	guestEnds = append(guestEnds, consoleGuest)
-	switch vm.cfg.Transport {
-	case Vsock:
+	if vm.cfg.Vsock {
 		vhost, cid, err := openVhostVsock()
 		if err != nil {
 			return err
 		}
+		f.vhostVsock = 3 + len(guestEnds)
 		guestEnds = append(guestEnds, vhost)
 		f.vsockCID, vm.vsockCID = cid, cid
-	default:
-		agentHost, agentGuest, err := pair()
+	}
+	for _, name := range vm.cfg.Ports {
+		host, guest, err := pair()
 		if err != nil {
 			return err
 		}
-		guestEnds = append(guestEnds, agentGuest)
-		vm.agentConn = agentHost
+		f.ports = append(f.ports, 3+len(guestEnds))
+		guestEnds = append(guestEnds, guest)
+		vm.ports[name] = host
 	}
 
 	for range vm.cfg.NICs {
-		// After the agent's (or vhost-vsock's) fd, in order.
+		// After the other inherited fds, in order.
 		f.nics = append(f.nics, 3+len(guestEnds)+len(f.nics))
 	}
 	a, err := args(&vm.cfg, f)
@@ -353,21 +355,26 @@ func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
 	}
 }
 
-// DialAgent returns a connection to the guest agent's channel. For the
-// serial transport it is the one host end of the port and can be taken
-// once; for vsock it dials, retrying until the agent listens or ctx ends.
-func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
-	if vm.cfg.Transport == Vsock {
-		return dialVsock(ctx, vm.vsockCID, vm.cfg.VsockPort, vm.done)
-	}
+// Port returns the host end of the named serial port. It can be taken
+// once; it closes when QEMU exits.
+func (vm *VM) Port(name string) (net.Conn, error) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
-	if vm.agentConn == nil {
-		return nil, errors.New("the agent's serial channel was already taken")
+	c, ok := vm.ports[name]
+	if !ok {
+		return nil, fmt.Errorf("VM %s has no serial port %q, or it was taken", vm.cfg.ID, name)
 	}
-	c := vm.agentConn
-	vm.agentConn = nil
+	delete(vm.ports, name)
 	return c, nil
+}
+
+// DialVsock connects to a vsock port of the guest, retrying while the guest
+// boots, until ctx ends or QEMU exits.
+func (vm *VM) DialVsock(ctx context.Context, port uint32) (net.Conn, error) {
+	if !vm.cfg.Vsock {
+		return nil, fmt.Errorf("VM %s has no vsock device", vm.cfg.ID)
+	}
+	return dialVsock(ctx, vm.vsockCID, port, vm.done)
 }
 
 // enterNetNS moves the calling thread into the network namespace at path.

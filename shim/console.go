@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"google.golang.org/grpc/status"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/debugconsole"
 	"github.com/podvm/podvm/unixsock"
 	"github.com/podvm/podvm/vm"
@@ -138,22 +136,21 @@ func (cs *consoleServer) relay(conn net.Conn) {
 	}
 	ctx, cancel := context.WithCancel(cs.sb.ctx)
 	defer cancel()
-	r, err := g.Debug.StartConsole(ctx, &agentapi.StartConsoleRequest{
+	id, err := g.StartConsole(ctx, vm.ConsoleShell{
 		Busybox: busybox, Terminal: hello.Terminal, Term: hello.Term,
 		Width: uint32(hello.Size.Width), Height: uint32(hello.Size.Height),
-		Storages: []*agentapi.Storage{shareStorage},
+		Storages: []vm.Storage{shareStorage},
 	})
 	if err != nil {
-		fail(fmt.Errorf("start the console shell: %s", status.Convert(err).Message()))
+		fail(err)
 		return
 	}
-	id := r.Id
 	logger = logger.WithField("console", id)
 	logger.Info("debug console opened")
 	defer func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer ccancel()
-		if _, err := g.Debug.CloseConsole(cctx, &agentapi.ConsoleRequest{Id: id}); err != nil {
+		if err := g.CloseConsole(cctx, id); err != nil {
 			logger.WithError(err).Warn("close the debug console")
 		}
 		logger.Info("debug console closed")
@@ -169,10 +166,10 @@ func (cs *consoleServer) relay(conn net.Conn) {
 		defer cancel()
 		cs.copyIn(ctx, g, id, hello.Terminal, conn)
 	}()
-	w, err := g.Debug.WaitConsole(ctx, &agentapi.ConsoleRequest{Id: id})
+	status, err := g.WaitConsole(ctx, id)
 	if err != nil {
 		if ctx.Err() == nil {
-			fail(fmt.Errorf("wait for the console shell: %s", status.Convert(err).Message()))
+			fail(err)
 		}
 		return
 	}
@@ -182,25 +179,21 @@ func (cs *consoleServer) relay(conn net.Conn) {
 	case <-outDone:
 	case <-time.After(execOutputGrace):
 	}
-	_ = send(debugconsole.Exit, debugconsole.ExitBytes(int32(w.ExitStatus)))
+	_ = send(debugconsole.Exit, debugconsole.ExitBytes(int32(status)))
+}
+
+// frameWriter sends what is written to it as Data frames.
+type frameWriter func(debugconsole.FrameType, []byte) error
+
+func (f frameWriter) Write(b []byte) (int, error) {
+	if err := f(debugconsole.Data, b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 func (cs *consoleServer) copyOut(ctx context.Context, g *vm.Guest, id string, send func(debugconsole.FrameType, []byte) error) {
-	req := &agentapi.ReadOutputRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Stream: agentapi.ReadOutputRequest_STDOUT}
-	for {
-		r, err := g.Stdio.ReadOutput(ctx, req)
-		if err != nil {
-			return
-		}
-		if len(r.Data) > 0 {
-			if err := send(debugconsole.Data, r.Data); err != nil {
-				return
-			}
-		}
-		if r.Eof {
-			return
-		}
-	}
+	_ = g.CopyOutput(ctx, vm.DebugConsole, id, vm.Stdout, frameWriter(send))
 }
 
 func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, terminal bool, conn net.Conn) {
@@ -211,18 +204,18 @@ func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, ter
 		}
 		switch t {
 		case debugconsole.Data:
-			_, err = g.Stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Data: b})
+			err = g.WriteStdin(ctx, vm.DebugConsole, id, b)
 		case debugconsole.Resize:
 			var s debugconsole.Size
 			if s, err = debugconsole.ParseSize(b); err == nil {
-				_, err = g.Containers.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id, Width: uint32(s.Width), Height: uint32(s.Height)})
+				err = g.ResizePty(ctx, vm.DebugConsole, id, uint32(s.Width), uint32(s.Height))
 			}
 		case debugconsole.EOF:
 			if terminal {
 				// The client's terminal sends ^D itself.
 				continue
 			}
-			_, err = g.Stdio.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: agentapi.DebugConsoleID, ExecId: id})
+			err = g.CloseStdin(ctx, vm.DebugConsole, id)
 		}
 		if err != nil {
 			log.G(ctx).WithError(err).Debug("debug console input ended")
@@ -240,12 +233,12 @@ func (cs *consoleServer) stageBusybox() (string, error) {
 	if cs.busybox != "" {
 		return cs.busybox, nil
 	}
-	src := filepath.Join(filepath.Dir(cs.sb.cfg.Hypervisor.Kernel), "busybox")
+	src := filepath.Join(filepath.Dir(cs.sb.config().Hypervisor.Kernel), "busybox")
 	if _, err := os.Stat(src); err != nil {
 		src = hostBusybox
 	}
 	if err := checkStatic(src); err != nil {
-		return "", fmt.Errorf("no busybox for the debug console: %w; install a static busybox beside the guest kernel (%s) or Debian's busybox-static", err, filepath.Dir(cs.sb.cfg.Hypervisor.Kernel))
+		return "", fmt.Errorf("no busybox for the debug console: %w; install a static busybox beside the guest kernel (%s) or Debian's busybox-static", err, filepath.Dir(cs.sb.config().Hypervisor.Kernel))
 	}
 	dir := filepath.Join(cs.sb.shareDir, consoleShareDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

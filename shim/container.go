@@ -16,7 +16,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/vm"
 )
 
 // container is one container of the sandbox: its files exposed to the
@@ -25,6 +25,7 @@ type container struct {
 	id     string
 	bundle string
 	sb     *sandbox
+	guest  *vm.Guest // the VM the container lives in
 	spec   *specs.Spec
 	// hostDir is the container's directory in the share: rootfs/ and
 	// mounts/N are mounted below it.
@@ -33,11 +34,14 @@ type container struct {
 
 	mu    sync.Mutex
 	execs map[string]*process
+	// reserved holds exec IDs being registered in the guest: taken, but
+	// not yet processes anybody may use.
+	reserved map[string]bool
 }
 
 // shareStorage is the guest mount of the sandbox's shared directory.
-var shareStorage = &agentapi.Storage{
-	Source: shareTag, Target: guestShareRoot, Fstype: "9p",
+var shareStorage = vm.Storage{
+	Source: shareTag, Target: guestShareRoot, Type: "9p",
 	// mmap caching lets the guest execute binaries from the share and map
 	// files; msize is the largest message the virtio transport takes.
 	Options: []string{"trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"},
@@ -65,7 +69,11 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	if err != nil {
 		return nil, fmt.Errorf("read spec of %s: %w", r.ID, err)
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, sb: sb, spec: spec, hostDir: filepath.Join(sb.shareDir, r.ID), execs: map[string]*process{}}
+	g := sb.runningGuest()
+	if g == nil {
+		return nil, fmt.Errorf("create %s: the sandbox's VM is not running: %w", r.ID, errdefs.ErrFailedPrecondition)
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, sb: sb, guest: g, spec: spec, hostDir: filepath.Join(sb.shareDir, r.ID), execs: map[string]*process{}, reserved: map[string]bool{}}
 	if _, err := os.Stat(c.hostDir); err == nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
@@ -113,35 +121,35 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 
 	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	c.init = newProcess(c, "", stdio)
-	c.init.pid = uint32(sb.guest.VM.PID())
+	c.init.pid = uint32(g.VM.PID())
 	c.init.io, err = openIO(sb.ctx, c.id, sb.namespace, stdio)
 	if err != nil {
 		return nil, err
 	}
-	storages := []*agentapi.Storage{shareStorage}
+	storages := []vm.Storage{shareStorage}
 	if slices.ContainsFunc(spec.Mounts, isPodShm) {
 		storages = append(storages, podShmStorage)
 	}
-	resp, err := sb.guest.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
-		ContainerId: c.id,
-		Spec:        specJSON,
-		Stdio:       stdioConfig(stdio, c.init.io),
-		Storages:    storages,
+	pid, err := g.CreateContainer(ctx, vm.Container{
+		ID:       c.id,
+		Spec:     specJSON,
+		Streams:  streams(stdio, c.init.io),
+		Storages: storages,
 	})
 	if err != nil {
 		c.init.io.close()
-		return nil, fmt.Errorf("create container %s in the guest: %w", c.id, errdefs.FromGRPC(err))
+		return nil, err
 	}
-	c.init.guestPid = resp.Pid
-	c.init.io.copyOutput(sb.ctx, sb.guest.Stdio, c.id, "")
+	c.init.guestPid = pid
+	c.init.io.copy(sb.ctx, g, c.id, "")
 	go sb.watchExit(c.init)
-	log.G(ctx).WithField("container", c.id).WithField("guest_pid", resp.Pid).Info("container created")
+	log.G(ctx).WithField("container", c.id).WithField("guest_pid", pid).Info("container created")
 	return c, nil
 }
 
-// stdioConfig tells the agent which streams exist.
-func stdioConfig(s stdioPaths, h *hostIO) *agentapi.StdioConfig {
-	return &agentapi.StdioConfig{
+// streams tells the agent which streams exist.
+func streams(s stdioPaths, h *hostIO) vm.Streams {
+	return vm.Streams{
 		Terminal: s.terminal,
 		Stdin:    h.stdin != nil,
 		Stdout:   h.stdout != nil,
@@ -171,19 +179,17 @@ func (c *container) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ 
 		return nil, fmt.Errorf("exec %s without a process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
 	}
 	c.mu.Lock()
-	if _, ok := c.execs[r.ExecID]; ok {
+	if _, ok := c.execs[r.ExecID]; ok || c.reserved[r.ExecID] {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("id %s: %w", r.ExecID, errdefs.ErrAlreadyExists)
 	}
-	// Reserve the ID while the guest is asked.
-	c.execs[r.ExecID] = nil
+	// Reserve the ID while the guest is asked, as runc's shim does.
+	c.reserved[r.ExecID] = true
 	c.mu.Unlock()
 	defer func() {
-		if retErr != nil {
-			c.mu.Lock()
-			delete(c.execs, r.ExecID)
-			c.mu.Unlock()
-		}
+		c.mu.Lock()
+		delete(c.reserved, r.ExecID)
+		c.mu.Unlock()
 	}()
 	stdio := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	p := newProcess(c, r.ExecID, stdio)
@@ -193,12 +199,9 @@ func (c *container) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ 
 	if p.io, err = openIO(c.sb.ctx, c.id, c.sb.namespace, stdio); err != nil {
 		return nil, err
 	}
-	_, err = c.sb.guest.Containers.ExecProcess(ctx, &agentapi.ExecProcessRequest{
-		ContainerId: c.id, ExecId: r.ExecID, Process: p.spec, Stdio: stdioConfig(stdio, p.io),
-	})
-	if err != nil {
+	if err := c.guest.ExecProcess(ctx, c.id, r.ExecID, p.spec, streams(stdio, p.io)); err != nil {
 		p.io.close()
-		return nil, errdefs.FromGRPC(err)
+		return nil, err
 	}
 	c.mu.Lock()
 	c.execs[r.ExecID] = p
@@ -219,7 +222,7 @@ func (c *container) runningExecs() []*process {
 	defer c.mu.Unlock()
 	var ps []*process
 	for _, p := range c.execs {
-		if p != nil && p.guestPid != 0 {
+		if p.started() {
 			select {
 			case <-p.exited:
 			default:
@@ -231,22 +234,17 @@ func (c *container) runningExecs() []*process {
 }
 
 // destroy removes the container from the guest and its files from the
-// share. It is the init process's delete, and safe to repeat.
+// share. It is the init process's delete, and safe to repeat. A VM that
+// is gone took the container with it.
 func (c *container) destroy(ctx context.Context) error {
 	var errs []error
-	if c.sb.guestAlive() {
-		if _, err := c.sb.guest.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: c.id}); err != nil {
-			if err := errdefs.FromGRPC(err); !errdefs.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete %s in the guest: %w", c.id, err))
-			}
-		}
+	if err := c.guest.DeleteContainer(ctx, c.id); err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, vm.ErrStopped) {
+		errs = append(errs, err)
 	}
 	c.init.io.close()
 	c.mu.Lock()
 	for _, p := range c.execs {
-		if p != nil {
-			p.io.close()
-		}
+		p.io.close()
 	}
 	c.mu.Unlock()
 	if err := unmountTree(c.hostDir); err != nil {

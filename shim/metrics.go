@@ -11,7 +11,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/metrics"
 )
 
@@ -53,11 +52,11 @@ func (sb *sandbox) GuestMemory(ctx context.Context) (total, available uint64, er
 	if g == nil {
 		return 0, 0, fmt.Errorf("no VM")
 	}
-	h, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
+	h, err := g.Health(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
-	return h.MemoryTotalBytes, h.MemoryAvailableBytes, nil
+	return h.MemoryTotal, h.MemoryAvailable, nil
 }
 
 // agentInterceptor times every RPC to the agent for the metrics.

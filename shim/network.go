@@ -12,6 +12,7 @@ import (
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/network"
 	"github.com/podvm/podvm/vm"
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // State files of the sandbox's network, in its directory: what `delete`
@@ -26,7 +27,7 @@ const (
 // namespace (CRI's) is used as it is; one that asks for a new namespace
 // gets a persistent one podvm owns (and removes with the sandbox); one
 // without a network namespace shares the host's, and the guest gets no NIC.
-func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
+func (sb *sandbox) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
 	var nsSpec *specs.LinuxNamespace
 	if spec.Linux != nil {
 		for i, ns := range spec.Linux.Namespaces {
@@ -49,7 +50,9 @@ func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns stri
 			return "", nil, err
 		}
 	}
-	sb.pod, err = network.OpenPod(ns.Path, network.Model(sb.cfg.Network.Model), filepath.Join(sb.dir, networkState))
+	sb.netMu.Lock()
+	defer sb.netMu.Unlock()
+	sb.pod, err = network.OpenPod(ns.Path, network.Model(cfg.Network.Model), filepath.Join(sb.dir, networkState))
 	if err != nil {
 		return "", nil, err
 	}
@@ -57,7 +60,7 @@ func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns stri
 	if err != nil {
 		return "", nil, err
 	}
-	if ns.Owned && len(eps) == 0 && !hypervisor.MachineHotplugs(sb.cfg.Hypervisor.Machine) {
+	if ns.Owned && len(eps) == 0 && !hypervisor.MachineHotplugs(cfg.Hypervisor.Machine) {
 		// `ctr run --cni` adds the interface after the task exists. q35
 		// plugs a NIC in then; a microvm cannot, so it boots with a spare
 		// NIC that Start joins to the interface.
@@ -76,37 +79,42 @@ func (sb *sandbox) podNetwork(ctx context.Context, spec *specs.Spec) (netns stri
 }
 
 // configureGuestNetwork gives the guest the pod interfaces joined so far.
-func (sb *sandbox) configureGuestNetwork(ctx context.Context) error {
-	if sb.pod == nil {
-		return nil
+func (sb *sandbox) configureGuestNetwork(ctx context.Context, g *vm.Guest) error {
+	sb.netMu.Lock()
+	pod := sb.pod
+	var ifaces []network.Interface
+	var routes []network.Route
+	var neighs []network.Neighbour
+	if pod != nil {
+		ifaces, routes, neighs = pod.Guest()
 	}
-	ifaces, routes, neighs := sb.pod.Guest()
+	sb.netMu.Unlock()
 	if len(ifaces) == 0 {
 		return nil
 	}
-	if _, err := sb.guest.Network.Configure(ctx, vm.GuestNetwork(ifaces, routes, neighs)); err != nil {
-		return fmt.Errorf("configure the guest's network: %w", err)
-	}
-	return nil
+	return g.ConfigureNetwork(ctx, ifaces, routes, neighs)
 }
 
 // rescanNetwork joins interfaces that appeared in the pod's namespace since
 // the VM booted (CNI run by `ctr run --cni` between Create and Start) and
 // configures them in the guest.
-func (sb *sandbox) rescanNetwork(ctx context.Context) error {
-	if sb.pod == nil {
-		return nil
+func (sb *sandbox) rescanNetwork(ctx context.Context, g *vm.Guest) error {
+	sb.netMu.Lock()
+	var added []*network.Endpoint
+	var err error
+	if sb.pod != nil {
+		added, err = sb.pod.Attach()
 	}
-	added, err := sb.pod.Attach()
-	if err != nil {
+	sb.netMu.Unlock()
+	if err != nil || len(added) == 0 {
 		return err
 	}
 	for _, e := range added {
 		switch {
 		case e.BootMAC != nil:
 			// An adopted spare: QEMU has its TAP since boot.
-		case sb.guest.VM.CanHotplug():
-			if err := sb.guest.VM.AddNIC(ctx, hypervisor.NIC{MAC: e.Interface.HardwareAddr, File: e.File, MTU: e.Interface.MTU}); err != nil {
+		case g.VM.CanHotplug():
+			if err := g.VM.AddNIC(ctx, hypervisor.NIC{MAC: e.Interface.HardwareAddr, File: e.File, MTU: e.Interface.MTU}); err != nil {
 				return fmt.Errorf("hot-plug a NIC for %s: %w", e.Interface.Name, err)
 			}
 		default:
@@ -117,20 +125,19 @@ func (sb *sandbox) rescanNetwork(ctx context.Context) error {
 			e.File = nil
 		}
 	}
-	if len(added) == 0 {
-		return nil
-	}
-	return sb.configureGuestNetwork(ctx)
+	return sb.configureGuestNetwork(ctx, g)
 }
 
 // closeNetwork undoes the pod network podvm made; the namespace itself
 // goes only if podvm owns it. Repeating it is harmless.
 func (sb *sandbox) closeNetwork() error {
 	var errs []error
+	sb.netMu.Lock()
 	if sb.pod != nil {
 		errs = append(errs, sb.pod.Close())
 		sb.pod = nil
 	}
+	sb.netMu.Unlock()
 	errs = append(errs, network.Cleanup(filepath.Join(sb.dir, networkState)))
 	errs = append(errs, network.RemoveSaved(filepath.Join(sb.dir, netnsState)))
 	return errors.Join(errs...)
@@ -139,6 +146,8 @@ func (sb *sandbox) closeNetwork() error {
 // closeEndpointFiles drops the shim's copies of the NICs' devices once QEMU
 // holds its own: a TAP then lives exactly as long as the VM.
 func (sb *sandbox) closeEndpointFiles() {
+	sb.netMu.Lock()
+	defer sb.netMu.Unlock()
 	if sb.pod == nil {
 		return
 	}

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -9,14 +10,20 @@ import (
 	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/vm"
 )
 
 // process is a container's init process or one of its exec processes, as
 // the shim tracks it: the guest runs the real process; this holds what
 // containerd asks about it and the host end of its stdio.
+//
+// The lock guards the fields, never a call to the guest: an operation
+// checks the state under the lock, marks the process busy, lets the guest
+// work, and takes the lock again to move on. So State, events and other
+// containers never wait for a slow or stuck guest.
 type process struct {
 	mu     sync.Mutex
+	idle   *sync.Cond // signalled when busy clears
 	c      *container
 	execID string
 	stdio  stdioPaths
@@ -27,7 +34,10 @@ type process struct {
 	pid      uint32
 	guestPid uint32
 
-	state      state
+	state state
+	// busy names the operation the guest is doing for this process, if
+	// any: another that would move the process on is refused meanwhile.
+	busy       string
 	exitStatus uint32
 	exitedAt   time.Time
 	exited     chan struct{} // closed when the exit is known
@@ -36,14 +46,12 @@ type process struct {
 }
 
 func newProcess(c *container, execID string, stdio stdioPaths) *process {
-	p := &process{c: c, execID: execID, stdio: stdio, exited: make(chan struct{})}
-	p.state = createdState{p}
+	p := &process{c: c, execID: execID, stdio: stdio, exited: make(chan struct{}), state: createdState{}}
+	p.idle = sync.NewCond(&p.mu)
 	return p
 }
 
-func (p *process) ref() *agentapi.ProcessRequest {
-	return &agentapi.ProcessRequest{ContainerId: p.c.id, ExecId: p.execID}
-}
+func (p *process) guest() *vm.Guest { return p.c.guest }
 
 func (p *process) logger(ctx context.Context) *log.Entry {
 	l := log.G(ctx).WithField("container", p.c.id)
@@ -53,68 +61,128 @@ func (p *process) logger(ctx context.Context) *log.Entry {
 	return l
 }
 
-// The operations containerd asks for go through the state.
+func (p *process) what() string {
+	if p.execID == "" {
+		return "container " + p.c.id
+	}
+	return "exec process " + p.execID
+}
 
-// Start starts the process; started runs under the process's lock once it
-// has, so the start event it queues always precedes the exit event (which
-// is queued under the same lock).
-func (p *process) Start(ctx context.Context, started func()) error {
+// transition runs an operation that moves the process to another state:
+// check says whether the current state allows it and what comes next, do
+// asks the guest, and after (if any) runs under the lock once the process
+// has moved on. An exit recorded while the guest worked wins over the next
+// state, except over deletion.
+func (p *process) transition(ctx context.Context, op string, check func(state) (state, error), do func(context.Context) error, after func()) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.state.start(ctx); err != nil {
+	if p.busy != "" {
+		busy := p.busy
+		p.mu.Unlock()
+		return fmt.Errorf("cannot %s %s while %s is in progress: %w", op, p.what(), busy, errdefs.ErrFailedPrecondition)
+	}
+	from := p.state
+	next, err := check(from)
+	if err != nil {
+		p.mu.Unlock()
 		return err
 	}
-	started()
+	p.busy = op
+	p.mu.Unlock()
+
+	err = do(ctx)
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.busy = ""
+	p.idle.Broadcast()
+	if err != nil {
+		return err
+	}
+	if p.state == from || op == "delete" {
+		p.state = next
+	}
+	if after != nil {
+		after()
+	}
 	return nil
 }
 
-func (p *process) Delete(ctx context.Context) error {
+// check runs a state's verdict on an operation that does not move the
+// process on.
+func (p *process) check(verdict func(state) error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.state.delete(ctx)
+	return verdict(p.state)
 }
 
-func (p *process) Kill(ctx context.Context, sig uint32, all bool) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.kill(ctx, sig, all)
+// Start starts the process; started runs under the process's lock once it
+// has, so the start event it queues always precedes the exit event (which
+// waits for the start to finish).
+func (p *process) Start(ctx context.Context, started func()) error {
+	return p.transition(ctx, "start", state.start, p.doStart, started)
+}
+
+func (p *process) Delete(ctx context.Context) error {
+	return p.transition(ctx, "delete", state.delete, p.doDelete, nil)
 }
 
 func (p *process) Pause(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.pause(ctx)
+	if p.execID != "" {
+		return fmt.Errorf("cannot pause an exec process: %w", errdefs.ErrNotImplemented)
+	}
+	return p.transition(ctx, "pause", state.pause, func(ctx context.Context) error {
+		return p.guest().Pause(ctx, p.c.id)
+	}, nil)
 }
 
 func (p *process) Resume(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.resume(ctx)
+	return p.transition(ctx, "resume", state.resume, func(ctx context.Context) error {
+		return p.guest().Resume(ctx, p.c.id)
+	}, nil)
+}
+
+// Kill signals the process (with all, every process of the container). A
+// VM that is gone took the process with it: the kill has happened, and the
+// exit follows.
+func (p *process) Kill(ctx context.Context, sig uint32, all bool) error {
+	if err := p.check(state.kill); err != nil {
+		return err
+	}
+	err := p.guest().Signal(ctx, p.c.id, p.execID, sig, all)
+	switch {
+	case err == nil, errors.Is(err, vm.ErrStopped):
+		return nil
+	case errdefs.IsNotFound(err):
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	}
+	return err
 }
 
 func (p *process) Update(ctx context.Context, resources []byte) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.update(ctx, resources)
+	if err := p.check(state.update); err != nil {
+		return err
+	}
+	return p.guest().Update(ctx, p.c.id, resources)
 }
 
-func (p *process) CanExec() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.state.canExec()
-}
+func (p *process) CanExec() error { return p.check(state.canExec) }
 
 // SetExited records the exit and, under the same lock, lets exited queue
-// the exit event.
+// the exit event. A start still in progress finishes first, so that its
+// event comes before the exit's.
 func (p *process) SetExited(status uint32, exited func(at time.Time)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for p.busy == "start" {
+		p.idle.Wait()
+	}
 	select {
 	case <-p.exited:
 		return
 	default:
 	}
-	p.state.setExited(status)
+	p.markExited(status)
+	p.state = p.state.exited()
 	exited(p.exitedAt)
 }
 
@@ -141,6 +209,7 @@ func (p *process) ExitStatus() (uint32, time.Time) {
 	return p.exitStatus, p.exitedAt
 }
 
+// markExited needs the lock.
 func (p *process) markExited(status uint32) {
 	select {
 	case <-p.exited:
@@ -152,39 +221,25 @@ func (p *process) markExited(status uint32) {
 	close(p.exited)
 }
 
-// What the states do, in the guest.
+// What the operations do in the guest; none holds the lock.
 
 func (p *process) doStart(ctx context.Context) error {
-	agent := p.c.sb.guest
+	g := p.guest()
 	if p.execID == "" {
-		if _, err := agent.Containers.StartProcess(ctx, p.ref()); err != nil {
-			return errdefs.FromGRPC(err)
-		}
-		return nil
+		_, err := g.StartProcess(ctx, p.c.id, "")
+		return err
 	}
-	resp, err := agent.Containers.StartProcess(ctx, p.ref())
+	pid, err := g.StartProcess(ctx, p.c.id, p.execID)
 	if err != nil {
 		// containerd's client waits for the streams to end: close them.
 		p.io.close()
-		return fmt.Errorf("OCI runtime exec failed: %w", errdefs.FromGRPC(err))
+		return fmt.Errorf("OCI runtime exec failed: %w", err)
 	}
-	p.guestPid = resp.Pid
-	p.io.copyOutput(p.c.sb.ctx, agent.Stdio, p.c.id, p.execID)
+	p.mu.Lock()
+	p.guestPid = pid
+	p.mu.Unlock()
+	p.io.copy(p.c.sb.ctx, g, p.c.id, p.execID)
 	go p.c.sb.watchExit(p)
-	return nil
-}
-
-func (p *process) doKill(ctx context.Context, sig uint32, all bool) error {
-	_, err := p.c.sb.guest.Containers.SignalProcess(ctx, &agentapi.SignalProcessRequest{
-		ContainerId: p.c.id, ExecId: p.execID, Signal: sig, All: all,
-	})
-	if err != nil {
-		err = errdefs.FromGRPC(err)
-		if errdefs.IsNotFound(err) {
-			return errdefs.ToGRPCf(errdefs.ErrNotFound, "process already finished")
-		}
-		return err
-	}
 	return nil
 }
 
@@ -193,27 +248,21 @@ func (p *process) doDelete(ctx context.Context) error {
 		return p.c.destroy(ctx)
 	}
 	p.io.close()
+	p.mu.Lock()
 	if p.guestPid == 0 {
 		// Never started: nobody will see it exit, so release the waiters.
 		p.markExited(255)
 	}
-	if _, err := p.c.sb.guest.Containers.DeleteProcess(ctx, p.ref()); err != nil && !errdefs.IsNotFound(errdefs.FromGRPC(err)) {
-		return errdefs.FromGRPC(err)
+	p.mu.Unlock()
+	err := p.guest().DeleteProcess(ctx, p.c.id, p.execID)
+	if err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, vm.ErrStopped) {
+		return err
 	}
 	return nil
 }
 
-func (p *process) doPause(ctx context.Context) error {
-	_, err := p.c.sb.guest.Containers.PauseContainer(ctx, &agentapi.ContainerRequest{ContainerId: p.c.id})
-	return errdefs.FromGRPC(err)
-}
-
-func (p *process) doResume(ctx context.Context) error {
-	_, err := p.c.sb.guest.Containers.ResumeContainer(ctx, &agentapi.ContainerRequest{ContainerId: p.c.id})
-	return errdefs.FromGRPC(err)
-}
-
-func (p *process) doUpdate(ctx context.Context, resources []byte) error {
-	_, err := p.c.sb.guest.Containers.UpdateContainer(ctx, &agentapi.UpdateContainerRequest{ContainerId: p.c.id, Resources: resources})
-	return errdefs.FromGRPC(err)
+func (p *process) started() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.guestPid != 0
 }

@@ -59,20 +59,33 @@ func specResources(s *specs.Spec) *specs.LinuxResources {
 // (microvm) refuses an Update whose limits it could never honour, and
 // otherwise lets the containers share what it has, as runc's containers
 // share an overcommitted node. It records the demand on success.
+//
+// Growths are serialized by sb.grow, which only fit takes: nothing but
+// another fit waits for a guest slow to bring memory online.
 func (sb *sandbox) fit(ctx context.Context, id string, d demand, update bool) error {
+	g := sb.runningGuest()
+	if g == nil {
+		return fmt.Errorf("the VM of sandbox %s is not running: %w", sb.id, errdefs.ErrFailedPrecondition)
+	}
+	select {
+	case sb.grow <- struct{}{}:
+		defer func() { <-sb.grow }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	base := sb.config().Hypervisor
 	sb.resizeMu.Lock()
-	defer sb.resizeMu.Unlock()
-	need := demand{sb.cfg.Hypervisor.VCPUs + d.cpus, sb.cfg.Hypervisor.MemoryMiB + d.memoryMiB}
+	need := demand{base.VCPUs, base.MemoryMiB}.plus(d)
 	for other, od := range sb.demands {
 		if other != id {
-			need.cpus += od.cpus
-			need.memoryMiB += od.memoryMiB
+			need = need.plus(od)
 		}
 	}
-	g := sb.guest
+	sb.resizeMu.Unlock()
+
 	cpus, mem := g.VM.Resources()
 	if need.cpus <= cpus && need.memoryMiB <= mem {
-		sb.demands[id] = d
+		sb.setDemand(id, d)
 		return nil
 	}
 	maxCPUs, maxMem := g.VM.Limits()
@@ -83,7 +96,7 @@ func (sb *sandbox) fit(ctx context.Context, id string, d demand, update bool) er
 				id, d, cpus, mem, hypervisor.ErrNoResize, errdefs.ErrFailedPrecondition)
 		}
 		logger.Infof("the pod's limits add up to %d vCPUs and %d MiB, more than its VM's %d and %d MiB; the containers share them", need.cpus, need.memoryMiB, cpus, mem)
-		sb.demands[id] = d
+		sb.setDemand(id, d)
 		return nil
 	}
 	if d.cpus > maxCPUs || d.memoryMiB > maxMem {
@@ -97,8 +110,13 @@ func (sb *sandbox) fit(ctx context.Context, id string, d demand, update bool) er
 	cpus, mem = g.VM.Resources()
 	sb.metrics.Resized(cpus, mem)
 	logger.Infof("VM grown to %d vCPUs and %d MiB for the pod's limits (%d vCPUs, %d MiB)", cpus, mem, need.cpus, need.memoryMiB)
-	sb.demands[id] = d
+	sb.setDemand(id, d)
 	return nil
+}
+
+// plus adds two demands without overflowing: limits come from specs.
+func (d demand) plus(o demand) demand {
+	return demand{vmconfig.SaturatingAdd(d.cpus, o.cpus), vmconfig.SaturatingAdd(d.memoryMiB, o.memoryMiB)}
 }
 
 // demand returns container id's recorded demand.

@@ -7,17 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	eventstypes "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/protobuf"
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/metrics"
@@ -32,44 +28,46 @@ const (
 	annotationSandboxID     = "io.kubernetes.cri.sandbox-id"
 )
 
-// How long an exit event waits for the process's last output to be copied
-// out. A background child holding stdout open would otherwise delay it
-// forever.
-const (
-	initOutputGrace = 10 * time.Second
-	execOutputGrace = 2 * time.Second
-)
-
 // sandbox is the VM of one shim, and the containers in it: a pod, or the
 // single container of a plain `ctr run`.
+//
+// Its VM goes through three phases: none (guest nil), booting (booting
+// open), running (guest set), and once stopping is set it never boots
+// again. mu guards these fields and is never held across a call to the
+// guest or a boot.
 type sandbox struct {
 	id        string
 	ctx       context.Context // the shim's lifetime
 	namespace string
-	cfg       *vmconfig.Config
 	events    *events
 	dir       string // <state_dir>/sandboxes/<id>
 	shareDir  string // dir/shared, the guest's /run/podvm/shared
 
-	bootMu     sync.Mutex
-	configured bool // runtime options applied
-	guest      *vm.Guest
-	pod        *network.Pod // the pod's interfaces joined to the VM
+	mu         sync.Mutex
+	cfg        *vmconfig.Config
+	configured bool          // runtime options applied
+	guest      *vm.Guest     // the running VM, once booted
+	booting    chan struct{} // closed when the boot in progress ends
+	bootCancel context.CancelFunc
+	stopping   bool
+	containers map[string]*container
 
-	// running is guest for readers that must not wait for a boot (the
-	// metrics); nil before boot and after stop.
+	// The pod's network, owned by the boot (and then by Start's rescan and
+	// stop, which never run alongside it).
+	netMu sync.Mutex
+	pod   *network.Pod
+
+	// running is guest for readers that must not take mu (the metrics).
 	running       atomic.Pointer[vm.Guest]
 	metrics       *metrics.Shim
 	metricsServer *metrics.Server
 	console       *consoleServer // nil unless debug_console is on
 
-	mu         sync.Mutex
-	containers map[string]*container
-	stopping   bool
-
-	// resizeMu guards demands, each container's limits (see fit).
+	// resizeMu guards demands, each container's limits; grow serializes
+	// hot-plugs (see fit).
 	resizeMu sync.Mutex
 	demands  map[string]demand
+	grow     chan struct{}
 }
 
 func newSandbox(ctx context.Context, id, namespace string, cfg *vmconfig.Config, ev *events) *sandbox {
@@ -78,6 +76,7 @@ func newSandbox(ctx context.Context, id, namespace string, cfg *vmconfig.Config,
 		id: id, ctx: ctx, namespace: namespace, cfg: cfg, events: ev,
 		dir: dir, shareDir: filepath.Join(dir, "shared"),
 		containers: map[string]*container{}, demands: map[string]demand{},
+		grow: make(chan struct{}, 1),
 	}
 }
 
@@ -85,13 +84,20 @@ func sandboxDir(cfg *vmconfig.Config, id string) string {
 	return filepath.Join(cfg.StateDir, "sandboxes", id)
 }
 
+// config is the sandbox's configuration as it stands.
+func (sb *sandbox) config() *vmconfig.Config {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.cfg
+}
+
 // configure applies the runtime handler's options (CRI's ConfigPath or
 // ConfigBody) and then the pod's io.podvm.config.* annotations once, before
 // the VM exists: a VM's configuration is settled when it boots.
 func (sb *sandbox) configure(opts *anypb.Any, annotations map[string]string) error {
-	sb.bootMu.Lock()
-	defer sb.bootMu.Unlock()
-	if sb.guest != nil || sb.configured {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.guest != nil || sb.booting != nil || sb.configured {
 		return nil
 	}
 	c, err := withRuntimeOptions(sb.cfg, opts)
@@ -105,41 +111,86 @@ func (sb *sandbox) configure(opts *anypb.Any, annotations map[string]string) err
 	return nil
 }
 
+// runningGuest is the VM while it runs, else nil.
+func (sb *sandbox) runningGuest() *vm.Guest {
+	if g := sb.running.Load(); g != nil && g.Alive() {
+		return g
+	}
+	return nil
+}
+
+// ensureVM boots the sandbox's VM the first time a container needs it, in
+// the network the first container's spec describes. Other callers wait for
+// a boot in progress (or give up when their ctx does); stop cancels it.
+func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) error {
+	for {
+		sb.mu.Lock()
+		switch {
+		case sb.stopping:
+			sb.mu.Unlock()
+			return fmt.Errorf("sandbox %s is being stopped: %w", sb.id, errdefs.ErrFailedPrecondition)
+		case sb.guest != nil:
+			g := sb.guest
+			sb.mu.Unlock()
+			if !g.Alive() {
+				return fmt.Errorf("the VM of sandbox %s has exited: %w", sb.id, g.VM.Err())
+			}
+			return nil
+		case sb.booting != nil:
+			ch := sb.booting
+			sb.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		bctx, cancel := context.WithCancel(ctx)
+		sb.booting, sb.bootCancel = done, cancel
+		cfg := sb.cfg
+		sb.mu.Unlock()
+
+		g, err := sb.boot(bctx, cfg, spec)
+		cancel()
+		sb.mu.Lock()
+		sb.booting, sb.bootCancel = nil, nil
+		if err == nil {
+			sb.guest = g
+			sb.running.Store(g)
+		}
+		close(done)
+		sb.mu.Unlock()
+		return err
+	}
+}
+
 // qemuPidFile records QEMU's PID for `containerd-shim-podvm-v2 delete`
 // after a crash of the shim.
 const qemuPidFile = "qemu.pid"
 
-// ensureVM boots the sandbox's VM the first time a container needs it, in
-// the network the first container's spec describes.
-func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error) {
-	sb.bootMu.Lock()
-	defer sb.bootMu.Unlock()
-	if sb.guest != nil {
-		if !sb.guestAlive() {
-			return fmt.Errorf("the VM of sandbox %s has exited: %w", sb.id, sb.guest.VM.Err())
-		}
-		return nil
+// boot brings up the pod network and the VM; on failure it leaves nothing.
+func (sb *sandbox) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec) (_ *vm.Guest, retErr error) {
+	if err := os.MkdirAll(sb.shareDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create shared directory: %w", err)
 	}
-	if err := os.MkdirAll(sb.shareDir, 0o711); err != nil {
-		return fmt.Errorf("create shared directory: %w", err)
-	}
+	var g *vm.Guest
 	defer func() {
 		if retErr != nil {
-			if sb.guest != nil {
-				sb.running.Store(nil)
-				_ = sb.guest.Shutdown(context.Background())
-				sb.guest = nil
+			if g != nil {
+				_ = g.Shutdown(context.Background())
 			}
 			_ = sb.closeNetwork()
 			_ = unmountTree(sb.dir)
 		}
 	}()
-	netns, nics, err := sb.podNetwork(ctx, spec)
+	netns, nics, err := sb.podNetwork(ctx, cfg, spec)
 	if err != nil {
-		return fmt.Errorf("pod network: %w", err)
+		return nil, fmt.Errorf("pod network: %w", err)
 	}
 	logger := log.G(sb.ctx)
-	sizing := sb.cfg.ForPod(spec.Annotations)
+	sizing := cfg.ForPod(spec.Annotations)
 	if spec.Annotations[annotationContainerType] == "" {
 		// Not CRI (ctr run): the container is the whole pod, and its
 		// limits size the VM from the start.
@@ -154,7 +205,7 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	} else if sizing.Debug {
 		_ = log.SetLevel("debug")
 	}
-	g, err := vm.Boot(ctx, sizing, vm.Options{
+	g, err = vm.Boot(ctx, sizing, vm.Options{
 		ID:          sb.id,
 		Shares:      []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
 		Console:     func(line string) { logger.Debug("guest: " + line) },
@@ -164,48 +215,23 @@ func (sb *sandbox) ensureVM(ctx context.Context, spec *specs.Spec) (retErr error
 	})
 	if err != nil {
 		sb.metrics.BootFailed()
-		return err
+		return nil, err
 	}
-	sb.guest = g
-	sb.running.Store(g)
 	sb.metrics.Booted(g.BootTime, g.AgentReady, sizing.Hypervisor.VCPUs, sizing.Hypervisor.MemoryMiB)
 	sb.closeEndpointFiles()
-	_ = os.WriteFile(filepath.Join(sb.dir, qemuPidFile), []byte(strconv.Itoa(g.VM.PID())), 0o644)
-	if err := sb.configureGuestNetwork(ctx); err != nil {
-		return err
+	_ = os.WriteFile(filepath.Join(sb.dir, qemuPidFile), []byte(strconv.Itoa(g.VM.PID())), 0o600)
+	if err := sb.configureGuestNetwork(ctx, g); err != nil {
+		return nil, err
 	}
-	go sb.watchOOM()
-	go sb.watchVM()
+	go sb.watchOOM(g)
+	go sb.watchVM(g)
 	if sizing.DebugConsole {
 		// A pod without its console still runs: say why and go on.
 		if err := sb.serveConsole(); err != nil {
 			logger.WithError(err).Warn("no debug console")
 		}
 	}
-	return nil
-}
-
-func (sb *sandbox) guestAlive() bool {
-	if sb.guest == nil {
-		return false
-	}
-	select {
-	case <-sb.guest.VM.Done():
-		return false
-	default:
-		return true
-	}
-}
-
-// watchVM reports a VM that ended without being asked to.
-func (sb *sandbox) watchVM() {
-	<-sb.guest.VM.Done()
-	sb.mu.Lock()
-	stopping := sb.stopping
-	sb.mu.Unlock()
-	if !stopping {
-		log.G(sb.ctx).WithError(sb.guest.VM.Err()).Error("the VM exited unexpectedly; its containers are gone")
-	}
+	return g, nil
 }
 
 // podPid is the guest PID of the pod's sandbox container, whose namespaces
@@ -220,62 +246,6 @@ func (sb *sandbox) podPid(id string, spec *specs.Spec) uint32 {
 		return c.init.guestPid
 	}
 	return 0
-}
-
-// watchExit waits in the guest for the process to end, then publishes its
-// exit once its output is out (and, for an init process, once its exec
-// processes have exited, as containerd expects).
-func (sb *sandbox) watchExit(p *process) {
-	logger := p.logger(sb.ctx)
-	status := uint32(137)
-	resp, err := sb.guest.Containers.WaitProcess(sb.ctx, p.ref())
-	switch {
-	case err == nil:
-		status = resp.ExitStatus
-	case sb.ctx.Err() != nil:
-		return
-	default:
-		logger.WithError(err).Warn("lost the process in the guest; reporting it killed")
-	}
-	grace := execOutputGrace
-	if p.execID == "" {
-		grace = initOutputGrace
-	}
-	if !p.io.waitOutput(grace) {
-		logger.Warnf("output still open %v after exit (a background process holds it?)", grace)
-	}
-	if p.execID == "" {
-		deadline := time.After(5 * time.Second)
-		for _, e := range p.c.runningExecs() {
-			select {
-			case <-e.exited:
-			case <-deadline:
-			}
-		}
-	}
-	p.SetExited(status, func(at time.Time) {
-		id := p.execID
-		if id == "" {
-			id = p.c.id
-		}
-		sb.events.send(&eventstypes.TaskExit{
-			ContainerID: p.c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
-		})
-	})
-	logger.WithField("status", status).Info("process exited")
-}
-
-// watchOOM publishes the guest's OOM kills.
-func (sb *sandbox) watchOOM() {
-	for sb.guestAlive() && sb.ctx.Err() == nil {
-		ev, err := sb.guest.Containers.WaitOOM(sb.ctx, &emptypb.Empty{})
-		if err != nil {
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		log.G(sb.ctx).WithField("container", ev.ContainerId).Warn("OOM kill in the guest")
-		sb.events.send(&eventstypes.TaskOOM{ContainerID: ev.ContainerId})
-	}
 }
 
 func (sb *sandbox) add(c *container) {
@@ -294,10 +264,11 @@ func (sb *sandbox) get(id string) (*container, bool) {
 // remove forgets a deleted container and reports whether it was the last.
 func (sb *sandbox) remove(id string) bool {
 	sb.mu.Lock()
-	defer sb.mu.Unlock()
 	delete(sb.containers, id)
+	last := len(sb.containers) == 0
+	sb.mu.Unlock()
 	sb.forget(id)
-	return len(sb.containers) == 0
+	return last
 }
 
 func (sb *sandbox) empty() bool {
@@ -306,27 +277,36 @@ func (sb *sandbox) empty() bool {
 	return len(sb.containers) == 0
 }
 
-// stop shuts the VM down and removes the sandbox's directory. It is
-// idempotent.
+// stop shuts the VM down and removes the sandbox's directory. A boot in
+// progress is cancelled first. It is idempotent, and bounded: a guest that
+// does not answer is killed.
 func (sb *sandbox) stop(ctx context.Context) error {
 	sb.mu.Lock()
 	sb.stopping = true
+	if sb.bootCancel != nil {
+		sb.bootCancel()
+	}
+	booting := sb.booting
 	sb.mu.Unlock()
-	sb.bootMu.Lock()
-	defer sb.bootMu.Unlock()
+	if booting != nil {
+		<-booting
+	}
+	sb.mu.Lock()
+	g, console, metricsServer := sb.guest, sb.console, sb.metricsServer
+	sb.console, sb.metricsServer = nil, nil
+	sb.mu.Unlock()
+
 	var errs []error
-	if sb.console != nil {
+	if console != nil {
 		// Before the VM goes: each open console is closed in the guest.
-		sb.console.close()
-		sb.console = nil
+		console.close()
 	}
 	sb.running.Store(nil)
-	if sb.metricsServer != nil {
-		sb.metricsServer.Close()
-		sb.metricsServer = nil
+	if metricsServer != nil {
+		metricsServer.Close()
 	}
-	if sb.guest != nil {
-		if err := sb.guest.Shutdown(ctx); err != nil {
+	if g != nil {
+		if err := g.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -337,51 +317,4 @@ func (sb *sandbox) stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// cleanupAfterCrash is `delete` after the shim died: QEMU normally died
-// with it (it runs with a parent-death signal), but is killed here if not;
-// the container's mounts, and for the sandbox's own container the whole
-// sandbox directory, are removed.
-func cleanupAfterCrash(cfg *vmconfig.Config, sandboxID, containerID string) error {
-	dir := sandboxDir(cfg, sandboxID)
-	var errs []error
-	if containerID == sandboxID {
-		if b, err := os.ReadFile(filepath.Join(dir, qemuPidFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				killQEMU(pid, sandboxID)
-			}
-		}
-		if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
-			errs = append(errs, err)
-		}
-		if err := network.RemoveSaved(filepath.Join(dir, netnsState)); err != nil {
-			errs = append(errs, err)
-		}
-		if err := unmountTree(dir); err != nil {
-			errs = append(errs, err)
-		}
-	} else if err := unmountTree(filepath.Join(dir, "shared", containerID)); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// killQEMU kills pid if it is still the QEMU of the sandbox (the PID may
-// have been reused since).
-func killQEMU(pid int, sandboxID string) {
-	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmd), "\x00-name\x00"+sandboxID+"\x00") {
-		return
-	}
-	p, err := os.FindProcess(pid)
-	if err == nil {
-		_ = p.Kill()
-	}
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 
-	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -21,8 +20,6 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/vmconfig"
 )
 
@@ -137,7 +134,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if r.ExecID == "" && c.id == s.sb.id {
 		// CNI may have added interfaces since Create (ctr run --cni):
 		// the workload must find them configured.
-		if err := s.sb.rescanNetwork(ctx); err != nil {
+		if err := s.sb.rescanNetwork(ctx, c.guest); err != nil {
 			log.G(ctx).WithError(err).Error("pod network")
 			return nil, errdefs.ToGRPC(err)
 		}
@@ -199,9 +196,8 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.sb.guest.Containers.ResizePty(ctx, &agentapi.ResizePtyRequest{ContainerId: c.id, ExecId: r.ExecID, Width: r.Width, Height: r.Height})
-	if err != nil {
-		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+	if err := c.guest.ResizePty(ctx, c.id, r.ExecID, r.Width, r.Height); err != nil {
+		return nil, errdefs.ToGRPC(err)
 	}
 	return empty, nil
 }
@@ -274,15 +270,15 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.sb.guest.Containers.Pids(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	procs, err := c.guest.Pids(ctx, c.id)
 	if err != nil {
-		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+		return nil, errdefs.ToGRPC(err)
 	}
 	var out []*task.ProcessInfo
-	for _, pi := range resp.Processes {
+	for _, pi := range procs {
 		info := &task.ProcessInfo{Pid: pi.Pid}
-		if pi.ExecId != "" {
-			a, err := protobuf.MarshalAnyToProto(&options.ProcessDetails{ExecID: pi.ExecId})
+		if _, err := c.process(pi.ExecID); pi.ExecID != "" && err == nil {
+			a, err := protobuf.MarshalAnyToProto(&options.ProcessDetails{ExecID: pi.ExecID})
 			if err != nil {
 				return nil, err
 			}
@@ -300,8 +296,8 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 	}
 	if r.Stdin {
 		p.io.closeStdin()
-		if _, err := s.sb.guest.Stdio.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: c.id, ExecId: r.ExecID}); err != nil {
-			return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+		if err := c.guest.CloseStdin(ctx, c.id, r.ExecID); err != nil {
+			return nil, errdefs.ToGRPC(err)
 		}
 	}
 	return empty, nil
@@ -362,11 +358,11 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.sb.guest.Containers.Stats(ctx, &agentapi.ContainerRequest{ContainerId: c.id})
+	m, err := c.guest.Stats(ctx, c.id)
 	if err != nil {
-		return nil, errdefs.ToGRPC(errdefs.FromGRPC(err))
+		return nil, errdefs.ToGRPC(err)
 	}
-	a, err := typeurl.MarshalAny(cgroupMetrics(st))
+	a, err := typeurl.MarshalAny(m)
 	if err != nil {
 		return nil, err
 	}
@@ -390,29 +386,4 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	// The shutdown callbacks stop the VM and publish what is queued.
 	s.shutdown.Shutdown()
 	return empty, nil
-}
-
-// cgroupMetrics is what runc's shim returns on cgroup v2 hosts: containerd
-// and CRI decode this type.
-func cgroupMetrics(s *agentapi.StatsResponse) *cgroupstats.Metrics {
-	return &cgroupstats.Metrics{
-		Pids: &cgroupstats.PidsStat{Current: s.PidsCurrent, Limit: s.PidsLimit},
-		CPU: &cgroupstats.CPUStat{
-			UsageUsec: s.CpuUsageUsec, UserUsec: s.CpuUserUsec, SystemUsec: s.CpuSystemUsec,
-			NrPeriods: s.CpuNrPeriods, NrThrottled: s.CpuNrThrottled, ThrottledUsec: s.CpuThrottledUsec,
-		},
-		Memory: &cgroupstats.MemoryStat{
-			Usage: s.MemoryUsage, UsageLimit: s.MemoryLimit, MaxUsage: s.MemoryMaxUsage,
-			SwapUsage: s.MemorySwapUsage, SwapLimit: s.MemorySwapLimit,
-			Anon: s.MemoryAnon, File: s.MemoryFile, KernelStack: s.MemoryKernelStack, Slab: s.MemorySlab,
-			Sock: s.MemorySock, Shmem: s.MemoryShmem, FileMapped: s.MemoryFileMapped, FileDirty: s.MemoryFileDirty,
-			FileWriteback: s.MemoryFileWriteback, Pgfault: s.MemoryPgfault, Pgmajfault: s.MemoryPgmajfault,
-			InactiveAnon: s.MemoryInactiveAnon, ActiveAnon: s.MemoryActiveAnon, InactiveFile: s.MemoryInactiveFile,
-			ActiveFile: s.MemoryActiveFile, Unevictable: s.MemoryUnevictable,
-		},
-		MemoryEvents: &cgroupstats.MemoryEvents{Oom: s.MemoryOom, OomKill: s.MemoryOomKill},
-		Io: &cgroupstats.IOStat{Usage: []*cgroupstats.IOEntry{{
-			Rbytes: s.IoReadBytes, Wbytes: s.IoWriteBytes, Rios: s.IoReadIos, Wios: s.IoWriteIos,
-		}}},
-	}
 }

@@ -9,7 +9,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/vm"
 )
 
 // Where the guest mounts the sandbox's shared directory.
@@ -24,7 +24,7 @@ const (
 
 // podShmStorage is the guest tmpfs behind the pod's /dev/shm, sized as
 // CRI sizes the sandbox's (64 MiB).
-var podShmStorage = &agentapi.Storage{Source: "shm", Target: guestPodShm, Fstype: "tmpfs", Options: []string{"mode=1777", "size=65536k"}}
+var podShmStorage = vm.Storage{Source: "shm", Target: guestPodShm, Type: "tmpfs", Options: []string{"mode=1777", "size=65536k"}}
 
 // isPodShm says whether m is CRI's bind of the sandbox's /dev/shm.
 func isPodShm(m specs.Mount) bool { return isBind(m) && m.Destination == "/dev/shm" }

@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -9,171 +8,88 @@ import (
 )
 
 // state is where a process is in its life, after containerd's runc shim
-// (pkg/process/init_state.go): each state either performs an operation,
-// moving the process on, or refuses it with the error runc's shim gives.
-// Operations run with the process's lock held.
+// (pkg/process/init_state.go). Each operation says whether it is allowed
+// now, with the error runc's shim gives when it is not, and for those that
+// move the process on, the state it is in once the guest has done it. The
+// states only decide; process runs the operation in the guest without
+// holding its lock.
 type state interface {
 	name() string
-	start(ctx context.Context) error
-	delete(ctx context.Context) error
-	kill(ctx context.Context, sig uint32, all bool) error
-	pause(ctx context.Context) error
-	resume(ctx context.Context) error
-	update(ctx context.Context, resources []byte) error
+	start() (state, error)
+	delete() (state, error)
+	kill() error
+	pause() (state, error)
+	resume() (state, error)
+	update() error
 	canExec() error
-	setExited(status uint32)
+	// exited is the state once the process has exited.
+	exited() state
 }
 
-type createdState struct{ p *process }
+type createdState struct{}
 
-func (s createdState) name() string { return "created" }
-func (s createdState) start(ctx context.Context) error {
-	if err := s.p.doStart(ctx); err != nil {
-		return err
-	}
-	s.p.state = runningState(s)
-	return nil
-}
-func (s createdState) delete(ctx context.Context) error {
-	if err := s.p.doDelete(ctx); err != nil {
-		return err
-	}
-	s.p.state = deletedState{}
-	return nil
-}
-func (s createdState) kill(ctx context.Context, sig uint32, all bool) error {
-	return s.p.doKill(ctx, sig, all)
-}
-func (s createdState) pause(context.Context) error {
-	return errors.New("cannot pause task in created state")
-}
-func (s createdState) resume(context.Context) error {
-	return errors.New("cannot resume task in created state")
-}
-func (s createdState) update(ctx context.Context, r []byte) error { return s.p.doUpdate(ctx, r) }
-func (s createdState) canExec() error {
-	return errors.New("cannot exec in a created state")
-}
-func (s createdState) setExited(status uint32) {
-	s.p.markExited(status)
-	s.p.state = stoppedState(s)
-}
+func (createdState) name() string              { return "created" }
+func (createdState) start() (state, error)     { return runningState{}, nil }
+func (createdState) delete() (state, error)    { return deletedState{}, nil }
+func (createdState) kill() error               { return nil }
+func (createdState) update() error             { return nil }
+func (createdState) exited() state             { return stoppedState{} }
+func (createdState) pause() (state, error)     { return nil, errors.New("cannot pause task in created state") }
+func (createdState) resume() (state, error)    { return nil, errors.New("cannot resume task in created state") }
+func (createdState) canExec() error            { return errors.New("cannot exec in a created state") }
 
-type runningState struct{ p *process }
+type runningState struct{}
 
-func (s runningState) name() string { return "running" }
-func (s runningState) start(context.Context) error {
-	return errors.New("cannot start a running process")
-}
-func (s runningState) delete(context.Context) error {
-	return errors.New("cannot delete a running process")
-}
-func (s runningState) kill(ctx context.Context, sig uint32, all bool) error {
-	return s.p.doKill(ctx, sig, all)
-}
-func (s runningState) pause(ctx context.Context) error {
-	if s.p.execID != "" {
-		return fmt.Errorf("cannot pause an exec process: %w", errdefs.ErrNotImplemented)
-	}
-	if err := s.p.doPause(ctx); err != nil {
-		return err
-	}
-	s.p.state = pausedState(s)
-	return nil
-}
-func (s runningState) resume(context.Context) error {
-	return errors.New("cannot resume a running process")
-}
-func (s runningState) update(ctx context.Context, r []byte) error { return s.p.doUpdate(ctx, r) }
-func (s runningState) canExec() error                             { return nil }
-func (s runningState) setExited(status uint32) {
-	s.p.markExited(status)
-	s.p.state = stoppedState(s)
-}
+func (runningState) name() string           { return "running" }
+func (runningState) start() (state, error)  { return nil, errors.New("cannot start a running process") }
+func (runningState) delete() (state, error) { return nil, errors.New("cannot delete a running process") }
+func (runningState) kill() error            { return nil }
+func (runningState) pause() (state, error)  { return pausedState{}, nil }
+func (runningState) resume() (state, error) { return nil, errors.New("cannot resume a running process") }
+func (runningState) update() error          { return nil }
+func (runningState) canExec() error         { return nil }
+func (runningState) exited() state          { return stoppedState{} }
 
-type pausedState struct{ p *process }
+type pausedState struct{}
 
-func (s pausedState) name() string { return "paused" }
-func (s pausedState) start(context.Context) error {
-	return errors.New("cannot start a paused process")
-}
-func (s pausedState) delete(context.Context) error {
-	return errors.New("cannot delete a paused process")
-}
-func (s pausedState) kill(ctx context.Context, sig uint32, all bool) error {
-	return s.p.doKill(ctx, sig, all)
-}
-func (s pausedState) pause(context.Context) error {
-	return errors.New("cannot pause a paused container")
-}
-func (s pausedState) resume(ctx context.Context) error {
-	if err := s.p.doResume(ctx); err != nil {
-		return err
-	}
-	s.p.state = runningState(s)
-	return nil
-}
-func (s pausedState) update(ctx context.Context, r []byte) error { return s.p.doUpdate(ctx, r) }
-func (s pausedState) canExec() error {
-	return errors.New("cannot exec in a paused state")
-}
-func (s pausedState) setExited(status uint32) {
-	s.p.markExited(status)
-	s.p.state = stoppedState(s)
-}
+func (pausedState) name() string           { return "paused" }
+func (pausedState) start() (state, error)  { return nil, errors.New("cannot start a paused process") }
+func (pausedState) delete() (state, error) { return nil, errors.New("cannot delete a paused process") }
+func (pausedState) kill() error            { return nil }
+func (pausedState) pause() (state, error)  { return nil, errors.New("cannot pause a paused container") }
+func (pausedState) resume() (state, error) { return runningState{}, nil }
+func (pausedState) update() error          { return nil }
+func (pausedState) canExec() error         { return errors.New("cannot exec in a paused state") }
+func (pausedState) exited() state          { return stoppedState{} }
 
-type stoppedState struct{ p *process }
+type stoppedState struct{}
 
-func (s stoppedState) name() string { return "stopped" }
-func (s stoppedState) start(context.Context) error {
-	return errors.New("cannot start a stopped process")
-}
-func (s stoppedState) delete(ctx context.Context) error {
-	if err := s.p.doDelete(ctx); err != nil {
-		return err
-	}
-	s.p.state = deletedState{}
-	return nil
-}
-func (s stoppedState) kill(context.Context, uint32, bool) error {
+func (stoppedState) name() string           { return "stopped" }
+func (stoppedState) start() (state, error)  { return nil, errors.New("cannot start a stopped process") }
+func (stoppedState) delete() (state, error) { return deletedState{}, nil }
+func (stoppedState) kill() error {
 	return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 }
-func (s stoppedState) pause(context.Context) error {
-	return errors.New("cannot pause a stopped container")
-}
-func (s stoppedState) resume(context.Context) error {
-	return errors.New("cannot resume a stopped container")
-}
-func (s stoppedState) update(context.Context, []byte) error {
-	return errors.New("cannot update a stopped container")
-}
-func (s stoppedState) canExec() error {
-	return errors.New("cannot exec in a stopped state")
-}
-func (s stoppedState) setExited(uint32) {}
+func (stoppedState) pause() (state, error)  { return nil, errors.New("cannot pause a stopped container") }
+func (stoppedState) resume() (state, error) { return nil, errors.New("cannot resume a stopped container") }
+func (stoppedState) update() error          { return errors.New("cannot update a stopped container") }
+func (stoppedState) canExec() error         { return errors.New("cannot exec in a stopped state") }
+func (s stoppedState) exited() state        { return s }
 
 type deletedState struct{}
 
 func (deletedState) name() string { return "deleted" }
-func (deletedState) start(context.Context) error {
-	return errors.New("cannot start a deleted process")
+func (deletedState) start() (state, error) {
+	return nil, errors.New("cannot start a deleted process")
 }
-func (deletedState) delete(context.Context) error {
-	return fmt.Errorf("cannot delete a deleted process: %w", errdefs.ErrNotFound)
+func (deletedState) delete() (state, error) {
+	return nil, fmt.Errorf("cannot delete a deleted process: %w", errdefs.ErrNotFound)
 }
-func (deletedState) kill(context.Context, uint32, bool) error {
+func (deletedState) kill() error {
 	return fmt.Errorf("cannot kill a deleted process: %w", errdefs.ErrNotFound)
 }
-func (deletedState) pause(context.Context) error {
-	return errors.New("cannot pause a deleted process")
-}
-func (deletedState) resume(context.Context) error {
-	return errors.New("cannot resume a deleted process")
-}
-func (deletedState) update(context.Context, []byte) error {
-	return errors.New("cannot update a deleted process")
-}
-func (deletedState) canExec() error {
-	return errors.New("cannot exec in a deleted state")
-}
-func (deletedState) setExited(uint32) {}
+func (deletedState) pause() (state, error)  { return nil, errors.New("cannot pause a deleted process") }
+func (deletedState) resume() (state, error) { return nil, errors.New("cannot resume a deleted process") }
+func (deletedState) update() error          { return errors.New("cannot update a deleted process") }
+func (deletedState) canExec() error         { return errors.New("cannot exec in a deleted state") }
+func (s deletedState) exited() state        { return s }

@@ -15,7 +15,7 @@ import (
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/vm"
 )
 
 // stdioPaths is what containerd gives for a process's streams: FIFO paths,
@@ -153,67 +153,42 @@ func (h *hostIO) startLogger(ctx context.Context, u *url.URL, id, namespace stri
 	return nil
 }
 
-// copyOutput moves the process's stdout and stderr from the guest, and its
-// stdin to the guest, until each stream ends.
-func (h *hostIO) copyOutput(ctx context.Context, agent agentapi.StdioService, id, execID string) {
-	pump := func(stream agentapi.ReadOutputRequest_Stream, w io.WriteCloser) {
+// copy moves the process's stdout and stderr from the guest, and its stdin
+// to the guest, until each stream ends.
+func (h *hostIO) copy(ctx context.Context, g *vm.Guest, id, execID string) {
+	pump := func(stream vm.Stream, w io.WriteCloser) {
 		defer h.outputs.Done()
-		// One chunk is fetched while the previous one is written: the
-		// guest round trip and the FIFO write overlap.
-		chunks := make(chan []byte, 1)
-		go func() {
-			defer close(chunks)
-			req := &agentapi.ReadOutputRequest{ContainerId: id, ExecId: execID, Stream: stream}
-			for {
-				r, err := agent.ReadOutput(ctx, req)
-				if err != nil {
-					log.G(ctx).WithError(err).WithField("container", id).Debugf("%v copy ended", stream)
-					return
-				}
-				if len(r.Data) > 0 {
-					chunks <- r.Data
-				}
-				if r.Eof {
-					return
-				}
-			}
-		}()
-		for data := range chunks {
-			if _, err := w.Write(data); err != nil {
-				log.G(ctx).WithError(err).WithField("container", id).Warnf("write %v", stream)
-				// Keep draining: a process blocked on a full pipe must
-				// still be able to exit.
-				w = nopCloser{io.Discard}
-			}
+		if err := g.CopyOutput(ctx, id, execID, stream, w); err != nil {
+			log.G(ctx).WithError(err).WithField("container", id).Debugf("%v copy ended", stream)
 		}
 		w.Close()
 	}
 	if h.stdout != nil {
 		h.outputs.Add(1)
-		go pump(agentapi.ReadOutputRequest_STDOUT, h.stdout)
+		go pump(vm.Stdout, h.stdout)
 	}
 	if h.stderr != nil {
 		h.outputs.Add(1)
-		go pump(agentapi.ReadOutputRequest_STDERR, h.stderr)
+		go pump(vm.Stderr, h.stderr)
 	}
 	go func() {
 		h.outputs.Wait()
 		close(h.done)
 	}()
 	if h.stdin != nil {
-		go h.copyInput(ctx, agent, id, execID)
+		go h.copyInput(ctx, g, id, execID)
 	}
 }
 
-// stdinChunk bounds one WriteStdin call.
+// stdinChunk bounds one write to the guest.
 const stdinChunk = 128 << 10
 
-func (h *hostIO) copyInput(ctx context.Context, agent agentapi.StdioService, id, execID string) {
+func (h *hostIO) copyInput(ctx context.Context, g *vm.Guest, id, execID string) {
 	buf := make([]byte, stdinChunk)
 	for {
 		n, err := h.stdin.Read(buf)
 		if n > 0 {
-			if _, werr := agent.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: id, ExecId: execID, Data: buf[:n]}); werr != nil {
+			if werr := g.WriteStdin(ctx, id, execID, buf[:n]); werr != nil {
 				log.G(ctx).WithError(werr).WithField("container", id).Debug("stdin copy ended")
 				return
 			}
@@ -223,7 +198,7 @@ func (h *hostIO) copyInput(ctx context.Context, agent agentapi.StdioService, id,
 		}
 	}
 	// The client closed its end: the process sees EOF, as under runc.
-	_, _ = agent.CloseStdin(ctx, &agentapi.ProcessRequest{ContainerId: id, ExecId: execID})
+	_ = g.CloseStdin(ctx, id, execID)
 }
 
 // waitOutput waits until the process's output has been copied out, but no

@@ -14,30 +14,22 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/test/harness"
 )
 
-var shareStorage = &agentapi.Storage{
-	Source: "podvm", Target: "/run/podvm/shared", Fstype: "9p",
+var shareStorage = Storage{
+	Source: "podvm", Target: "/run/podvm/shared", Type: "9p",
 	Options: []string{"trans=virtio", "version=9p2000.L", "msize=262144", "cache=mmap"},
 }
 
 // readAll drains one output stream of a guest process.
-func readAll(ctx context.Context, t *testing.T, g *Guest, id, exec string, stream agentapi.ReadOutputRequest_Stream) string {
+func readAll(ctx context.Context, t *testing.T, g *Guest, id, exec string, stream Stream) string {
 	var buf bytes.Buffer
-	for {
-		r, err := g.Stdio.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: id, ExecId: exec, Stream: stream})
-		if err != nil {
-			t.Errorf("read %v: %v", stream, err)
-			return buf.String()
-		}
-		buf.Write(r.Data)
-		if r.Eof {
-			return buf.String()
-		}
+	if err := g.CopyOutput(ctx, id, exec, stream, &buf); err != nil {
+		t.Errorf("read %v: %v", stream, err)
 	}
+	return buf.String()
 }
 
 // TestGuestContainer drives the agent's container API directly: a busybox
@@ -71,38 +63,38 @@ func TestGuestContainer(t *testing.T) {
 	spec.Process.Args = []string{"sh", "-c", "echo hello from $(uname -r); echo oops >&2; read line; echo got $line; exit 3"}
 	b, _ := json.Marshal(spec)
 	start := time.Now()
-	created, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{
-		ContainerId: "c1", Spec: b, Storages: []*agentapi.Storage{shareStorage},
-		Stdio: &agentapi.StdioConfig{Stdin: true, Stdout: true, Stderr: true},
+	pid, err := g.CreateContainer(ctx, Container{
+		ID: "c1", Spec: b, Storages: []Storage{shareStorage},
+		Streams: Streams{Stdin: true, Stdout: true, Stderr: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Pid == 0 {
+	if pid == 0 {
 		t.Error("no pid")
 	}
 	t.Logf("created at %v", time.Since(start))
-	if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"}); err != nil {
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("started at %v", time.Since(start))
-	if _, err := g.Stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: "c1", Data: []byte("line\n")}); err != nil {
+	if err := g.WriteStdin(ctx, "c1", "", []byte("line\n")); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan string)
-	go func() { errc <- readAll(ctx, t, g, "c1", "", agentapi.ReadOutputRequest_STDERR) }()
-	stdout := readAll(ctx, t, g, "c1", "", agentapi.ReadOutputRequest_STDOUT)
+	go func() { errc <- readAll(ctx, t, g, "c1", "", Stderr) }()
+	stdout := readAll(ctx, t, g, "c1", "", Stdout)
 	if want := "hello from " + "6.1"; !strings.HasPrefix(stdout, want) || !strings.Contains(stdout, "-podvm\ngot line\n") {
 		t.Errorf("stdout = %q", stdout)
 	}
 	if stderr := <-errc; stderr != "oops\n" {
 		t.Errorf("stderr = %q", stderr)
 	}
-	w, err := g.Containers.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"})
-	if err != nil || w.ExitStatus != 3 {
-		t.Fatalf("wait = %+v, %v", w, err)
+	status, err := g.Wait(ctx, "c1", "")
+	if err != nil || status != 3 {
+		t.Fatalf("wait = %d, %v", status, err)
 	}
-	if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "c1"}); err != nil {
+	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(rootfs); err != nil {
@@ -131,28 +123,28 @@ func TestGuestExec(t *testing.T) {
 	spec.Process.Terminal = false
 	spec.Process.Args = []string{"sleep", "1000"}
 	b, _ := json.Marshal(spec)
-	if _, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "c1", Spec: b, Storages: []*agentapi.Storage{shareStorage}}); err != nil {
+	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "c1"}); err != nil {
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
 		t.Fatal(err)
 	}
 	exec := func(id string, args ...string) error {
 		p := *spec.Process
 		p.Args = args
 		pb, _ := json.Marshal(p)
-		if _, err := g.Containers.ExecProcess(ctx, &agentapi.ExecProcessRequest{ContainerId: "c1", ExecId: id, Process: pb, Stdio: &agentapi.StdioConfig{Stdout: true}}); err != nil {
+		if err := g.ExecProcess(ctx, "c1", id, pb, Streams{Stdout: true}); err != nil {
 			return err
 		}
 		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		_, err := g.Containers.StartProcess(sctx, &agentapi.ProcessRequest{ContainerId: "c1", ExecId: id})
+		_, err := g.StartProcess(sctx, "c1", id)
 		return err
 	}
 	if err := exec("e1", "echo", "hi"); err != nil {
 		t.Fatal(err)
 	}
-	if out := readAll(ctx, t, g, "c1", "e1", agentapi.ReadOutputRequest_STDOUT); out != "hi\n" {
+	if out := readAll(ctx, t, g, "c1", "e1", Stdout); out != "hi\n" {
 		t.Errorf("exec output %q", out)
 	}
 	start := time.Now()
@@ -163,7 +155,7 @@ func TestGuestExec(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("exec of a missing binary took %v", time.Since(start))
 	}
-	if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "c1"}); err != nil {
+	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -201,26 +193,26 @@ func TestGuestPodContainers(t *testing.T) {
 			}
 		}
 		b, _ := json.Marshal(spec)
-		r, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: id, Spec: b, Storages: []*agentapi.Storage{shareStorage}, Stdio: &agentapi.StdioConfig{Stdout: true}})
+		pid, err := g.CreateContainer(ctx, Container{ID: id, Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdout: true}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: id}); err != nil {
+		if _, err := g.StartProcess(ctx, id, ""); err != nil {
 			t.Fatal(err)
 		}
-		return r.Pid
+		return pid
 	}
 	pid := create("sandbox", []string{"sleep", "1000"}, 0)
 	create("app", []string{"sh", "-c", "echo pid $$; sleep 1000"}, pid)
 	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer rcancel()
-	r, err := g.Stdio.ReadOutput(rctx, &agentapi.ReadOutputRequest{ContainerId: "app"})
+	data, eof, err := g.readOutput(rctx, "app", "", Stdout)
 	// In the sandbox's PID namespace, the app is not PID 1.
-	if err != nil || r.Eof || !strings.HasPrefix(string(r.Data), "pid ") || string(r.Data) == "pid 1\n" {
-		t.Fatalf("output of a running app container: %+v, %v", r, err)
+	if err != nil || eof || !strings.HasPrefix(string(data), "pid ") || string(data) == "pid 1\n" {
+		t.Fatalf("output of a running app container: %q (eof %v), %v", data, eof, err)
 	}
 	for _, id := range []string{"app", "sandbox"} {
-		if _, err := g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: id}); err != nil {
+		if err := g.DeleteContainer(ctx, id); err != nil {
 			t.Error(err)
 		}
 	}

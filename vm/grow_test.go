@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vmconfig"
@@ -25,12 +24,12 @@ func TestGrow(t *testing.T) {
 	g := boot(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	before, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
+	before, err := g.Health(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if before.CpusOnline != 1 {
-		t.Fatalf("guest boots with %d CPUs online, want 1", before.CpusOnline)
+	if before.CPUsOnline != 1 {
+		t.Fatalf("guest boots with %d CPUs online, want 1", before.CPUsOnline)
 	}
 	// 200 MiB more is rounded up to a whole 128 MiB memory block.
 	if err := g.Grow(ctx, 2, cfg.Hypervisor.MemoryMiB+200); err != nil {
@@ -39,14 +38,14 @@ func TestGrow(t *testing.T) {
 	if c, m := g.VM.Resources(); c != 2 || m != cfg.Hypervisor.MemoryMiB+256 {
 		t.Errorf("VM resources after growing: %d vCPUs, %d MiB; want 2, %d", c, m, cfg.Hypervisor.MemoryMiB+256)
 	}
-	after, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
+	after, err := g.Health(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.CpusOnline != 2 {
-		t.Errorf("guest has %d CPUs online after the hot-plug, want 2", after.CpusOnline)
+	if after.CPUsOnline != 2 {
+		t.Errorf("guest has %d CPUs online after the hot-plug, want 2", after.CPUsOnline)
 	}
-	if grown := int64(after.MemoryTotalBytes) - int64(before.MemoryTotalBytes); grown != 256<<20 {
+	if grown := int64(after.MemoryTotal) - int64(before.MemoryTotal); grown != 256<<20 {
 		t.Errorf("guest MemTotal grew by %d MiB, want 256", grown>>20)
 	}
 	// A second growth takes another DIMM; asking for less is a no-op.
@@ -79,8 +78,8 @@ func TestGrow(t *testing.T) {
 		if err := g.Grow(ctx, 2, 0); err != nil {
 			t.Fatal(err)
 		}
-		if h, err := g.Agent.Health(ctx, &agentapi.HealthRequest{}); err != nil || h.CpusOnline != 2 {
-			t.Errorf("after device_add of a vCPU: %v CPUs online, %v", h.GetCpusOnline(), err)
+		if h, err := g.Health(ctx); err != nil || h.CPUsOnline != 2 {
+			t.Errorf("after device_add of a vCPU: %v CPUs online, %v", h.CPUsOnline, err)
 		}
 	})
 

@@ -1,13 +1,25 @@
 package vm
 
 import (
+	"context"
+
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/network"
 )
 
-// GuestNetwork is the agent's description of the pod network found on the
-// host.
-func GuestNetwork(ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) *agentapi.NetworkConfig {
+// ConfigureNetwork gives the guest the pod network found on the host: its
+// NICs (found by MAC) get the interfaces' names, MTUs and addresses, then
+// the routes and neighbours.
+func (g *Guest) ConfigureNetwork(ctx context.Context, ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) error {
+	cfg := guestNetwork(ifaces, routes, neighs)
+	return g.call(ctx, request, "configure the guest's network", func(ctx context.Context) error {
+		_, err := g.network.Configure(ctx, cfg)
+		return err
+	})
+}
+
+// guestNetwork is the agent's description of the pod network.
+func guestNetwork(ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) *agentapi.NetworkConfig {
 	c := &agentapi.NetworkConfig{}
 	for _, i := range ifaces {
 		gi := &agentapi.Interface{Name: i.Name, Mac: i.HardwareAddr.String(), Mtu: uint32(i.MTU), Addresses: i.Addresses}

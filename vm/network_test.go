@@ -15,7 +15,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/network"
@@ -67,7 +66,7 @@ func TestGuestNetwork(t *testing.T) {
 				t.Errorf("QEMU's network namespace %s, want the pod's %s", got, want)
 			}
 			ifaces, routes, neighs := p.Guest()
-			if _, err := g.Network.Configure(ctx, GuestNetwork(ifaces, routes, neighs)); err != nil {
+			if err := g.ConfigureNetwork(ctx, ifaces, routes, neighs); err != nil {
 				t.Fatal(err)
 			}
 			out, err := exec.Command("nsenter", "--net="+peer, harness.Busybox, "ping", "-c", "3", "-W", "5", "10.98.0.2").CombinedOutput()
@@ -89,10 +88,10 @@ func TestGuestNetwork(t *testing.T) {
 			}
 			spec.Linux.Namespaces = nss
 			b, _ := json.Marshal(spec)
-			if _, err := g.Containers.CreateContainer(ctx, &agentapi.CreateContainerRequest{ContainerId: "srv", Spec: b, Storages: []*agentapi.Storage{shareStorage}}); err != nil {
+			if _, err := g.CreateContainer(ctx, Container{ID: "srv", Spec: b, Storages: []Storage{shareStorage}}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := g.Containers.StartProcess(ctx, &agentapi.ProcessRequest{ContainerId: "srv"}); err != nil {
+			if _, err := g.StartProcess(ctx, "srv", ""); err != nil {
 				t.Fatal(err)
 			}
 			var got []byte
@@ -106,7 +105,7 @@ func TestGuestNetwork(t *testing.T) {
 			if !strings.Contains(string(got), "hi from the guest") {
 				t.Errorf("TCP to the guest server: %v: %q", err, got)
 			}
-			g.Containers.DeleteContainer(ctx, &agentapi.ContainerRequest{ContainerId: "srv"})
+			g.DeleteContainer(ctx, "srv")
 		})
 	}
 }
@@ -159,7 +158,7 @@ func TestNICHotplug(t *testing.T) {
 	e.File.Close()
 	e.File = nil
 	ifaces, routes, neighs := p.Guest()
-	if _, err := g.Network.Configure(ctx, GuestNetwork(ifaces, routes, neighs)); err != nil {
+	if err := g.ConfigureNetwork(ctx, ifaces, routes, neighs); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("nsenter", "--net="+peer, harness.Busybox, "ping", "-c", "3", "-W", "5", "10.96.0.2").CombinedOutput(); err != nil {

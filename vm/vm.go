@@ -1,16 +1,18 @@
-// Package vm boots a podvm guest: it resolves the configuration into a QEMU
-// process (package hypervisor), connects to the guest agent and stops the
-// guest again, gracefully first.
+// Package vm is the host's one door to a podvm guest: it boots the VM
+// (package hypervisor), decides what the agent is told at boot, and offers
+// every call to the agent as a typed method with a deadline. Replies are
+// checked before use, since the guest is not trusted, and a guest that
+// stops answering is killed from the host rather than left to hold its
+// pod.
 package vm
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -21,34 +23,58 @@ import (
 	"github.com/podvm/podvm/vmconfig"
 )
 
-// Guest is a booted VM whose agent answered.
+// Guest is a booted VM whose agent answered. Its methods are the only way
+// to the agent; each has a deadline, and each fails with an error that is
+// ErrStopped once the VM is gone.
 type Guest struct {
-	ID         string
-	VM         *hypervisor.VM
-	Agent      agentapi.AgentService
-	Containers agentapi.ContainersService
-	Stdio      agentapi.StdioService
-	Network    agentapi.NetworkService
-	Debug      agentapi.DebugService
-	Accel      hypervisor.AccelChoice
-	client     *ttrpc.Client
+	ID    string
+	VM    *hypervisor.VM
+	Accel hypervisor.AccelChoice
 	// BootTime is from QEMU's exec to the agent's first answer.
 	BootTime time.Duration
 	// AgentReady is the guest's own view: kernel start to the agent serving.
 	AgentReady time.Duration
 
-	interceptor     ttrpc.UnaryClientInterceptor
+	// life is the VM's process as the calls need it (a fake in tests).
+	life   life
+	client *ttrpc.Client
+	agentClients
+
+	requestTimeout  time.Duration
+	aliveTimeout    time.Duration
 	shutdownTimeout time.Duration
-	stopOnce        sync.Once
-	stopErr         error
+
+	watch    calls
+	probing  atomic.Bool
+	stopped  atomic.Pointer[StoppedError] // why the host gave up on the guest
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// agentClients are the generated ttrpc clients: only this package calls
+// them, through Guest.call.
+type agentClients struct {
+	agent      agentapi.AgentService
+	containers agentapi.ContainersService
+	stdio      agentapi.StdioService
+	network    agentapi.NetworkService
+	debug      agentapi.DebugService
+}
+
+// life is what the calls need of the VM's process.
+type life interface {
+	Done() <-chan struct{}
+	Err() error
+	Kill()
 }
 
 // Options adjust one boot beyond the configuration.
 type Options struct {
 	// ID names the VM (the sandbox ID).
 	ID string
-	// Console receives the guest's console lines; by default they go to
-	// the context's logger at debug level, prefixed.
+	// Console receives the guest's console lines (at most a few hundred a
+	// second; the rest are counted and dropped); by default they go to the
+	// context's logger at debug level, prefixed.
 	Console func(line string)
 	// Shares are host directories exported to the guest over 9p.
 	Shares []hypervisor.Share
@@ -62,56 +88,6 @@ type Options struct {
 	CPUPlug hypervisor.CPUPlug
 }
 
-// HypervisorConfig turns the configuration into what hypervisor.Start
-// takes, choosing the accelerator (a cached probe) and the agent transport.
-func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hypervisor.Config, hypervisor.AccelChoice, error) {
-	h := c.Hypervisor
-	hc := hypervisor.Config{
-		ID:        id,
-		QEMU:      h.Path,
-		Kernel:    h.Kernel,
-		Initramfs: h.Initramfs,
-		Machine:   h.Machine,
-		CPUs:      h.VCPUs,
-		MemoryMiB: h.MemoryMiB,
-		// Room to grow on machines that can (q35): Update hot-plugs up
-		// to these.
-		MaxCPUs:      vmconfig.MaxVCPUs(),
-		MaxMemoryMiB: h.MaxMemoryMiB,
-		TBSizeMiB:    h.TCGCacheMiB,
-		CPUModel:     h.CPUModel,
-		TSCKHz:       hypervisor.CachedHostTSCKHz(c.StateDir),
-		VsockPort:    c.Agent.VsockPort,
-		Debug:        c.Debug,
-	}
-	hc.Hostname, _ = os.Hostname()
-	if h.KernelParams != "" {
-		hc.KernelParams = strings.Fields(h.KernelParams)
-	}
-	if c.DebugConsole {
-		hc.KernelParams = append(hc.KernelParams, agentapi.ParamDebugConsole+"=1")
-	}
-	switch c.Agent.Transport {
-	case "vsock":
-		hc.Transport = hypervisor.Vsock
-	case "serial":
-		hc.Transport = hypervisor.Serial
-	default:
-		hc.Transport = hypervisor.Serial
-		if hypervisor.VsockAvailable() {
-			hc.Transport = hypervisor.Vsock
-		}
-	}
-	probe := hc
-	probe.Accel = hypervisor.TCG // replaced by the probe; validated meanwhile
-	choice, err := hypervisor.ChooseAccel(ctx, h.Accelerator, probe, c.StateDir)
-	if err != nil {
-		return hc, choice, err
-	}
-	hc.Accel = choice.Accel
-	return hc, choice, nil
-}
-
 // Boot starts a VM and waits until its agent answers. On failure nothing is
 // left running.
 func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error) {
@@ -119,39 +95,47 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 		opts.ID = "podvm"
 	}
 	logger := log.G(ctx).WithField("vm", opts.ID)
-	hc, choice, err := HypervisorConfig(ctx, c, opts.ID)
+	b, err := plan(ctx, c, opts.ID)
 	if err != nil {
 		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
 	}
-	if choice.Accel == hypervisor.TCG && c.Hypervisor.Accelerator == "auto" {
-		logger.Debugf("using TCG (software emulation, slow): %s", choice.Reason)
+	hc := b.hypervisor
+	if b.accel.Accel == hypervisor.TCG && c.Hypervisor.Accelerator == "auto" {
+		logger.Debugf("using TCG (software emulation, slow): %s", b.accel.Reason)
 	}
-	hc.Console = opts.Console
 	hc.Shares = opts.Shares
 	hc.NetNS = opts.NetNS
 	hc.NICs = opts.NICs
 	hc.CPUPlug = opts.CPUPlug
-	if hc.Console == nil {
-		hc.Console = func(line string) { logger.Debug("console: " + line) }
+	console := opts.Console
+	if console == nil {
+		console = func(line string) { logger.Debug("console: " + line) }
 	}
+	hc.Console = limitConsole(console)
 	v, err := hypervisor.Start(ctx, hc)
 	if err != nil {
 		return nil, err
 	}
 	logger.Debugf("qemu pid %d: %s", v.PID(), strings.Join(v.CommandLine(), " "))
-	g := &Guest{ID: opts.ID, VM: v, Accel: choice, shutdownTimeout: c.Timeouts.Shutdown.Duration, interceptor: opts.Interceptor}
-	if err := g.connect(ctx, c.Timeouts.Boot.Duration); err != nil {
+	g := &Guest{
+		ID: opts.ID, VM: v, life: v, Accel: b.accel,
+		requestTimeout:  c.Timeouts.Request.Duration,
+		aliveTimeout:    c.Timeouts.Agent.Duration,
+		shutdownTimeout: c.Timeouts.Shutdown.Duration,
+	}
+	if err := g.connect(ctx, b, c.Timeouts.Boot.Duration, opts.Interceptor); err != nil {
 		_ = v.Stop(context.Background(), 0)
 		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
 	}
-	logger.WithField("boot", g.BootTime).WithField("accel", choice.Accel).Info("guest agent ready")
+	go g.watchdog()
+	logger.WithField("boot", g.BootTime).WithField("accel", b.accel.Accel).Info("guest agent ready")
 	return g, nil
 }
 
 // connect dials the agent and waits for its first Health answer. Over the
 // serial port the request can be written at once: QEMU holds it until the
 // agent opens its port.
-func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
+func (g *Guest) connect(ctx context.Context, b bootPlan, timeout time.Duration, interceptor ttrpc.UnaryClientInterceptor) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
@@ -161,28 +145,35 @@ func (g *Guest) connect(ctx context.Context, timeout time.Duration) error {
 		case <-ctx.Done():
 		}
 	}()
-	conn, err := g.VM.DialAgent(ctx)
+	conn, err := b.dial(ctx, g.VM)
 	if err != nil {
 		return g.explain(ctx, timeout, err)
 	}
 	var opts []ttrpc.ClientOpts
-	if g.interceptor != nil {
-		opts = append(opts, ttrpc.WithUnaryClientInterceptor(g.interceptor))
+	if interceptor != nil {
+		opts = append(opts, ttrpc.WithUnaryClientInterceptor(interceptor))
 	}
-	g.client = ttrpc.NewClient(conn, opts...)
-	g.Agent = agentapi.NewAgentClient(g.client)
-	g.Containers = agentapi.NewContainersClient(g.client)
-	g.Stdio = agentapi.NewStdioClient(g.client)
-	g.Network = agentapi.NewNetworkClient(g.client)
-	g.Debug = agentapi.NewDebugClient(g.client)
-	resp, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
+	g.attach(ttrpc.NewClient(conn, opts...))
+	resp, err := g.agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {
 		g.client.Close()
 		return g.explain(ctx, timeout, err)
 	}
 	g.BootTime = time.Since(g.VM.Started())
-	g.AgentReady = time.Duration(resp.AgentReadyNs)
+	g.AgentReady = time.Duration(max(resp.AgentReadyNs, 0))
 	return nil
+}
+
+// attach makes the agent's clients on a connected ttrpc client.
+func (g *Guest) attach(c *ttrpc.Client) {
+	g.client = c
+	g.agentClients = agentClients{
+		agent:      agentapi.NewAgentClient(c),
+		containers: agentapi.NewContainersClient(c),
+		stdio:      agentapi.NewStdioClient(c),
+		network:    agentapi.NewNetworkClient(c),
+		debug:      agentapi.NewDebugClient(c),
+	}
 }
 
 // explain turns a failed wait for the agent into an error that says why:
@@ -224,15 +215,14 @@ func consoleTail(v *hypervisor.VM) string {
 // Shutdown asks the agent to power the guest off, then stops QEMU (quit,
 // then kill) if it has not exited within the shutdown timeout. It returns
 // once QEMU is reaped and its sockets are closed; calling it again returns
-// the first result.
+// the first result. A guest that does not answer costs at most the
+// shutdown timeout.
 func (g *Guest) Shutdown(ctx context.Context) error {
 	g.stopOnce.Do(func() {
 		grace := g.shutdownTimeout
-		select {
-		case <-g.VM.Done():
-		default:
+		if g.gone() == nil {
 			actx, cancel := context.WithTimeout(ctx, grace)
-			_, err := g.Agent.Shutdown(actx, &agentapi.ShutdownRequest{})
+			_, err := g.agent.Shutdown(actx, &agentapi.ShutdownRequest{})
 			cancel()
 			if err != nil && !isClosed(err) {
 				log.G(ctx).WithField("vm", g.ID).WithError(err).Warn("agent shutdown failed; stopping QEMU")
@@ -245,8 +235,15 @@ func (g *Guest) Shutdown(ctx context.Context) error {
 	return g.stopErr
 }
 
-// isClosed reports errors that mean the guest went away mid-call, which
-// during shutdown is the expected outcome.
-func isClosed(err error) bool {
-	return errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "closed")
+// Kill ends the VM at once from the host, without asking the guest; every
+// call in flight fails with ErrStopped.
+func (g *Guest) Kill(reason string) {
+	g.giveUp(errors.New(reason))
 }
+
+// Done is closed once QEMU has exited.
+func (g *Guest) Done() <-chan struct{} { return g.life.Done() }
+
+// Alive reports whether the VM still runs and the host has not given up on
+// it.
+func (g *Guest) Alive() bool { return g.gone() == nil }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/guest/initramfs"
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/test/harness"
@@ -40,22 +39,22 @@ func TestBootAndShutdown(t *testing.T) {
 			g := boot(t, cfg)
 			ctx := context.Background()
 
-			h, err := g.Agent.Health(ctx, &agentapi.HealthRequest{})
+			h, err := g.Health(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.Status != agentapi.HealthResponse_SERVING || h.UptimeNs <= 0 || h.AgentReadyNs <= 0 || h.AgentReadyNs > h.UptimeNs {
+			if h.Uptime <= 0 || h.AgentReady <= 0 || h.AgentReady > h.Uptime {
 				t.Errorf("health = %+v", h)
 			}
-			v, err := g.Agent.Version(ctx, &agentapi.VersionRequest{})
+			v, err := g.Version(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !strings.HasSuffix(v.KernelRelease, "-podvm") || v.ApiVersion != "v1" || v.AgentVersion == "" {
+			if !strings.HasSuffix(v.KernelRelease, "-podvm") || v.API != "v1" || v.Agent == "" {
 				t.Errorf("version = %+v", v)
 			}
-			if int(v.Cpus) != cfg.Hypervisor.VCPUs {
-				t.Errorf("guest sees %d CPUs, want %d", v.Cpus, cfg.Hypervisor.VCPUs)
+			if v.CPUs != cfg.Hypervisor.VCPUs {
+				t.Errorf("guest sees %d CPUs, want %d", v.CPUs, cfg.Hypervisor.VCPUs)
 			}
 			if mib := v.MemoryBytes >> 20; mib < uint64(cfg.Hypervisor.MemoryMiB)*8/10 || mib > uint64(cfg.Hypervisor.MemoryMiB) {
 				t.Errorf("guest sees %d MiB, configured %d", mib, cfg.Hypervisor.MemoryMiB)
@@ -81,8 +80,8 @@ func TestBootAndShutdown(t *testing.T) {
 			}
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			if _, err := g.Agent.Health(cctx, &agentapi.HealthRequest{}); err == nil {
-				t.Error("agent answered after shutdown")
+			if _, err := g.Health(cctx); !errors.Is(err, ErrStopped) {
+				t.Errorf("a call after shutdown: %v, want ErrStopped", err)
 			}
 		})
 	}
@@ -98,7 +97,7 @@ func TestKillReported(t *testing.T) {
 	callErr := make(chan error, 1)
 	go func() {
 		for {
-			if _, err := g.Agent.Health(ctx, &agentapi.HealthRequest{}); err != nil {
+			if _, err := g.Health(ctx); err != nil {
 				callErr <- err
 				return
 			}
@@ -121,7 +120,9 @@ func TestKillReported(t *testing.T) {
 	}
 	select {
 	case err := <-callErr:
-		t.Logf("call in flight failed as it should: %v", err)
+		if !errors.Is(err, ErrStopped) || !strings.Contains(err.Error(), "signal 9") {
+			t.Errorf("call in flight: %v, want ErrStopped saying QEMU was killed", err)
+		}
 	case <-time.After(5 * time.Second):
 		t.Error("agent call still hangs after QEMU died")
 	}

@@ -87,6 +87,14 @@ type Timeouts struct {
 	// Shutdown is how long the guest gets to power off before QEMU is
 	// told to quit, then killed.
 	Shutdown Duration `toml:"shutdown"`
+	// Request bounds any one call to the guest agent (creating a
+	// container included); a call that takes longer fails.
+	Request Duration `toml:"request"`
+	// Agent is how long the agent has to answer a liveness check once a
+	// call to it is slow. A guest that does not answer is killed from the
+	// host and its processes are reported exited (137): a stuck guest
+	// must not hold a pod hostage.
+	Agent Duration `toml:"agent"`
 }
 
 // Duration is a time.Duration written as a string ("30s", "1m").
@@ -127,6 +135,8 @@ func Default() *Config {
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},
 			Shutdown: Duration{5 * time.Second},
+			Request:  Duration{60 * time.Second},
+			Agent:    Duration{10 * time.Second},
 		},
 		StateDir: "/run/podvm",
 	}

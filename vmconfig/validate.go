@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -40,6 +41,11 @@ func (c *Config) Validate() error {
 	if h.MemoryMiB < MinMemoryMiB || h.MemoryMiB > h.MaxMemoryMiB {
 		bad("hypervisor.memory_mib", "%d is outside %d..%d (hypervisor.max_memory_mib)", h.MemoryMiB, MinMemoryMiB, h.MaxMemoryMiB)
 	}
+	for _, w := range KernelParams(h.KernelParams) {
+		if strings.ContainsAny(w, "\"'\\") {
+			bad("hypervisor.kernel_params", "%q: parameters are words without quotes or backslashes", w)
+		}
+	}
 	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > 4096 {
 		bad("hypervisor.tcg_cache_mib", "%d is outside 0..4096 (0 means QEMU's default)", h.TCGCacheMiB)
 	}
@@ -68,6 +74,8 @@ func (c *Config) Validate() error {
 	}
 	checkDuration("timeouts.boot", c.Timeouts.Boot, time.Second)
 	checkDuration("timeouts.shutdown", c.Timeouts.Shutdown, 0)
+	checkDuration("timeouts.request", c.Timeouts.Request, time.Second)
+	checkDuration("timeouts.agent", c.Timeouts.Agent, time.Second)
 	if !filepath.IsAbs(c.StateDir) {
 		bad("state_dir", "must be an absolute path, not %q", c.StateDir)
 	}
@@ -85,3 +93,7 @@ const (
 func MaxVCPUs() int {
 	return min(runtime.NumCPU(), 64)
 }
+
+// KernelParams splits hypervisor.kernel_params into the words the guest
+// kernel gets.
+func KernelParams(s string) []string { return strings.Fields(s) }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/install"
 	"github.com/podvm/podvm/vm"
@@ -194,12 +193,12 @@ func bootFindings(ctx context.Context, cfg *vmconfig.Config) []finding {
 		accel += ", cached"
 	}
 	fds = append(fds, finding{"ok", "accelerator", accel, ""})
-	v, err := g.Agent.Version(ctx, &agentapi.VersionRequest{})
+	v, err := g.Version(ctx)
 	if err != nil {
 		return append(fds, finding{"FAIL", "guest agent", err.Error(), "make guest install"})
 	}
 	fds = append(fds, finding{"ok", "guest boot", fmt.Sprintf("agent %s (API %s) on kernel %s answered %v after QEMU started",
-		v.AgentVersion, v.ApiVersion, v.KernelRelease, g.BootTime.Round(time.Millisecond)), ""})
+		v.Agent, v.API, v.KernelRelease, g.BootTime.Round(time.Millisecond)), ""})
 	if err := g.Shutdown(ctx); err != nil {
 		fds = append(fds, finding{"FAIL", "guest shutdown", err.Error(), ""})
 	}

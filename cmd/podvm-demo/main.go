@@ -21,7 +21,6 @@ import (
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
-	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/metrics"
 	"github.com/podvm/podvm/test/harness"
 	"github.com/podvm/podvm/vm"
@@ -63,14 +62,14 @@ func run(kernel, initramfs string, debug bool) error {
 		return err
 	}
 	defer g.Shutdown(context.Background())
-	v, err := g.Agent.Version(ctx, &agentapi.VersionRequest{})
+	v, err := g.Version(ctx)
 	if err != nil {
 		return fmt.Errorf("agent version: %w", err)
 	}
 	fmt.Printf("accelerator:   %s (%s)\n", g.Accel.Accel, g.Accel.Reason)
 	fmt.Printf("qemu:          pid %d, QEMU %s, machine %s\n", g.VM.PID(), g.VM.QMP().Version(), cfg.Hypervisor.Machine)
 	fmt.Printf("guest kernel:  %s (%s)\n", v.KernelRelease, v.KernelVersion)
-	fmt.Printf("guest agent:   %s, api %s, %s, %d vCPU, %d MiB\n", v.AgentVersion, v.ApiVersion, v.GoVersion, v.Cpus, v.MemoryBytes>>20)
+	fmt.Printf("guest agent:   %s, api %s, %s, %d vCPU, %d MiB\n", v.Agent, v.API, v.Go, v.CPUs, v.MemoryBytes>>20)
 	fmt.Printf("boot time:     %v from QEMU exec to the agent's first answer (guest: kernel start to agent serving %v)\n",
 		g.BootTime.Round(time.Millisecond), g.AgentReady.Round(time.Millisecond))
 	start := time.Now()

@@ -1,0 +1,112 @@
+package shim
+
+import (
+	"errors"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/protobuf"
+	"github.com/containerd/log"
+
+	"github.com/podvm/podvm/vm"
+)
+
+// How long an exit event waits for the process's last output to be copied
+// out. A background child holding stdout open would otherwise delay it
+// forever.
+const (
+	initOutputGrace = 10 * time.Second
+	execOutputGrace = 2 * time.Second
+)
+
+// killedStatus is what a process that went with its VM exited with, as if
+// SIGKILLed: the VM was its whole world.
+const killedStatus = 128 + 9
+
+// watchExit waits in the guest for the process to end, then publishes its
+// exit once its output is out (and, for an init process, once its exec
+// processes have exited, as containerd expects). A process whose VM went
+// away is reported killed.
+func (sb *sandbox) watchExit(p *process) {
+	logger := p.logger(sb.ctx)
+	status, err := p.guest().Wait(sb.ctx, p.c.id, p.execID)
+	switch {
+	case err == nil:
+	case sb.ctx.Err() != nil:
+		return
+	case errors.Is(err, vm.ErrStopped):
+		status = killedStatus
+		logger.WithError(err).Info("the process went with its VM; reporting it killed")
+	default:
+		status = killedStatus
+		logger.WithError(err).Warn("lost the process in the guest; reporting it killed")
+	}
+	grace := execOutputGrace
+	if p.execID == "" {
+		grace = initOutputGrace
+	}
+	if !p.io.waitOutput(grace) {
+		logger.Warnf("output still open %v after exit (a background process holds it?)", grace)
+	}
+	if p.execID == "" {
+		deadline := time.After(5 * time.Second)
+		for _, e := range p.c.runningExecs() {
+			select {
+			case <-e.exited:
+			case <-deadline:
+			}
+		}
+	}
+	p.SetExited(status, func(at time.Time) {
+		id := p.execID
+		if id == "" {
+			id = p.c.id
+		}
+		sb.events.send(&eventstypes.TaskExit{
+			ContainerID: p.c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+		})
+	})
+	logger.WithField("status", status).Info("process exited")
+}
+
+// watchOOM publishes the guest's OOM kills of the sandbox's containers.
+// The guest names the container; one the sandbox does not know is not
+// passed on.
+func (sb *sandbox) watchOOM(g *vm.Guest) {
+	var backoff time.Duration
+	for sb.ctx.Err() == nil && g.Alive() {
+		id, err := g.WaitOOM(sb.ctx)
+		if err != nil {
+			if errors.Is(err, vm.ErrStopped) {
+				return
+			}
+			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+			log.G(sb.ctx).WithError(err).Debug("wait for OOM kills")
+			select {
+			case <-time.After(backoff):
+			case <-g.Done():
+			case <-sb.ctx.Done():
+			}
+			continue
+		}
+		backoff = 0
+		if _, ok := sb.get(id); !ok {
+			log.G(sb.ctx).WithField("container", id).Warn("the guest reported an OOM kill of a container this sandbox does not have; ignored")
+			continue
+		}
+		log.G(sb.ctx).WithField("container", id).Warn("OOM kill in the guest")
+		sb.events.send(&eventstypes.TaskOOM{ContainerID: id})
+	}
+}
+
+// watchVM reports a VM that ended without being asked to; its processes'
+// watchers report them killed.
+func (sb *sandbox) watchVM(g *vm.Guest) {
+	<-g.Done()
+	sb.mu.Lock()
+	stopping := sb.stopping
+	sb.mu.Unlock()
+	if !stopping {
+		log.G(sb.ctx).WithError(g.VM.Err()).Error("the VM exited unexpectedly; its containers are gone")
+	}
+}

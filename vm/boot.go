@@ -1,0 +1,136 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/vmconfig"
+)
+
+// bootPlan is a VM about to boot: QEMU's configuration, the accelerator
+// chosen for it, and how the host reaches the agent once it runs.
+type bootPlan struct {
+	hypervisor hypervisor.Config
+	accel      hypervisor.AccelChoice
+	vsock      bool
+	vsockPort  uint32
+}
+
+// HypervisorConfig turns the configuration into what hypervisor.Start
+// takes, choosing the accelerator (a cached probe) and the agent transport;
+// `check` shows it.
+func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hypervisor.Config, hypervisor.AccelChoice, error) {
+	b, err := plan(ctx, c, id)
+	return b.hypervisor, b.accel, err
+}
+
+func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) {
+	h := c.Hypervisor
+	b := bootPlan{vsockPort: c.Agent.VsockPort}
+	switch c.Agent.Transport {
+	case "vsock":
+		b.vsock = true
+	case "serial":
+	default:
+		b.vsock = hypervisor.VsockAvailable()
+	}
+	hc := hypervisor.Config{
+		ID:        id,
+		QEMU:      h.Path,
+		Kernel:    h.Kernel,
+		Initramfs: h.Initramfs,
+		Machine:   h.Machine,
+		CPUs:      h.VCPUs,
+		MemoryMiB: h.MemoryMiB,
+		// Room to grow on machines that can (q35): Update hot-plugs up
+		// to these.
+		MaxCPUs:      vmconfig.MaxVCPUs(),
+		MaxMemoryMiB: h.MaxMemoryMiB,
+		TBSizeMiB:    h.TCGCacheMiB,
+		CPUModel:     h.CPUModel,
+		TSCKHz:       hypervisor.CachedHostTSCKHz(c.StateDir),
+		Vsock:        b.vsock,
+		Debug:        c.Debug,
+		ProbeMarker:  agentapi.ProbeMarker,
+	}
+	if !b.vsock {
+		hc.Ports = []string{agentapi.SerialPortName}
+	}
+	params := b.agentParams(c)
+	probe := hc
+	probe.Accel = hypervisor.TCG // replaced by the probe; validated meanwhile
+	probe.KernelParams = append(append([]string{}, params...), agentapi.ParamProbe+"=1")
+	probe.KernelParams = append(probe.KernelParams, operatorParams(h)...)
+	choice, err := hypervisor.ChooseAccel(ctx, h.Accelerator, probe, c.StateDir)
+	if err != nil {
+		return b, err
+	}
+	hc.Accel = choice.Accel
+	// The operator's parameters come last, so that they win.
+	hc.KernelParams = append(params, operatorParams(h)...)
+	b.hypervisor, b.accel = hc, choice
+	return b, nil
+}
+
+// agentParams are what the agent reads from the kernel command line: the
+// only channel that exists before it serves. Nothing from a pod reaches
+// them; every value is a fixed word or a number.
+func (b bootPlan) agentParams(c *vmconfig.Config) []string {
+	var p []string
+	if b.vsock {
+		p = append(p, agentapi.ParamTransport+"=vsock", agentapi.ParamVsockPort+"="+strconv.FormatUint(uint64(b.vsockPort), 10))
+	} else {
+		p = append(p, agentapi.ParamTransport+"=serial", agentapi.ParamPort+"="+agentapi.SerialPortName)
+	}
+	if c.Debug {
+		p = append(p, agentapi.ParamDebug+"=1")
+	}
+	if c.DebugConsole {
+		p = append(p, agentapi.ParamDebugConsole+"=1")
+	}
+	// The guest's hostname is the node's, which is what a container
+	// without one of its own sees under runc. A name that is not one
+	// word is left out rather than quoted.
+	if host, err := os.Hostname(); err == nil && validHostname(host) {
+		p = append(p, agentapi.ParamHostname+"="+host)
+	}
+	return p
+}
+
+// operatorParams are the configuration's kernel_params, one word each.
+func operatorParams(h vmconfig.Hypervisor) []string {
+	return vmconfig.KernelParams(h.KernelParams)
+}
+
+// validHostname is a hostname as RFC 1123 spells it.
+func validHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// dial connects to the agent's channel: the serial port's socket, or a
+// vsock connection retried until the agent listens.
+func (b bootPlan) dial(ctx context.Context, v *hypervisor.VM) (net.Conn, error) {
+	if b.vsock {
+		return v.DialVsock(ctx, b.vsockPort)
+	}
+	c, err := v.Port(agentapi.SerialPortName)
+	if err != nil {
+		return nil, fmt.Errorf("agent channel: %w", err)
+	}
+	return c, nil
+}
