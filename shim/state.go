@@ -28,27 +28,35 @@ type state interface {
 
 type createdState struct{}
 
-func (createdState) name() string              { return "created" }
-func (createdState) start() (state, error)     { return runningState{}, nil }
-func (createdState) delete() (state, error)    { return deletedState{}, nil }
-func (createdState) kill() error               { return nil }
-func (createdState) update() error             { return nil }
-func (createdState) exited() state             { return stoppedState{} }
-func (createdState) pause() (state, error)     { return nil, errors.New("cannot pause task in created state") }
-func (createdState) resume() (state, error)    { return nil, errors.New("cannot resume task in created state") }
-func (createdState) canExec() error            { return errors.New("cannot exec in a created state") }
+func (createdState) name() string           { return "created" }
+func (createdState) start() (state, error)  { return runningState{}, nil }
+func (createdState) delete() (state, error) { return deletedState{}, nil }
+func (createdState) kill() error            { return nil }
+func (createdState) update() error          { return nil }
+func (createdState) exited() state          { return stoppedState{} }
+func (createdState) pause() (state, error) {
+	return nil, errors.New("cannot pause task in created state")
+}
+func (createdState) resume() (state, error) {
+	return nil, errors.New("cannot resume task in created state")
+}
+func (createdState) canExec() error { return errors.New("cannot exec in a created state") }
 
 type runningState struct{}
 
-func (runningState) name() string           { return "running" }
-func (runningState) start() (state, error)  { return nil, errors.New("cannot start a running process") }
-func (runningState) delete() (state, error) { return nil, errors.New("cannot delete a running process") }
-func (runningState) kill() error            { return nil }
-func (runningState) pause() (state, error)  { return pausedState{}, nil }
-func (runningState) resume() (state, error) { return nil, errors.New("cannot resume a running process") }
-func (runningState) update() error          { return nil }
-func (runningState) canExec() error         { return nil }
-func (runningState) exited() state          { return stoppedState{} }
+func (runningState) name() string          { return "running" }
+func (runningState) start() (state, error) { return nil, errors.New("cannot start a running process") }
+func (runningState) delete() (state, error) {
+	return nil, errors.New("cannot delete a running process")
+}
+func (runningState) kill() error           { return nil }
+func (runningState) pause() (state, error) { return pausedState{}, nil }
+func (runningState) resume() (state, error) {
+	return nil, errors.New("cannot resume a running process")
+}
+func (runningState) update() error  { return nil }
+func (runningState) canExec() error { return nil }
+func (runningState) exited() state  { return stoppedState{} }
 
 type pausedState struct{}
 
@@ -70,11 +78,15 @@ func (stoppedState) delete() (state, error) { return deletedState{}, nil }
 func (stoppedState) kill() error {
 	return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 }
-func (stoppedState) pause() (state, error)  { return nil, errors.New("cannot pause a stopped container") }
-func (stoppedState) resume() (state, error) { return nil, errors.New("cannot resume a stopped container") }
-func (stoppedState) update() error          { return errors.New("cannot update a stopped container") }
-func (stoppedState) canExec() error         { return errors.New("cannot exec in a stopped state") }
-func (s stoppedState) exited() state        { return s }
+func (stoppedState) pause() (state, error) {
+	return nil, errors.New("cannot pause a stopped container")
+}
+func (stoppedState) resume() (state, error) {
+	return nil, errors.New("cannot resume a stopped container")
+}
+func (stoppedState) update() error   { return errors.New("cannot update a stopped container") }
+func (stoppedState) canExec() error  { return errors.New("cannot exec in a stopped state") }
+func (s stoppedState) exited() state { return s }
 
 type deletedState struct{}
 
@@ -88,8 +100,10 @@ func (deletedState) delete() (state, error) {
 func (deletedState) kill() error {
 	return fmt.Errorf("cannot kill a deleted process: %w", errdefs.ErrNotFound)
 }
-func (deletedState) pause() (state, error)  { return nil, errors.New("cannot pause a deleted process") }
-func (deletedState) resume() (state, error) { return nil, errors.New("cannot resume a deleted process") }
-func (deletedState) update() error          { return errors.New("cannot update a deleted process") }
-func (deletedState) canExec() error         { return errors.New("cannot exec in a deleted state") }
-func (s deletedState) exited() state        { return s }
+func (deletedState) pause() (state, error) { return nil, errors.New("cannot pause a deleted process") }
+func (deletedState) resume() (state, error) {
+	return nil, errors.New("cannot resume a deleted process")
+}
+func (deletedState) update() error   { return errors.New("cannot update a deleted process") }
+func (deletedState) canExec() error  { return errors.New("cannot exec in a deleted state") }
+func (s deletedState) exited() state { return s }

@@ -278,7 +278,9 @@ func TestHostileEmptyAnswers(t *testing.T) {
 func TestHostileReplies(t *testing.T) {
 	evil := strings.Repeat("\x1b[31mred\x00", 1<<16)
 	h := &hostile{
-		create: func() (*agentapi.CreateContainerResponse, error) { return &agentapi.CreateContainerResponse{Pid: 1 << 30}, nil },
+		create: func() (*agentapi.CreateContainerResponse, error) {
+			return &agentapi.CreateContainerResponse{Pid: 1 << 30}, nil
+		},
 		wait: func(context.Context) (*agentapi.WaitProcessResponse, error) {
 			return &agentapi.WaitProcessResponse{ExitStatus: 1000}, nil
 		},

@@ -15,7 +15,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/network"
 	"github.com/podvm/podvm/test/harness"
