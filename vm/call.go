@@ -171,7 +171,7 @@ func (g *Guest) gone() error {
 	case <-g.life.Done():
 		reason := g.life.Err()
 		if reason == nil {
-			reason = errors.New("the guest powered off")
+			reason = g.powerOffReason()
 		}
 		e := &StoppedError{ID: g.ID, Reason: reason}
 		if !g.stopped.CompareAndSwap(nil, e) {
@@ -181,6 +181,19 @@ func (g *Guest) gone() error {
 	default:
 		return nil
 	}
+}
+
+// powerOffReason says why a guest ended on its own: a kernel panic (which
+// reboots, and a reboot ends QEMU) or a power-off.
+func (g *Guest) powerOffReason() error {
+	if g.VM != nil {
+		for _, l := range g.VM.ConsoleTail() {
+			if i := strings.Index(l, "Kernel panic"); i >= 0 {
+				return errors.New("the guest kernel panicked: " + l[i:])
+			}
+		}
+	}
+	return errors.New("the guest powered off")
 }
 
 // giveUp kills the VM from the host: every call in flight fails, every

@@ -80,7 +80,7 @@ func NewContainerd(extraConfig string) (*Containerd, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), NetNS: "podvm-test-" + filepath.Base(dir)[len("podvm-ctd-"):], done: make(chan struct{})}
+	c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), NetNS: "podvm-test-" + filepath.Base(dir)[len("podvm-ctd-"):]}
 	binDir := filepath.Join(dir, "bin")
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
 		return c, err
@@ -118,36 +118,55 @@ state = %q
 	if out, err := exec.Command("ip", "-n", c.NetNS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		return c, fmt.Errorf("lo up: %v: %s", err, out)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	c.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"), "PODVM_CONFIG="+podvmConfig)
+	return c, c.start()
+}
+
+// start runs containerd (again) with the directory's configuration and
+// waits until it answers.
+func (c *Containerd) start() error {
+	logf, err := os.OpenFile(filepath.Join(c.Dir, "containerd.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return c, err
+		return err
 	}
 	defer logf.Close()
 	// nsenter, not `ip netns exec`: the latter remounts /sys and runc then
 	// finds no cgroups.
-	c.cmd = exec.Command("nsenter", "--net=/var/run/netns/"+c.NetNS, "containerd", "--config", filepath.Join(dir, "config.toml"))
-	c.Env = append(os.Environ(), "PATH="+binDir+":"+os.Getenv("PATH"), "PODVM_CONFIG="+podvmConfig)
+	c.cmd = exec.Command("nsenter", "--net=/var/run/netns/"+c.NetNS, "containerd", "--config", filepath.Join(c.Dir, "config.toml"))
 	c.cmd.Env = c.Env
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := c.cmd.Start(); err != nil {
 		c.cmd = nil
-		return c, err
+		return err
 	}
-	go func() { _ = c.cmd.Wait(); close(c.done) }()
+	done := make(chan struct{})
+	c.done = done
+	cmd := c.cmd
+	go func() { _ = cmd.Wait(); close(done) }()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if _, _, err := c.Ctr(context.Background(), "version"); err == nil {
-			return c, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return c, fmt.Errorf("containerd did not come up; log:\n%s", c.Log())
+			return fmt.Errorf("containerd did not come up; log:\n%s", c.Log())
 		}
 		select {
-		case <-c.done:
-			return c, fmt.Errorf("containerd exited; log:\n%s", c.Log())
+		case <-done:
+			return fmt.Errorf("containerd exited; log:\n%s", c.Log())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Restart kills containerd, as a crash would, and starts it again on the
+// same state: running shims and their VMs must carry on.
+func (c *Containerd) Restart() error {
+	if c.cmd != nil && c.cmd.Process != nil {
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+	return c.start()
 }
 
 // Log is containerd's log so far, shims' included.
