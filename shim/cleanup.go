@@ -32,10 +32,10 @@ func cleanupAfterCrash(cfg *vmconfig.Config, sandboxID, containerID string) erro
 		if err := network.RemoveSaved(filepath.Join(dir, netnsState)); err != nil {
 			errs = append(errs, err)
 		}
-		if err := unmountTree(dir); err != nil {
+		if err := unmountTree(dir, "."); err != nil {
 			errs = append(errs, err)
 		}
-	} else if err := unmountTree(filepath.Join(dir, "shared", containerID)); err != nil {
+	} else if err := unmountTree(dir, filepath.Join("shared", containerID)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/debugconsole"
 	"github.com/podvm/podvm/unixsock"
@@ -240,11 +241,7 @@ func (cs *consoleServer) stageBusybox() (string, error) {
 	if err := checkStatic(src); err != nil {
 		return "", fmt.Errorf("no busybox for the debug console: %w; install a static busybox beside the guest kernel (%s) or Debian's busybox-static", err, filepath.Dir(cs.sb.config().Hypervisor.Kernel))
 	}
-	dir := filepath.Join(cs.sb.shareDir, consoleShareDir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("stage busybox: %w", err)
-	}
-	if err := copyFile(filepath.Join(dir, "busybox"), src, 0o755); err != nil {
+	if err := cs.stage(src); err != nil {
 		return "", fmt.Errorf("stage busybox: %w", err)
 	}
 	cs.busybox = guestShareRoot + "/" + consoleShareDir + "/busybox"
@@ -268,16 +265,44 @@ func checkStatic(path string) error {
 	return nil
 }
 
-func copyFile(dst, src string, mode os.FileMode) error {
+// stage copies src into the share's console directory. The guest may have
+// put anything there (a link to a host file, say): what is at the name is
+// removed, never followed, and the copy is a new file.
+func (cs *consoleServer) stage(src string) error {
+	share, err := openDir(cs.sb.shareDir)
+	if err != nil {
+		return err
+	}
+	defer share.Close()
+	dir, err := mkdirBeneath(share, consoleShareDir, 0o755)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	// An O_PATH handle cannot be written through: reopen the directory.
+	d, err := openBeneath(share, consoleShareDir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Unlinkat(int(d.Fd()), "busybox", 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "remove", Path: filepath.Join(d.Name(), "busybox"), Err: err}
+	}
+	out, err := openBeneath(d, "busybox", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o755)
+	if err != nil {
+		return err
+	}
+	return copyInto(out, src)
+}
+
+// copyInto copies src into out and closes out.
+func copyInto(out *os.File, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
+		out.Close()
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
 		return err

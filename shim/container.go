@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/vm"
 )
@@ -27,10 +29,7 @@ type container struct {
 	sb     *sandbox
 	guest  *vm.Guest // the VM the container lives in
 	spec   *specs.Spec
-	// hostDir is the container's directory in the share: rootfs/ and
-	// mounts/N are mounted below it.
-	hostDir string
-	init    *process
+	init   *process
 
 	mu    sync.Mutex
 	execs map[string]*process
@@ -47,10 +46,21 @@ var shareStorage = vm.Storage{
 	Options: []string{"trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"},
 }
 
+// maxSpec bounds a spec read from a bundle.
+const maxSpec = 16 << 20
+
 func readSpec(bundle string) (*specs.Spec, error) {
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	f, err := os.Open(filepath.Join(bundle, "config.json"))
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSpec+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSpec {
+		return nil, fmt.Errorf("%s/config.json is larger than %d MiB", bundle, maxSpec>>20)
 	}
 	var s specs.Spec
 	if err := json.Unmarshal(b, &s); err != nil {
@@ -73,13 +83,21 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	if g == nil {
 		return nil, fmt.Errorf("create %s: the sandbox's VM is not running: %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, sb: sb, guest: g, spec: spec, hostDir: filepath.Join(sb.shareDir, r.ID), execs: map[string]*process{}, reserved: map[string]bool{}}
-	if _, err := os.Stat(c.hostDir); err == nil {
+	c := &container{id: r.ID, bundle: r.Bundle, sb: sb, guest: g, spec: spec, execs: map[string]*process{}, reserved: map[string]bool{}}
+	share, err := openDir(sb.shareDir)
+	if err != nil {
+		return nil, err
+	}
+	defer share.Close()
+	// The guest can write the share: whatever it put at the container's
+	// name, the host neither follows nor reuses it.
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(share.Fd()), c.id, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
 	defer func() {
 		if retErr != nil {
-			if err := unmountTree(c.hostDir); err != nil {
+			if err := c.unmount(); err != nil {
 				log.G(ctx).WithError(err).WithField("container", c.id).Error("clean up after failed create")
 			}
 		}
@@ -88,7 +106,7 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	for _, m := range r.Rootfs {
 		rootfs = append(rootfs, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
-	if err := mountRootfs(filepath.Join(c.hostDir, "rootfs"), r.Bundle, spec, rootfs); err != nil {
+	if err := mountRootfs(share, filepath.Join(c.id, "rootfs"), r.Bundle, spec, rootfs); err != nil {
 		return nil, err
 	}
 	binds := map[int]string{}
@@ -96,7 +114,7 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 		if !isBind(m) || isPodShm(m) {
 			continue
 		}
-		if err := bindIntoShare(m, filepath.Join(c.hostDir, "mounts", fmt.Sprint(i))); err != nil {
+		if err := bindIntoShare(share, m, filepath.Join(c.id, "mounts", fmt.Sprint(i))); err != nil {
 			return nil, err
 		}
 		binds[i] = guestMount(c.id, i)
@@ -178,6 +196,9 @@ func (c *container) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (_ 
 	if r.Spec == nil {
 		return nil, fmt.Errorf("exec %s without a process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
 	}
+	if err := checkExecProcess(r.ExecID, r.Spec.Value); err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	if _, ok := c.execs[r.ExecID]; ok || c.reserved[r.ExecID] {
 		c.mu.Unlock()
@@ -247,8 +268,13 @@ func (c *container) destroy(ctx context.Context) error {
 		p.io.close()
 	}
 	c.mu.Unlock()
-	if err := unmountTree(c.hostDir); err != nil {
+	if err := c.unmount(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// unmount removes the container's files from the share.
+func (c *container) unmount() error {
+	return unmountTree(c.sb.dir, filepath.Join(filepath.Base(c.sb.shareDir), c.id))
 }

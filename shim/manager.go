@@ -22,12 +22,9 @@ import (
 	"github.com/podvm/podvm/vmconfig"
 )
 
-// groupLabels name the sandbox a container belongs to: all containers of a
-// pod share one shim and one VM. The order matters.
-var groupLabels = []string{
-	"io.podvm.group",
-	annotationSandboxID,
-}
+// annotationGroup groups `ctr run` containers into one VM, as CRI's
+// sandbox ID groups a pod's.
+const annotationGroup = "io.podvm.group"
 
 type manager struct{ name string }
 
@@ -57,14 +54,17 @@ func readBundleAnnotations(dir string) (map[string]string, error) {
 	return s.Annotations, nil
 }
 
-// sandboxOf is the sandbox a container belongs to: its group, or itself.
-func sandboxOf(id string, annotations map[string]string) string {
-	for _, l := range groupLabels {
-		if g, ok := annotations[l]; ok && g != "" {
-			return g
-		}
+// sandboxOf is the sandbox a container belongs to: its CRI pod, else its
+// io.podvm.group, else itself. The name becomes a directory, a socket, a
+// QEMU option and a network namespace, so it must be an identifier.
+func sandboxOf(id string, annotations map[string]string) (string, error) {
+	if g := annotations[annotationSandboxID]; g != "" {
+		return g, checkID("sandbox ID (annotation "+annotationSandboxID+")", g)
 	}
-	return id
+	if g, ok := annotations[annotationGroup]; ok {
+		return g, checkID("group (annotation "+annotationGroup+")", g)
+	}
+	return id, checkID("container ID", id)
 }
 
 // Start is `containerd-shim-podvm-v2 start`: it prints the address of the
@@ -83,7 +83,10 @@ func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	if err != nil {
 		return "", err
 	}
-	group := sandboxOf(id, annotations)
+	group, err := sandboxOf(id, annotations)
+	if err != nil {
+		return "", err
+	}
 	address, err := shim.SocketAddress(ctx, opts.Address, group)
 	if err != nil {
 		return "", err
@@ -166,7 +169,10 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("read bundle spec; assuming the container is its own sandbox")
 	}
-	group := sandboxOf(id, annotations)
+	group, err := sandboxOf(id, annotations)
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
 	if err := cleanupAfterCrash(cfg, group, id); err != nil {
 		log.G(ctx).WithError(err).Warn("clean up after the shim")
 	}

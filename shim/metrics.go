@@ -19,7 +19,7 @@ import (
 // metrics still runs pods: a failure is logged, not returned.
 func (sb *sandbox) serveMetrics() {
 	sb.metrics = metrics.NewShim(sb.id, sb)
-	if err := os.MkdirAll(sb.dir, 0o711); err != nil {
+	if err := os.MkdirAll(sb.dir, 0o700); err != nil {
 		log.G(sb.ctx).WithError(err).Warn("no metrics socket")
 		return
 	}

@@ -5,22 +5,136 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 
 	"github.com/containerd/containerd/mount"
+	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
-// mountRootfs mounts the container's root filesystem at target, inside the
-// share the guest sees: containerd's rootfs mounts (an overlay from the
-// snapshotter, typically), or the bundle's rootfs directory when there are
-// none (`ctr run --rootfs`).
-func mountRootfs(target, bundle string, spec *specs.Spec, rootfs []mount.Mount) error {
-	if err := os.MkdirAll(target, 0o755); err != nil {
+// The sandbox's shared directory is writable by the guest's root: it can
+// plant links, rename directories and race the host. So the host never
+// walks a path in it: every path below the directory is resolved by the
+// kernel beneath it without following links (openat2), mounts go to the
+// file descriptor of their target (move_mount, /proc/self/fd), and what
+// the host mounts there is nosuid and nodev.
+
+// resolveBeneath keeps a lookup below its starting directory, away from
+// links of any kind.
+const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+
+// openDir opens a directory the host owns (not below a share) without
+// following a link at its end, as an O_PATH handle.
+func openDir(path string) (*os.File, error) {
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
+		Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// openBeneath opens rel below root without leaving it or following links.
+func openBeneath(root *os.File, rel string, flags int, mode uint32) (*os.File, error) {
+	fd, err := unix.Openat2(int(root.Fd()), rel, &unix.OpenHow{
+		Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: resolveBeneath,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: filepath.Join(root.Name(), rel), Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(root.Name(), rel)), nil
+}
+
+// mkdirBeneath makes rel and its parents below root, one component at a
+// time, each opened without following links; it returns an O_PATH handle
+// of the last.
+func mkdirBeneath(root *os.File, rel string, mode uint32) (*os.File, error) {
+	rel = filepath.Clean(rel)
+	if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil, fmt.Errorf("%s is not below %s", rel, root.Name())
+	}
+	dir, err := openBeneath(root, ".", unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if rel == "." {
+		return dir, nil
+	}
+	for _, name := range strings.Split(rel, "/") {
+		if err := unix.Mkdirat(int(dir.Fd()), name, mode); err != nil && !errors.Is(err, unix.EEXIST) {
+			dir.Close()
+			return nil, &os.PathError{Op: "mkdir", Path: filepath.Join(dir.Name(), name), Err: err}
+		}
+		next, err := openBeneath(dir, name, unix.O_PATH|unix.O_DIRECTORY, 0)
+		dir.Close()
+		if err != nil {
+			return nil, err
+		}
+		dir = next
+	}
+	return dir, nil
+}
+
+// createBeneath makes an empty regular file rel below root (for a file
+// bind mount to cover) and returns an O_PATH handle of it.
+func createBeneath(root *os.File, rel string, mode uint32) (*os.File, error) {
+	parent, err := mkdirBeneath(root, filepath.Dir(rel), 0o755)
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	f, err := openBeneath(parent, filepath.Base(rel), unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW, mode)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
+	return openBeneath(parent, filepath.Base(rel), unix.O_PATH|unix.O_NOFOLLOW, 0)
+}
+
+// procPath names an open file for the calls that only take paths: the
+// kernel resolves it to that very file.
+func procPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+
+// attachBind binds src (a host path, resolved as runc would) onto target
+// with the whole tree nosuid and nodev, and read-only recursively (every
+// submount too) when readonly.
+func attachBind(src string, target *os.File, readonly bool) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return &os.PathError{Op: "open_tree", Path: src, Err: err}
+	}
+	defer unix.Close(tree)
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if readonly {
+		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("set mount attributes of %s: %w", src, err)
+	}
+	if err := unix.MoveMount(tree, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach %s at %s: %w", src, target.Name(), err)
+	}
+	return nil
+}
+
+// mountRootfs mounts the container's root filesystem at rel below the
+// share: containerd's rootfs mounts (an overlay from the snapshotter,
+// typically), or the bundle's rootfs directory when there are none
+// (`ctr run --rootfs`).
+func mountRootfs(share *os.File, rel, bundle string, spec *specs.Spec, rootfs []mount.Mount) error {
+	target, err := mkdirBeneath(share, rel, 0o755)
+	if err != nil {
 		return err
 	}
+	defer target.Close()
 	if len(rootfs) > 0 {
-		if err := mount.All(rootfs, target); err != nil {
+		for i := range rootfs {
+			rootfs[i].Options = append(rootfs[i].Options, "nosuid", "nodev")
+		}
+		if err := mount.All(rootfs, procPath(target)); err != nil {
 			return fmt.Errorf("mount rootfs: %w", err)
 		}
 		return nil
@@ -29,56 +143,97 @@ func mountRootfs(target, bundle string, spec *specs.Spec, rootfs []mount.Mount) 
 	if !filepath.IsAbs(src) {
 		src = filepath.Join(bundle, src)
 	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind rootfs %s: %w", src, err)
+	if err := attachBind(src, target, false); err != nil {
+		return fmt.Errorf("bind rootfs: %w", err)
 	}
 	return nil
 }
 
 // bindIntoShare exposes a host path the spec binds into the container at
-// target in the share. A read-only bind stays read-only on the host side
-// too.
-func bindIntoShare(m specs.Mount, target string) error {
+// rel below the share. A read-only bind is read-only on the host side too,
+// submounts included.
+func bindIntoShare(share *os.File, m specs.Mount, rel string) error {
 	st, err := os.Stat(m.Source)
 	if err != nil {
 		return fmt.Errorf("bind mount source %s: %w", m.Source, err)
 	}
+	var target *os.File
 	if st.IsDir() {
-		err = os.MkdirAll(target, 0o755)
+		target, err = mkdirBeneath(share, rel, 0o755)
 	} else {
-		if err = os.MkdirAll(filepath.Dir(target), 0o755); err == nil {
-			var f *os.File
-			if f, err = os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-				f.Close()
-			}
-		}
+		target, err = createBeneath(share, rel, 0o644)
 	}
 	if err != nil {
 		return err
 	}
-	if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	defer target.Close()
+	if err := attachBind(m.Source, target, isReadonly(m)); err != nil {
 		return fmt.Errorf("bind %s for %s: %w", m.Source, m.Destination, err)
-	}
-	if isReadonly(m) {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, ""); err != nil {
-			_ = unix.Unmount(target, unix.MNT_DETACH)
-			return fmt.Errorf("make %s read-only: %w", m.Destination, err)
-		}
 	}
 	return nil
 }
 
-// unmountTree unmounts everything mounted at or below dir and removes the
-// directory. Unmounting what is already gone, or a directory that does not
-// exist, is not an error: teardown runs again after a crash.
-func unmountTree(dir string) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+// unmountTree unmounts everything mounted at or below base/rel and removes
+// it; base is a directory the host owns (a sandbox's), rel may lie in its
+// share. Each mount is reached through a handle opened beneath base
+// without following links, so a guest that renamed or linked directories
+// meanwhile cannot point the host at anything else; a link the guest left
+// at rel is removed, not followed. Mounts a guest moved away from rel are
+// left for the sandbox's own teardown, which runs after the VM is gone.
+// Unmounting what is already gone, or a directory that does not exist, is
+// not an error: teardown runs again after a crash.
+func unmountTree(base, rel string) error {
+	root, err := openDir(base)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err := mount.UnmountRecursive(dir, unix.MNT_DETACH); err != nil {
-		// Never remove a tree that may still hold a mount: it could be a
-		// user's volume.
-		return fmt.Errorf("unmount %s: %w", dir, err)
+	if err != nil {
+		return err
 	}
-	return os.RemoveAll(dir)
+	defer root.Close()
+	dir := filepath.Join(base, rel)
+	var errs []error
+	for _, mp := range mountsUnder(dir) {
+		r, err := filepath.Rel(base, mp)
+		if err != nil {
+			continue
+		}
+		f, err := openBeneath(root, r, unix.O_PATH, 0)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+			continue
+		}
+		err = unix.Unmount(procPath(f), unix.MNT_DETACH)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	if left := mountsUnder(dir); len(left) > 0 {
+		// Never remove a tree that still holds a mount: it could be a
+		// user's volume.
+		return errors.Join(append(errs, fmt.Errorf("%s still has mounts (%s); leaving it", dir, strings.Join(left, ", ")))...)
+	}
+	// RemoveAll opens base/rel's parent (the host's) and goes on from
+	// there without following links.
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// mountsUnder lists the mount points at or below dir, deepest first.
+func mountsUnder(dir string) []string {
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Mountpoint == dir || strings.HasPrefix(m.Mountpoint, dir+"/") {
+			out = append(out, m.Mountpoint)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
 }

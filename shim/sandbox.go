@@ -182,7 +182,7 @@ func (sb *sandbox) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.S
 				_ = g.Shutdown(context.Background())
 			}
 			_ = sb.closeNetwork()
-			_ = unmountTree(sb.dir)
+			_ = unmountTree(sb.dir, ".")
 		}
 	}()
 	netns, nics, err := sb.podNetwork(ctx, cfg, spec)
@@ -313,7 +313,7 @@ func (sb *sandbox) stop(ctx context.Context) error {
 	if err := sb.closeNetwork(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := unmountTree(sb.dir); err != nil {
+	if err := unmountTree(sb.dir, "."); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -43,6 +43,9 @@ var (
 
 // NewTaskService is the shim's ttrpc task service for sandbox id.
 func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TaskService, error) {
+	if err := checkID("sandbox ID", id); err != nil {
+		return nil, err
+	}
 	cfg, err := vmconfig.Load()
 	if err != nil {
 		return nil, err
@@ -90,12 +93,18 @@ func (s *service) process(id, execID string) (*container, *process, error) {
 }
 
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if err := checkID("container ID", r.ID); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
 	if _, ok := s.sb.get(r.ID); ok {
 		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "read the spec of %s: %v", r.ID, err)
+	}
+	if err := checkSpec(r.ID, spec, len(r.Rootfs)); err != nil {
+		return nil, errdefs.ToGRPC(err)
 	}
 	if err := s.sb.configure(r.Options, spec.Annotations); err != nil {
 		log.G(ctx).WithError(err).Error("configuration")
@@ -183,6 +192,9 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	c, err := s.container(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	if err := checkID("exec ID", r.ExecID); err != nil {
+		return nil, errdefs.ToGRPC(err)
 	}
 	if _, err := c.exec(ctx, r); err != nil {
 		return nil, errdefs.ToGRPC(err)

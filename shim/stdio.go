@@ -67,8 +67,10 @@ func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO,
 			if err != nil {
 				return nil, fmt.Errorf("open log file %s: %w", u.Path, err)
 			}
-			// Both streams go to the one file, as with runc.
-			h.stdout, h.stderr = f, nopCloser{f}
+			// Both streams go to the one file, as with runc; it is
+			// closed once both have ended.
+			shared := &sharedFile{f: f, users: 2}
+			h.stdout, h.stderr = &sharedUse{s: shared}, &sharedUse{s: shared}
 		default:
 			return nil, fmt.Errorf("unsupported stdio scheme %q in %s: use a FIFO path, binary:// or file://", u.Scheme, s.stdout)
 		}
@@ -98,9 +100,42 @@ func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO,
 	return h, nil
 }
 
-type nopCloser struct{ io.Writer }
+// sharedFile is one file written by two streams: each Close drops a user,
+// and the last closes the file.
+type sharedFile struct {
+	mu    sync.Mutex
+	f     *os.File
+	users int
+}
 
-func (nopCloser) Close() error { return nil }
+func (s *sharedFile) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f.Write(b)
+}
+
+func (s *sharedFile) release() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users--; s.users == 0 {
+		return s.f.Close()
+	}
+	return nil
+}
+
+// sharedUse is one stream's hold on a sharedFile; closing it twice
+// releases it once.
+type sharedUse struct {
+	s    *sharedFile
+	once sync.Once
+}
+
+func (u *sharedUse) Write(b []byte) (int, error) { return u.s.Write(b) }
+
+func (u *sharedUse) Close() (err error) {
+	u.once.Do(func() { err = u.s.release() })
+	return err
+}
 
 // startLogger runs a binary:// logger the way containerd's runc shim does:
 // stdout and stderr on fds 3 and 4, a readiness pipe on fd 5.
