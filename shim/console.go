@@ -30,8 +30,6 @@ type consoleServer struct {
 	mu    sync.Mutex
 	conns map[net.Conn]bool
 	wg    sync.WaitGroup
-	// busybox is the guest path of the staged busybox, once staged.
-	busybox string
 }
 
 // consoleShareDir holds the staged busybox in the share; the leading dot
@@ -227,13 +225,11 @@ func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, ter
 
 // stageBusybox puts a static busybox in the shared directory, where the
 // guest runs it from, and returns its guest path. The guest image carries
-// no shell: it costs nothing until an operator asks for one.
+// no shell: it costs nothing until an operator asks for one. Each console
+// gets a fresh copy: the guest may have replaced the last one.
 func (cs *consoleServer) stageBusybox() (string, error) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.busybox != "" {
-		return cs.busybox, nil
-	}
 	src := filepath.Join(filepath.Dir(cs.sb.config().Hypervisor.Kernel), "busybox")
 	if _, err := os.Stat(src); err != nil {
 		src = hostBusybox
@@ -244,8 +240,7 @@ func (cs *consoleServer) stageBusybox() (string, error) {
 	if err := cs.stage(src); err != nil {
 		return "", fmt.Errorf("stage busybox: %w", err)
 	}
-	cs.busybox = guestShareRoot + "/" + consoleShareDir + "/busybox"
-	return cs.busybox, nil
+	return guestShareRoot + "/" + consoleShareDir + "/busybox", nil
 }
 
 // checkStatic makes sure path is an executable the guest can run: it has
@@ -274,11 +269,19 @@ func (cs *consoleServer) stage(src string) error {
 		return err
 	}
 	defer share.Close()
+	// Anything but a directory at the name (a link, say) is the guest's
+	// doing: drop it and make the directory again.
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(share.Fd()), consoleShareDir, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Unlinkat(int(share.Fd()), consoleShareDir, 0); err != nil {
+			return &os.PathError{Op: "remove", Path: filepath.Join(share.Name(), consoleShareDir), Err: err}
+		}
+	}
 	dir, err := mkdirBeneath(share, consoleShareDir, 0o755)
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
+	dir.Close()
 	// An O_PATH handle cannot be written through: reopen the directory.
 	d, err := openBeneath(share, consoleShareDir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
