@@ -10,35 +10,34 @@ import (
 	"time"
 
 	"github.com/podvm/podvm/network"
-	"github.com/podvm/podvm/vmconfig"
 )
 
 // cleanupAfterCrash is `delete` after the shim died: QEMU normally died
 // with it (it runs with a parent-death signal), but is killed here if not;
-// the container's mounts, and for the sandbox's own container the whole
-// sandbox directory, are removed.
-func cleanupAfterCrash(cfg *vmconfig.Config, sandboxID, containerID string) error {
-	dir := sandboxDir(cfg, sandboxID)
+// the container's mounts, and for the sandbox's own container its network
+// and the whole sandbox directory, are removed. The directory, which holds
+// the records of what to undo, goes last and only once the rest is undone,
+// so that a failed cleanup can be run again.
+func cleanupAfterCrash(dir, sandboxID, containerID string) error {
+	if containerID != sandboxID {
+		return unmountTree(dir, filepath.Join("shared", containerID))
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, qemuPidFile)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			killQEMU(pid, sandboxID)
+		}
+	}
 	var errs []error
-	if containerID == sandboxID {
-		if b, err := os.ReadFile(filepath.Join(dir, qemuPidFile)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				killQEMU(pid, sandboxID)
-			}
-		}
-		if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
-			errs = append(errs, err)
-		}
-		if err := network.RemoveSaved(filepath.Join(dir, netnsState)); err != nil {
-			errs = append(errs, err)
-		}
-		if err := unmountTree(dir, "."); err != nil {
-			errs = append(errs, err)
-		}
-	} else if err := unmountTree(dir, filepath.Join("shared", containerID)); err != nil {
+	if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	if err := network.RemoveSaved(filepath.Join(dir, netnsState)); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return unmountTree(dir, ".")
 }
 
 // killQEMU kills pid if it is still the QEMU of the sandbox (the PID may

@@ -160,29 +160,48 @@ func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 
 // Stop is `containerd-shim-podvm-v2 delete`, run by containerd in the
 // container's bundle after its shim died: it removes what the shim left.
+// Where things are comes from the record the shim kept in the bundle, else
+// from the configuration and the spec. While the pod's shim still answers
+// it does nothing: the cleanup is that shim's. What fails is kept, so that
+// the next delete finishes it.
 func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	rec, err := readBundleRecord(".")
+	if err != nil {
+		if rec, err = recordFromConfig(id); err != nil {
+			return shim.StopStatus{}, err
+		}
+	}
+	status := shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}
+	address, aerr := shim.ReadAddress("address")
+	if aerr == nil && shim.CanConnect(address) {
+		log.G(ctx).WithField("sandbox", rec.SandboxID).Info("the sandbox's shim still answers; leaving the cleanup to it")
+		return status, nil
+	}
+	if err := cleanupAfterCrash(rec.SandboxDir, rec.SandboxID, id); err != nil {
+		return shim.StopStatus{}, fmt.Errorf("clean up sandbox %s after its shim (run delete again once fixed): %w", rec.SandboxID, err)
+	}
+	// A killed shim leaves its socket.
+	if aerr == nil {
+		_ = shim.RemoveSocket(address)
+	}
+	return status, nil
+}
+
+// recordFromConfig is where a container's sandbox is when its bundle has
+// no record (the shim died before Create): the configuration's state_dir
+// and the spec's grouping.
+func recordFromConfig(id string) (bundleRecord, error) {
 	cfg, err := vmconfig.Load()
 	if err != nil {
-		return shim.StopStatus{}, err
+		return bundleRecord{}, fmt.Errorf("the bundle has no %s and the configuration does not load: %w", bundleRecordName, err)
 	}
 	annotations, err := readBundleAnnotations(".")
 	if err != nil {
-		log.G(ctx).WithError(err).Warn("read bundle spec; assuming the container is its own sandbox")
+		log.L.WithError(err).Warn("read bundle spec; assuming the container is its own sandbox")
 	}
 	group, err := sandboxOf(id, annotations)
 	if err != nil {
-		return shim.StopStatus{}, err
+		return bundleRecord{}, err
 	}
-	if err := cleanupAfterCrash(cfg, group, id); err != nil {
-		log.G(ctx).WithError(err).Warn("clean up after the shim")
-	}
-	// A killed shim leaves its socket; a pod's other containers may still
-	// use a live one, so only a dead socket goes.
-	if address, err := shim.ReadAddress("address"); err == nil && !shim.CanConnect(address) {
-		_ = shim.RemoveSocket(address)
-	}
-	return shim.StopStatus{
-		ExitedAt:   time.Now(),
-		ExitStatus: 128 + int(unix.SIGKILL),
-	}, nil
+	return bundleRecord{SandboxID: group, SandboxDir: sandboxDir(cfg, group)}, nil
 }

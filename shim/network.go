@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/containerd/log"
@@ -42,11 +43,18 @@ func (sb *sandbox) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *s
 	}
 	ns := &network.Namespace{Path: nsSpec.Path}
 	if ns.Path == "" {
-		if ns, err = network.CreateNS("podvm-" + sb.id); err != nil {
+		// Recorded before it exists: a shim that dies in between still
+		// leaves a record `delete` acts on (removing what is not there is
+		// no error).
+		name := "podvm-" + sb.id
+		state := filepath.Join(sb.dir, netnsState)
+		if err := network.SaveNS(state, &network.Namespace{Path: filepath.Join(network.NetNSDir, name), Owned: true}); err != nil {
 			return "", nil, err
 		}
-		if err := network.SaveNS(filepath.Join(sb.dir, netnsState), ns); err != nil {
-			_ = ns.Remove()
+		if ns, err = network.CreateNS(name); err != nil {
+			// Not ours to remove (it may be somebody else's): only the
+			// record goes.
+			_ = os.Remove(state)
 			return "", nil, err
 		}
 	}

@@ -106,6 +106,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err := checkSpec(r.ID, spec, len(r.Rootfs)); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
+	// Before anything is made: `delete` finds it all from here.
+	if err := writeBundleRecord(r.Bundle, bundleRecord{SandboxID: s.sb.id, SandboxDir: s.sb.dir}); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
 	if err := s.sb.configure(r.Options, spec.Annotations); err != nil {
 		log.G(ctx).WithError(err).Error("configuration")
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "podvm: %v", err)
