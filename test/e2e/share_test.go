@@ -57,7 +57,9 @@ func TestGuestRootAdversary(t *testing.T) {
 	defer func() {
 		for _, id := range append(members, pod) {
 			s.ctr(nil, "task", "kill", "-s", "KILL", id)
-			waitFor(t, func() bool { return !strings.Contains(s.ctr(nil, "task", "ls").stdout, id+" ") || strings.Contains(s.ctr(nil, "task", "ls").stdout, "STOPPED") })
+			waitFor(t, func() bool {
+				return !strings.Contains(s.ctr(nil, "task", "ls").stdout, id+" ") || strings.Contains(s.ctr(nil, "task", "ls").stdout, "STOPPED")
+			})
 			s.ctr(nil, "task", "delete", id)
 			s.ctr(nil, "container", "delete", id)
 		}
