@@ -41,6 +41,10 @@ type container struct {
 	id   string
 	lc   *libcontainer.Container
 	init *process
+	// memMu serializes changes to the cgroup's memory limit (Update, the
+	// memory guard).
+	memMu sync.Mutex
+	guard *memGuard
 
 	mu    sync.Mutex
 	execs map[string]*process
@@ -172,6 +176,7 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	}
 	c := &container{id: id, lc: lc, init: p, execs: make(map[string]*process)}
 	s.watchOOM(c)
+	c.guard = guardMemory(id, c.cgroupDir(), &c.memMu)
 	s.mu.Lock()
 	s.containers[id] = c
 	s.mu.Unlock()
@@ -330,6 +335,7 @@ func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.Co
 	}
 	c.mu.Unlock()
 	c.init.io.close()
+	c.guard.close()
 	if err := c.lc.Destroy(); err != nil {
 		logf(levelWarn, "destroy container %s: %v", c.id, err)
 	}
@@ -429,7 +435,10 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.Up
 	if err != nil {
 		return nil, err
 	}
-	if err := updateResources(c.lc, req.Resources); err != nil {
+	c.memMu.Lock()
+	err = updateResources(c.lc, req.Resources)
+	c.memMu.Unlock()
+	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "update %s: %v", c.id, err)
 	}
 	return &emptypb.Empty{}, nil
@@ -486,5 +495,10 @@ func (s *containerService) Stats(ctx context.Context, req *agentapi.ContainerReq
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "stats of %s: %v", c.id, err)
 	}
-	return statsResponse(st, filepath.Join("/sys/fs/cgroup", c.lc.Config().Cgroups.Path)), nil
+	return statsResponse(st, c.cgroupDir()), nil
+}
+
+// cgroupDir is the container's cgroup in the guest.
+func (c *container) cgroupDir() string {
+	return filepath.Join("/sys/fs/cgroup", c.lc.Config().Cgroups.Path)
 }

@@ -114,6 +114,31 @@ func TestTask(t *testing.T) {
 		}
 	})
 
+	// A container that grows slowly to its limit while other processes
+	// keep running its binaries: in a guest whose file pages are charged
+	// to the container, reclaim would evict and refault them for minutes
+	// instead of OOM-killing (the memory guard squeezes the limit).
+	t.Run("OOM kill while thrashing", func(t *testing.T) {
+		for _, rt := range runtimes {
+			rec := s.record(t)
+			id := s.id(rt)
+			start := time.Now()
+			r := s.ctr(nil, "run", "--runtime", rt, "--rm", "--memory-limit", "67108864", harness.BusyboxImage, id, "sh", "-c",
+				`(while :; do /bin/true; done) & (while :; do /bin/true; done) & x=$(head -c 100000000 /dev/zero | tr "\0" a); echo survived`)
+			took := time.Since(start)
+			topics := strings.Join(rec.topics(id), " ")
+			t.Logf("%s: OOM-killed after %v", short(rt), took.Round(time.Millisecond))
+			if r.code != 137 || !strings.Contains(topics, "/tasks/oom") || strings.Contains(r.stdout, "survived") {
+				t.Errorf("%s: %+v, events %s", short(rt), r, topics)
+			}
+			// Under TCG the container needs 10-35 s to grow to 64 MiB;
+			// thrashing would add minutes.
+			if took > 75*time.Second {
+				t.Errorf("%s: the OOM kill took %v", short(rt), took)
+			}
+		}
+	})
+
 	t.Run("metrics and update", func(t *testing.T) {
 		id := s.id(podvm)
 		if r := s.ctr(nil, "run", "--runtime", podvm, "-d", "--memory-limit", "67108864",
