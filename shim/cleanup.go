@@ -28,6 +28,9 @@ func cleanupAfterCrash(dir, sandboxID, containerID string) error {
 		}
 	}
 	var errs []error
+	if err := removeSavedCgroup(filepath.Join(dir, cgroupState)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
 		errs = append(errs, err)
 	}

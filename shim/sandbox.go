@@ -56,6 +56,9 @@ type sandbox struct {
 	// stop, which never run alongside it).
 	netMu sync.Mutex
 	pod   *network.Pod
+	// cgroup is the pod's host cgroup the shim and QEMU run in; set by the
+	// boot, left by stop.
+	cgroup *podCgroup
 
 	// running is guest for readers that must not take mu (the metrics).
 	running       atomic.Pointer[vm.Guest]
@@ -181,10 +184,14 @@ func (sb *sandbox) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.S
 			if g != nil {
 				_ = g.Shutdown(context.Background())
 			}
+			_ = sb.leaveCgroup()
 			_ = sb.closeNetwork()
 			_ = unmountTree(sb.dir, ".")
 		}
 	}()
+	if err := sb.joinCgroup(spec); err != nil {
+		return nil, err
+	}
 	netns, nics, err := sb.podNetwork(ctx, cfg, spec)
 	if err != nil {
 		return nil, fmt.Errorf("pod network: %w", err)
@@ -232,6 +239,46 @@ func (sb *sandbox) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.S
 		}
 	}
 	return g, nil
+}
+
+// joinCgroup moves the shim into the cgroup containerd gave the sandbox, so
+// that QEMU starts in it.
+func (sb *sandbox) joinCgroup(spec *specs.Spec) error {
+	p := specCgroupsPath(spec)
+	if p == "" {
+		log.G(sb.ctx).Warn("the spec names no cgroup: the VM stays in the shim's")
+		return nil
+	}
+	path, err := cgroupfsPath(p)
+	if err != nil {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	cg, err := joinPodCgroup(path)
+	if err != nil {
+		return err
+	}
+	sb.cgroup = cg
+	if err := cg.save(filepath.Join(sb.dir, cgroupState)); err != nil {
+		return fmt.Errorf("record the pod's cgroup: %w", err)
+	}
+	return nil
+}
+
+// leaveCgroup returns the shim to its own cgroup and removes the pod's,
+// once QEMU has exited. Repeating it is harmless.
+func (sb *sandbox) leaveCgroup() error {
+	cg := sb.cgroup
+	sb.cgroup = nil
+	if cg == nil {
+		return nil
+	}
+	if err := cg.leave(); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(sb.dir, cgroupState)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // podPid is the guest PID of the pod's sandbox container, whose namespaces
@@ -309,6 +356,9 @@ func (sb *sandbox) stop(ctx context.Context) error {
 		if err := g.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := sb.leaveCgroup(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := sb.closeNetwork(); err != nil {
 		errs = append(errs, err)

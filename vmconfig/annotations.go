@@ -21,6 +21,11 @@ type Annotations struct {
 	// are not in the default list: a pod that can name a file can make the
 	// node run it.
 	Allowed []string `toml:"allowed"`
+	// MaxVCPUs and MaxMemoryMiB bound what annotations may ask for: a pod
+	// sizes its VM within them, and only the operator's configuration
+	// goes beyond.
+	MaxVCPUs     int `toml:"max_vcpus"`
+	MaxMemoryMiB int `toml:"max_memory_mib"`
 }
 
 // annotationKeys are the keys of the configuration ("section.key"), for
@@ -93,6 +98,17 @@ func (c *Config) WithAnnotations(annotations map[string]string) (*Config, error)
 	out, err := c.Overlay(doc)
 	if err != nil {
 		return nil, fmt.Errorf("pod annotations %s*: %w", AnnotationPrefix, err)
+	}
+	// A pod sizes its VM within the bounds the operator set for pods;
+	// larger VMs are the operator's to configure.
+	if v := out.Hypervisor.VCPUs; v > c.Hypervisor.VCPUs && v > c.Annotations.MaxVCPUs {
+		return nil, fmt.Errorf("annotation %shypervisor.vcpus: %d is more than pods may ask for (annotations.max_vcpus = %d in %s)", AnnotationPrefix, v, c.Annotations.MaxVCPUs, DefaultPath)
+	}
+	if m := out.Hypervisor.MemoryMiB; m > c.Hypervisor.MemoryMiB && m > c.Annotations.MaxMemoryMiB {
+		return nil, fmt.Errorf("annotation %shypervisor.memory_mib: %d is more than pods may ask for (annotations.max_memory_mib = %d in %s)", AnnotationPrefix, m, c.Annotations.MaxMemoryMiB, DefaultPath)
+	}
+	if m := out.Hypervisor.MaxMemoryMiB; m > c.Hypervisor.MaxMemoryMiB && m > c.Annotations.MaxMemoryMiB {
+		return nil, fmt.Errorf("annotation %shypervisor.max_memory_mib: %d is more than pods may ask for (annotations.max_memory_mib = %d in %s)", AnnotationPrefix, m, c.Annotations.MaxMemoryMiB, DefaultPath)
 	}
 	return out, nil
 }

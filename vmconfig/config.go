@@ -131,7 +131,7 @@ func Default() *Config {
 		},
 		Agent:       Agent{Transport: "auto", VsockPort: 1024},
 		Network:     Network{Model: "tcfilter"},
-		Annotations: Annotations{Allowed: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "debug"}},
+		Annotations: Annotations{Allowed: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "debug"}, MaxVCPUs: 2, MaxMemoryMiB: 2048},
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},
 			Shutdown: Duration{5 * time.Second},

@@ -31,7 +31,7 @@ func TestExampleMatchesDefaults(t *testing.T) {
 	}
 	// Every key of Config appears in the example, commented or not.
 	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
-		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed"} {
+		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed", "max_vcpus", "request", "agent"} {
 		if !strings.Contains(string(b), key+" = ") {
 			t.Errorf("example config does not document %s", key)
 		}
@@ -204,6 +204,7 @@ func TestWithAnnotations(t *testing.T) {
 		{map[string]string{"io.podvm.config.hypervisor.vcpu": "2"}, []string{"not a configuration key"}},
 		{map[string]string{"io.podvm.config.hypervisor.memory_mib": "999999"}, []string{"hypervisor.memory_mib", "max_memory_mib"}},
 		{map[string]string{"io.podvm.config.hypervisor.vcpus": "lots"}, []string{"hypervisor.vcpus"}},
+		{map[string]string{"io.podvm.config.hypervisor.memory_mib": "16384"}, []string{"hypervisor.memory_mib", "16384 is more than pods may ask for", "annotations.max_memory_mib = 2048"}},
 	}
 	for _, tt := range tests {
 		_, err := c.WithAnnotations(tt.ann)
@@ -211,6 +212,11 @@ func TestWithAnnotations(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), w) {
 				t.Errorf("WithAnnotations(%v) = %v, want it to mention %q", tt.ann, err, w)
 			}
+		}
+	}
+	if MaxVCPUs() > 2 {
+		if _, err := c.WithAnnotations(map[string]string{"io.podvm.config.hypervisor.vcpus": "3"}); err == nil || !strings.Contains(err.Error(), "annotations.max_vcpus = 2") {
+			t.Errorf("3 vCPUs by annotation: %v", err)
 		}
 	}
 	// An operator may allow more.

@@ -64,6 +64,12 @@ func (c *Config) Validate() error {
 			bad("annotations.allowed", "%q is not a configuration key (see the example config.toml)", k)
 		}
 	}
+	if a := c.Annotations; a.MaxVCPUs < 1 {
+		bad("annotations.max_vcpus", "%d: pods must be allowed at least 1 vCPU", a.MaxVCPUs)
+	}
+	if a := c.Annotations; a.MaxMemoryMiB < MinMemoryMiB {
+		bad("annotations.max_memory_mib", "%d is below %d", a.MaxMemoryMiB, MinMemoryMiB)
+	}
 	if c.Agent.VsockPort == 0 {
 		bad("agent.vsock_port", "must not be 0")
 	}
