@@ -6,6 +6,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"time"
@@ -65,7 +66,7 @@ func run() error {
 	r := newReaper()
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
-	l, err := listen(ctx, p)
+	l, err := authenticated(ctx, p)
 	cancel()
 	if err != nil {
 		return err
@@ -87,6 +88,30 @@ func run() error {
 	}
 	// Shutdown closed the server; powerOff is already under way.
 	select {}
+}
+
+// authenticated is the listener the agent serves on: the transport's, with
+// every connection authenticated by the VM's secret.
+func authenticated(ctx context.Context, p Params) (net.Listener, error) {
+	var secret []byte
+	if p.SecretPort != "" {
+		var err error
+		if secret, err = readSecret(ctx, p.SecretPort); err != nil {
+			return nil, err
+		}
+	} else if p.Transport == "vsock" {
+		// Any host process can reach a vsock port: never without one.
+		return nil, fmt.Errorf("the vsock transport needs %s on the kernel command line", agentapi.ParamSecretPort)
+	}
+	l, err := listen(ctx, p)
+	if err != nil || secret == nil {
+		return l, err
+	}
+	var peerOK func(net.Conn) error
+	if p.Transport == "vsock" {
+		peerOK = hostPeer
+	}
+	return newAuthListener(l, secret, peerOK), nil
 }
 
 // absorbSignals catches the signals whose default action would end PID 1.

@@ -25,6 +25,9 @@ type Params struct {
 	Hostname string
 	// DebugConsole lets the Debug service start shells.
 	DebugConsole bool
+	// SecretPort is the virtio-serial port the host writes the secret
+	// every connection must present.
+	SecretPort string
 }
 
 // ParseCmdline reads the podvm.* parameters out of a kernel command line.
@@ -49,6 +52,8 @@ func ParseCmdline(cmdline string) Params {
 			p.Hostname = v
 		case agentapi.ParamDebugConsole:
 			p.DebugConsole = v == "" || v == "1" || v == "true"
+		case agentapi.ParamSecretPort:
+			p.SecretPort = v
 		case agentapi.ParamProbe:
 			p.Probe = v == "" || v == "1" || v == "true"
 		}

@@ -81,25 +81,25 @@ func (l *serialListener) Accept() (net.Conn, error) {
 			return nil, net.ErrClosed
 		}
 	}
-	for {
-		f, err := os.OpenFile(l.dev, os.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("open %s: %w", l.dev, err)
-		}
-		if hostConnected(f) {
-			done := make(chan struct{})
-			l.mu.Lock()
-			l.active = done
-			l.mu.Unlock()
-			return &fileConn{File: f, onClose: func() { close(done) }}, nil
-		}
-		f.Close()
+	// The port stays open while the host is away: closing it would
+	// discard what a host that connects meanwhile has already sent.
+	f, err := os.OpenFile(l.dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", l.dev, err)
+	}
+	for !hostConnected(f) {
 		select {
 		case <-l.closed:
+			f.Close()
 			return nil, net.ErrClosed
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	done := make(chan struct{})
+	l.mu.Lock()
+	l.active = done
+	l.mu.Unlock()
+	return &fileConn{File: f, onClose: func() { close(done) }}, nil
 }
 
 // hostConnected reports whether the host end of the port is open: the driver

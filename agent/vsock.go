@@ -35,16 +35,33 @@ func listenVsock(port uint32) (net.Listener, error) {
 
 func (l *vsockListener) Accept() (net.Conn, error) {
 	for {
-		nfd, _, err := unix.Accept4(l.fd, unix.SOCK_CLOEXEC)
+		// Non-blocking, so that the runtime's poller serves the
+		// connection and the hello can have a deadline.
+		nfd, sa, err := unix.Accept4(l.fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("accept on vsock port %d: %w", l.port, err)
 		}
-		return &fileConn{File: os.NewFile(uintptr(nfd), fmt.Sprintf("vsock:%d", l.port))}, nil
+		c := &vsockConn{fileConn: fileConn{File: os.NewFile(uintptr(nfd), fmt.Sprintf("vsock:%d", l.port))}}
+		if vm, ok := sa.(*unix.SockaddrVM); ok {
+			c.peer = vm.CID
+		}
+		return c, nil
 	}
 }
+
+// vsockConn is an accepted vsock connection and who made it.
+type vsockConn struct {
+	fileConn
+	peer uint32
+}
+
+// PeerCID is the context ID of the connecting side (2: the host).
+func (c *vsockConn) PeerCID() uint32 { return c.peer }
+
+func (c *vsockConn) RemoteAddr() net.Addr { return portAddr(fmt.Sprintf("vsock cid %d", c.peer)) }
 
 func (l *vsockListener) Close() error {
 	var err error

@@ -15,7 +15,7 @@ import (
 func testConfig(t *testing.T) Config {
 	c := harness.VMConfig(t)
 	return Config{
-		ID: "podvm-test-" + t.Name(), QEMU: c.Hypervisor.Path, Kernel: c.Hypervisor.Kernel, Initramfs: c.Hypervisor.Initramfs,
+		ID: "podvm-test-" + strings.ReplaceAll(t.Name(), "/", "-"), QEMU: c.Hypervisor.Path, Kernel: c.Hypervisor.Kernel, Initramfs: c.Hypervisor.Initramfs,
 		Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: HostTSCKHz(),
 		Ports: []string{agentapi.SerialPortName}, ProbeMarker: agentapi.ProbeMarker,
 	}

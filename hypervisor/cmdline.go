@@ -132,8 +132,12 @@ func args(c *Config, f fds) ([]string, error) {
 		// console, so named ports start at 1.
 		a = append(a, "-device", fmt.Sprintf("%s,max_ports=%d", m.virtio("serial"), len(c.Ports)+1))
 		for i, name := range c.Ports {
+			backend := fmt.Sprintf("fd=%d", f.ports[i])
+			if path, ok := c.listenPorts[name]; ok {
+				backend = "path=" + qemuEscape(path) + ",server=on,wait=off"
+			}
 			a = append(a,
-				"-chardev", fmt.Sprintf("socket,id=port%d,fd=%d", i, f.ports[i]),
+				"-chardev", fmt.Sprintf("socket,id=port%d,%s", i, backend),
 				"-device", fmt.Sprintf("virtserialport,chardev=port%d,name=%s", i, name),
 			)
 		}

@@ -81,6 +81,10 @@ type Config struct {
 	// socket the VM hands out once (Port). Names are the guest's to look
 	// up in /sys/class/virtio-ports.
 	Ports []string
+	// listenPorts makes the named ports listening sockets at the given
+	// paths instead: any process can connect to them. Only this package's
+	// tests set it, to play a second host process against the agent.
+	listenPorts map[string]string
 	// Vsock gives the guest a vhost-vsock device with a context ID of its
 	// own (VsockCID); it needs /dev/vhost-vsock.
 	Vsock bool

@@ -106,6 +106,10 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		f.vsockCID, vm.vsockCID = cid, cid
 	}
 	for _, name := range vm.cfg.Ports {
+		if _, ok := vm.cfg.listenPorts[name]; ok {
+			f.ports = append(f.ports, -1)
+			continue
+		}
 		host, guest, err := pair()
 		if err != nil {
 			return err

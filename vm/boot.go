@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +20,8 @@ type bootPlan struct {
 	accel      hypervisor.AccelChoice
 	vsock      bool
 	vsockPort  uint32
+	// secret is this VM's: every connection to its agent presents it.
+	secret []byte
 }
 
 // HypervisorConfig turns the configuration into what hypervisor.Start
@@ -31,7 +34,10 @@ func HypervisorConfig(ctx context.Context, c *vmconfig.Config, id string) (hyper
 
 func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) {
 	h := c.Hypervisor
-	b := bootPlan{vsockPort: c.Agent.VsockPort}
+	b := bootPlan{vsockPort: c.Agent.VsockPort, secret: make([]byte, agentapi.SecretSize)}
+	if _, err := rand.Read(b.secret); err != nil {
+		return b, fmt.Errorf("make the agent's secret: %w", err)
+	}
 	switch c.Agent.Transport {
 	case "vsock":
 		b.vsock = true
@@ -58,8 +64,11 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 		Debug:        c.Debug,
 		ProbeMarker:  agentapi.ProbeMarker,
 	}
+	// The secret travels on a port of its own, which only the agent
+	// reads, once.
+	hc.Ports = []string{agentapi.SecretPortName}
 	if !b.vsock {
-		hc.Ports = []string{agentapi.SerialPortName}
+		hc.Ports = append(hc.Ports, agentapi.SerialPortName)
 	}
 	params := b.agentParams(c)
 	probe := hc
@@ -81,7 +90,7 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 // only channel that exists before it serves. Nothing from a pod reaches
 // them; every value is a fixed word or a number.
 func (b bootPlan) agentParams(c *vmconfig.Config) []string {
-	var p []string
+	p := []string{agentapi.ParamSecretPort + "=" + agentapi.SecretPortName}
 	if b.vsock {
 		p = append(p, agentapi.ParamTransport+"=vsock", agentapi.ParamVsockPort+"="+strconv.FormatUint(uint64(b.vsockPort), 10))
 	} else {
@@ -122,15 +131,37 @@ func validHostname(s string) bool {
 	return true
 }
 
-// dial connects to the agent's channel: the serial port's socket, or a
-// vsock connection retried until the agent listens.
-func (b bootPlan) dial(ctx context.Context, v *hypervisor.VM) (net.Conn, error) {
-	if b.vsock {
-		return v.DialVsock(ctx, b.vsockPort)
+// handOver gives the guest its secret: QEMU holds it until the agent
+// opens its port. The host's end stays open until QEMU exits, so that the
+// port never reads as closed before the agent has read it.
+func (b bootPlan) handOver(v *hypervisor.VM) error {
+	c, err := v.Port(agentapi.SecretPortName)
+	if err != nil {
+		return fmt.Errorf("secret port: %w", err)
 	}
-	c, err := v.Port(agentapi.SerialPortName)
+	if _, err := c.Write(b.secret); err != nil {
+		return fmt.Errorf("hand over the agent's secret: %w", err)
+	}
+	return nil
+}
+
+// dial connects to the agent's channel (the serial port's socket, or a
+// vsock connection retried until the agent listens) and says hello with
+// the VM's secret.
+func (b bootPlan) dial(ctx context.Context, v *hypervisor.VM) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	if b.vsock {
+		c, err = v.DialVsock(ctx, b.vsockPort)
+	} else {
+		c, err = v.Port(agentapi.SerialPortName)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agent channel: %w", err)
+	}
+	if _, err := c.Write(append([]byte(agentapi.Hello), b.secret...)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("hello to the agent: %w", err)
 	}
 	return c, nil
 }

@@ -145,6 +145,9 @@ func (g *Guest) connect(ctx context.Context, b bootPlan, timeout time.Duration, 
 		case <-ctx.Done():
 		}
 	}()
+	if err := b.handOver(g.VM); err != nil {
+		return err
+	}
 	conn, err := b.dial(ctx, g.VM)
 	if err != nil {
 		return g.explain(ctx, timeout, err)

@@ -19,6 +19,20 @@ const (
 	// ParamHostname is the guest's hostname: the host's, which is what a
 	// container without a hostname of its own sees under runc.
 	ParamHostname = "podvm.hostname"
+	// ParamSecretPort names the virtio-serial port the host writes the
+	// agent's secret to (SecretSize bytes), which the agent reads once at
+	// boot. The secret itself never appears on the command line, which
+	// every process in the guest can read in /proc/cmdline.
+	ParamSecretPort = "podvm.secret_port"
+)
+
+// Every connection to the agent starts with the host's hello: Hello, then
+// the secret. The agent serves ttrpc on a connection only after a hello
+// with the right secret (and, over vsock, only from the host, CID 2).
+const (
+	Hello          = "podvm-hello-v1\n"
+	SecretSize     = 32
+	SecretPortName = "podvm.secret"
 )
 
 const (

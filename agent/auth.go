@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// Only the pod's own shim may talk to the agent. Over vsock any process on
+// the host (or in another pod that can open AF_VSOCK) could connect to the
+// agent's port; so every connection must open with the host's hello, which
+// carries a secret that the shim made for this VM and handed over a
+// virtio-serial port only the agent reads (not the kernel command line,
+// which every process in the guest can read), and a vsock peer must be the
+// host itself.
+
+// readSecret reads the VM's secret from its port, once, at boot.
+func readSecret(ctx context.Context, port string) ([]byte, error) {
+	dev, err := findPort(ctx, port)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the secret port: %w", err)
+	}
+	defer f.Close()
+	secret := make([]byte, agentapi.SecretSize)
+	errc := make(chan error, 1)
+	go func() { _, err := io.ReadFull(f, secret); errc <- err }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			return nil, fmt.Errorf("read the secret: %w", err)
+		}
+		return secret, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no secret from the host: %w", ctx.Err())
+	}
+}
+
+// helloTimeout bounds how long a connection may take to say hello.
+var helloTimeout = 10 * time.Second
+
+// authListener hands out only the connections that passed the hello.
+// Handshakes run apart from Accept, so that a client that says nothing
+// holds up no one.
+type authListener struct {
+	net.Listener
+	secret []byte
+	// peerOK vets the connecting peer before it may say anything.
+	peerOK func(net.Conn) error
+
+	conns chan net.Conn
+	errc  chan error
+	once  sync.Once
+}
+
+func newAuthListener(l net.Listener, secret []byte, peerOK func(net.Conn) error) *authListener {
+	a := &authListener{Listener: l, secret: secret, peerOK: peerOK, conns: make(chan net.Conn), errc: make(chan error, 1)}
+	return a
+}
+
+func (a *authListener) Accept() (net.Conn, error) {
+	a.once.Do(func() { go a.acceptLoop() })
+	select {
+	case c := <-a.conns:
+		return c, nil
+	case err := <-a.errc:
+		a.errc <- err
+		return nil, err
+	}
+}
+
+func (a *authListener) acceptLoop() {
+	defer recoverPanic("accept")
+	for {
+		c, err := a.Listener.Accept()
+		if err != nil {
+			a.errc <- err
+			return
+		}
+		go func() {
+			defer recoverPanic("hello")
+			if err := a.handshake(c); err != nil {
+				logf(levelWarn, "refused a connection from %v: %v", c.RemoteAddr(), err)
+				c.Close()
+				return
+			}
+			a.conns <- c
+		}()
+	}
+}
+
+// handshake checks the peer and its hello.
+func (a *authListener) handshake(c net.Conn) error {
+	if a.peerOK != nil {
+		if err := a.peerOK(c); err != nil {
+			return err
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(helloTimeout))
+	defer c.SetReadDeadline(time.Time{})
+	want := append([]byte(agentapi.Hello), a.secret...)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("no hello: %w", err)
+	}
+	if subtle.ConstantTimeCompare(got, want) != 1 {
+		return errors.New("wrong hello or secret")
+	}
+	return nil
+}
+
+// hostPeer accepts only the host (CID 2) as a vsock peer.
+func hostPeer(c net.Conn) error {
+	if v, ok := c.(interface{ PeerCID() uint32 }); ok && v.PeerCID() == unix.VMADDR_CID_HOST {
+		return nil
+	}
+	return fmt.Errorf("peer %v is not the host", c.RemoteAddr())
+}
