@@ -24,7 +24,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all deps build guest generate verify-generate install uninstall deploy-image test unit bench demo check clean \
+.PHONY: all deps build guest generate verify-generate install uninstall deploy-image test unit bench soak demo check clean \
 	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo $(GUEST)/initramfs.cpio
 
 all: build guest
@@ -120,6 +120,13 @@ unit:
 bench: build guest
 	PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench
+
+## soak: CRI pods created, exec'd into and removed in a loop with QEMU or
+## the shim killed at random (N cycles); prints failures and leftovers
+N ?= 200
+soak: build guest
+	PODVM_SOAK_N=$(N) PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+		$(GO) test -tags soak -count=1 -run TestSoak -timeout 0 ./test/soak
 
 ## demo: the furthest podvm gets on this machine
 demo: build guest bin/podvm-demo

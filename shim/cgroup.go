@@ -187,7 +187,10 @@ func removeSavedCgroup(file string) error {
 	}
 	for i := 0; i < 50; i++ {
 		if err = removeCgroup(c.Path); err == nil {
-			return os.Remove(file)
+			if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -31,6 +31,7 @@ func cleanupAfterCrash(dir, sandboxID, containerID string) error {
 	if err := removeSavedCgroup(filepath.Join(dir, cgroupState)); err != nil {
 		errs = append(errs, err)
 	}
+
 	if err := network.Cleanup(filepath.Join(dir, networkState)); err != nil {
 		errs = append(errs, err)
 	}

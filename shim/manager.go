@@ -14,9 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/vmconfig"
@@ -173,7 +175,7 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	status := shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}
 	address, aerr := shim.ReadAddress("address")
-	if aerr == nil && shim.CanConnect(address) {
+	if aerr == nil && shimAnswers(ctx, address) {
 		log.G(ctx).WithField("sandbox", rec.SandboxID).Info("the sandbox's shim still answers; leaving the cleanup to it")
 		return status, nil
 	}
@@ -204,4 +206,21 @@ func recordFromConfig(id string) (bundleRecord, error) {
 		return bundleRecord{}, err
 	}
 	return bundleRecord{SandboxID: group, SandboxDir: sandboxDir(cfg, group)}, nil
+}
+
+// shimAnswers reports whether a shim serves at address. A socket that
+// merely accepts is not enough: a shim that was just killed may still
+// have its listener in the kernel for a moment, and a dying one accepts
+// and never answers.
+func shimAnswers(ctx context.Context, address string) bool {
+	conn, err := shim.AnonDialer(address, time.Second)
+	if err != nil {
+		return false
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = taskAPI.NewTaskClient(client).Connect(ctx, &taskAPI.ConnectRequest{})
+	return err == nil
 }

@@ -3,13 +3,16 @@ package shim
 import (
 	"context"
 	"flag"
+	"math"
 	"os"
+	"os/signal"
 	"strings"
 
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 )
 
 // Register adds the task service to the shim's plugins, as containerd's
@@ -45,6 +48,15 @@ func Register() {
 // Run runs the shim binary's containerd side: `start`, `delete`, or
 // serving the task API.
 func Run(ctx context.Context, name string) {
+	// What containerd and `start` handed down (the shim's listening
+	// socket on fd 3, the log pipe) must not reach QEMU: a VM holding the
+	// shim's socket would keep it accepting connections after the shim
+	// died, and `delete` would take the dead shim for a live one.
+	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	// containerd reads `delete`'s output through pipes; if it goes away
+	// meanwhile, the cleanup must still finish rather than die of SIGPIPE
+	// at its next log line.
+	signal.Ignore(unix.SIGPIPE)
 	Register()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(idFields(os.Args[1:])))
 	shim.RunManager(ctx, NewManager(name), func(c *shim.Config) {

@@ -65,6 +65,10 @@ func (c *cri) remove(pod string, bound time.Duration) {
 	if err != nil {
 		c.t.Fatalf("pod %s not removable within %v: %v", pod, bound, err)
 	}
+	// containerd's `delete` of a killed shim may still be at work.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && (len(qemuOf(pod)) > 0 || shimPid(pod) != 0); {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if q := qemuOf(pod); len(q) != 0 {
 		c.t.Errorf("QEMU of the removed pod still runs: %v", q)
 	}

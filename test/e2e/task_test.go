@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,6 +224,11 @@ func TestTask(t *testing.T) {
 			t.Fatal(err)
 		}
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		// QEMU inherits nothing of the shim's: holding the shim's socket,
+		// it would keep a dead shim looking alive.
+		if shared := sharedSockets(pid, qemuPid(id)); len(shared) > 0 {
+			t.Errorf("QEMU holds the shim's sockets %v", shared)
+		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -244,6 +250,12 @@ func TestTask(t *testing.T) {
 		if q := harness.TakeCensus().QEMU; len(q) > 0 {
 			t.Errorf("QEMU outlived its shim: %v", q)
 		}
+		// containerd 1.6 runs `delete` on its own time after the task
+		// reads as stopped: wait for it to finish.
+		waitFor(t, func() bool {
+			_, err := os.Stat(filepath.Join(ctd.Dir, "podvm", "sandboxes", id))
+			return os.IsNotExist(err)
+		})
 	})
 }
 
@@ -269,4 +281,26 @@ func updateResources(ctd *harness.Containerd, id string, r *specs.LinuxResources
 	}
 	_, err = tasks.NewTasksClient(conn).Update(ctx, &tasks.UpdateTaskRequest{ContainerID: id, Resources: protobuf.FromAny(res)})
 	return err
+}
+
+// sharedSockets lists the sockets open in both processes.
+func sharedSockets(a, b int) []string {
+	socks := func(pid int) map[string]bool {
+		m := map[string]bool{}
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+				m[l] = true
+			}
+		}
+		return m
+	}
+	sa := socks(a)
+	var shared []string
+	for s := range socks(b) {
+		if sa[s] {
+			shared = append(shared, s)
+		}
+	}
+	return shared
 }
