@@ -117,6 +117,24 @@ func (g *Guest) call(ctx context.Context, kind callKind, what string, fn func(co
 	return fmt.Errorf("%s: %w", what, fromAgent(err))
 }
 
+// pollUntil repeats a poll until it brings news (fn returns nil) or fails;
+// answers without news that come back early slow it down.
+func (g *Guest) pollUntil(ctx context.Context, what string, fn func(context.Context) error) error {
+	var pace pacer
+	for {
+		start := time.Now()
+		err := g.call(ctx, poll, what, fn)
+		if !notYet(err) {
+			return err
+		}
+		if early(start) {
+			pace.wait(ctx, g.life.Done())
+		} else {
+			pace.reset()
+		}
+	}
+}
+
 // errNotYet is a poll that ended without news: ask again.
 var errNotYet = errors.New("nothing yet")
 

@@ -46,29 +46,18 @@ func (g *Guest) StartConsole(ctx context.Context, s ConsoleShell) (string, error
 // WaitConsole returns a console shell's exit status once it has exited.
 func (g *Guest) WaitConsole(ctx context.Context, id string) (uint32, error) {
 	var status uint32
-	var pace pacer
-	for {
-		start := time.Now()
-		err := g.call(ctx, poll, "wait for debug console "+id, func(ctx context.Context) error {
-			r, err := g.debug.WaitConsole(ctx, &agentapi.ConsoleRequest{Id: id})
-			if err != nil {
-				return err
-			}
-			if r.ExitStatus > 255 {
-				return fmt.Errorf("exit status %d: %w", r.ExitStatus, ErrBadReply)
-			}
-			status = r.ExitStatus
-			return nil
-		})
-		if !notYet(err) {
-			return status, err
+	err := g.pollUntil(ctx, "wait for debug console "+id, func(ctx context.Context) error {
+		r, err := g.debug.WaitConsole(ctx, &agentapi.ConsoleRequest{Id: id})
+		if err != nil {
+			return err
 		}
-		if early(start) {
-			pace.wait(ctx, g.life.Done())
-		} else {
-			pace.reset()
+		if r.ExitStatus > 255 {
+			return fmt.Errorf("exit status %d: %w", r.ExitStatus, ErrBadReply)
 		}
-	}
+		status = r.ExitStatus
+		return nil
+	})
+	return status, err
 }
 
 // CloseConsole kills what is left of a console shell's session.

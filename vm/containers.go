@@ -3,7 +3,6 @@ package vm
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -109,29 +108,18 @@ func (g *Guest) Signal(ctx context.Context, containerID, execID string, sig uint
 // process went with it.
 func (g *Guest) Wait(ctx context.Context, containerID, execID string) (uint32, error) {
 	var status uint32
-	var pace pacer
-	for {
-		start := time.Now()
-		err := g.call(ctx, poll, "wait for "+processName(containerID, execID), func(ctx context.Context) error {
-			r, err := g.containers.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: containerID, ExecId: execID})
-			if err != nil {
-				return err
-			}
-			status = r.ExitStatus
-			if status > 255 {
-				return fmt.Errorf("exit status %d: %w", status, ErrBadReply)
-			}
-			return nil
-		})
-		if !notYet(err) {
-			return status, err
+	err := g.pollUntil(ctx, "wait for "+processName(containerID, execID), func(ctx context.Context) error {
+		r, err := g.containers.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: containerID, ExecId: execID})
+		if err != nil {
+			return err
 		}
-		if early(start) {
-			pace.wait(ctx, g.life.Done())
-		} else {
-			pace.reset()
+		status = r.ExitStatus
+		if status > 255 {
+			return fmt.Errorf("exit status %d: %w", status, ErrBadReply)
 		}
-	}
+		return nil
+	})
+	return status, err
 }
 
 // DeleteProcess forgets an exited (or never started) exec process.
@@ -217,29 +205,18 @@ func (g *Guest) ResizePty(ctx context.Context, containerID, execID string, width
 // check that it names one of its containers.
 func (g *Guest) WaitOOM(ctx context.Context) (string, error) {
 	var id string
-	var pace pacer
-	for {
-		start := time.Now()
-		err := g.call(ctx, poll, "wait for OOM kills", func(ctx context.Context) error {
-			ev, err := g.containers.WaitOOM(ctx, &emptypb.Empty{})
-			if err != nil {
-				return err
-			}
-			if !validContainerID(ev.ContainerId) {
-				return fmt.Errorf("OOM kill of %q: %w", Printable(ev.ContainerId, 80), ErrBadReply)
-			}
-			id = ev.ContainerId
-			return nil
-		})
-		if !notYet(err) {
-			return id, err
+	err := g.pollUntil(ctx, "wait for OOM kills", func(ctx context.Context) error {
+		ev, err := g.containers.WaitOOM(ctx, &emptypb.Empty{})
+		if err != nil {
+			return err
 		}
-		if early(start) {
-			pace.wait(ctx, g.life.Done())
-		} else {
-			pace.reset()
+		if !validContainerID(ev.ContainerId) {
+			return fmt.Errorf("OOM kill of %q: %w", Printable(ev.ContainerId, 80), ErrBadReply)
 		}
-	}
+		id = ev.ContainerId
+		return nil
+	})
+	return id, err
 }
 
 func processName(containerID, execID string) string {

@@ -72,13 +72,8 @@ func TestCgroup(t *testing.T) {
 
 // TestCgroupCRI: the same through CRI, with the pod's cgroup parent.
 func TestCgroupCRI(t *testing.T) {
-	harness.NeedRoot(t)
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots VMs through CRI")
-	}
-	harness.WatchLeaks(t)
-	ctd := harness.StartCRI(t)
-	c := &cri{t: t, ctd: ctd, dir: t.TempDir()}
+	c := newCRI(t)
+	ctd := c.ctd
 	parent := "/podvm-test-" + filepath.Base(ctd.Dir)
 	defer func() {
 		if cgroups.Mode() == cgroups.Unified {

@@ -125,14 +125,20 @@ func qemuOf(pod string) []string {
 	return out
 }
 
-func TestCRI(t *testing.T) {
+// newCRI starts a private containerd with CRI for a test that boots VMs
+// through it, and watches for leaks.
+func newCRI(t *testing.T) *cri {
 	harness.NeedRoot(t)
 	if testing.Short() {
 		t.Skip("skipped in -short mode: boots VMs through CRI")
 	}
 	harness.WatchLeaks(t)
-	ctd := harness.StartCRI(t)
-	c := &cri{t: t, ctd: ctd, dir: t.TempDir()}
+	return &cri{t: t, ctd: harness.StartCRI(t), dir: t.TempDir()}
+}
+
+func TestCRI(t *testing.T) {
+	c := newCRI(t)
+	ctd := c.ctd
 	peer := func(args ...string) (string, error) {
 		out, err := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + ctd.NetNS, harness.Busybox}, args...)...).CombinedOutput()
 		return string(out), err

@@ -84,13 +84,8 @@ func (c *cri) remove(pod string, bound time.Duration) {
 // guest; containerd restarted under a running pod. Each pod must then be
 // removable, and nothing may be left.
 func TestFaults(t *testing.T) {
-	harness.NeedRoot(t)
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots VMs through CRI")
-	}
-	harness.WatchLeaks(t)
-	ctd := harness.StartCRI(t)
-	c := &cri{t: t, ctd: ctd, dir: t.TempDir()}
+	c := newCRI(t)
+	ctd := c.ctd
 
 	find := func(victim, pod string) int {
 		if victim == "shim" {
