@@ -126,7 +126,7 @@ bench: build guest
 N ?= 200
 soak: build guest
 	PODVM_SOAK_N=$(N) PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
-		$(GO) test -tags soak -count=1 -run TestSoak -timeout 0 ./test/soak
+		$(GO) test -tags soak -count=1 -v -run TestSoak -timeout 0 ./test/soak
 
 ## demo: the furthest podvm gets on this machine
 demo: build guest bin/podvm-demo

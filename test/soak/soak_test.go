@@ -132,8 +132,9 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	took := time.Since(start)
-	ctd.Stop()
-	leaks := before.Leaks(harness.TakeCensus())
+	stopLeaks := ctd.Stop()
+	ctd.Remove()
+	leaks := append(stopLeaks, before.Leaks(harness.TakeCensus())...)
 	ipam, _ := filepath.Glob(filepath.Join(ctd.CNIDir, "ipam", "*", "10.*"))
 	fmt.Printf("soak: %d cycles in %v (%v a cycle); faults %v; %d failures; leftovers: %d (%v), IP allocations: %d\n",
 		n, took.Round(time.Second), (took / time.Duration(n)).Round(time.Millisecond), faults, len(failures), len(leaks), leaks, len(ipam))
