@@ -17,6 +17,9 @@ LDFLAGS   := -s -w -X $(MODULE)/version.Version=$(VERSION)
 PROTOC_GEN_GO_VERSION := v1.36.12
 TTRPC_VERSION         := v1.2.10
 CRICTL_VERSION        := v1.37.0
+# containerd 2.x, beside Debian's 1.6: the end-to-end tests run on both.
+CONTAINERD2_VERSION   := v2.4.2
+CONTAINERD2           := $(TOOLS)/containerd-2
 
 APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-plugins \
 	busybox-static protobuf-compiler libprotobuf-dev libseccomp-dev linux-source-6.1 flex bison \
@@ -42,6 +45,11 @@ deps:
 	@# crictl is not packaged by Debian; the CRI tests drive containerd with it.
 	@[ -x $(TOOLS)/crictl ] && $(GO) version -m $(TOOLS)/crictl | grep -q "mod.*cri-tools.*$(CRICTL_VERSION)" || \
 		GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+	@[ -x $(CONTAINERD2)/containerd ] && $(CONTAINERD2)/containerd --version | grep -q " $(CONTAINERD2_VERSION:v%=%)+" || \
+		GOBIN=$(CONTAINERD2) $(GO) install -tags 'no_btrfs no_devmapper no_zfs' \
+			github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION) \
+			github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD2_VERSION) \
+			github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
 	$(GO) mod download
 
 ## build: the shim (static, no cgo) and the guest agent (static, cgo)

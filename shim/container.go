@@ -123,6 +123,12 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	if err != nil {
 		return nil, err
 	}
+	var netSysctls map[string]string
+	if gs.Linux != nil {
+		if netSysctls, gs.Linux.Sysctl, err = splitSysctls(c.id, gs.Linux.Sysctl); err != nil {
+			return nil, err
+		}
+	}
 	specJSON, err := json.Marshal(gs)
 	if err != nil {
 		return nil, err
@@ -147,6 +153,10 @@ func (sb *sandbox) createContainer(ctx context.Context, r *taskAPI.CreateTaskReq
 	storages := []vm.Storage{shareStorage}
 	if slices.ContainsFunc(spec.Mounts, isPodShm) {
 		storages = append(storages, podShmStorage)
+	}
+	if err := g.SetSysctls(ctx, netSysctls); err != nil {
+		c.init.io.close()
+		return nil, err
 	}
 	pid, err := g.CreateContainer(ctx, vm.Container{
 		ID:       c.id,

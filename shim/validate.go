@@ -56,6 +56,11 @@ func checkSpec(id string, s *specs.Spec, rootfsMounts int) error {
 			return err
 		}
 	}
+	if s.Linux != nil {
+		if _, _, err := splitSysctls(id, s.Linux.Sysctl); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -36,3 +36,15 @@ func guestNetwork(ifaces []network.Interface, routes []network.Route, neighs []n
 	}
 	return c
 }
+
+// SetSysctls applies network sysctls (net.*) to the guest's network
+// namespace, which is the pod's.
+func (g *Guest) SetSysctls(ctx context.Context, sysctls map[string]string) error {
+	if len(sysctls) == 0 {
+		return nil
+	}
+	return g.call(ctx, request, "set the pod's network sysctls", func(ctx context.Context) error {
+		_, err := g.network.SetSysctls(ctx, &agentapi.SysctlsRequest{Sysctls: sysctls})
+		return err
+	})
+}

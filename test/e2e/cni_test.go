@@ -24,7 +24,7 @@ import (
 func (s *suite) ctrCNI(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	var quoted []string
-	for _, a := range append([]string{"ctr", "--address", s.ctd.Address}, args...) {
+	for _, a := range append([]string{harness.CtrBin(), "--address", s.ctd.Address}, args...) {
 		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
 	}
 	script := fmt.Sprintf("set -e; mount --bind %s/net.d /etc/cni/net.d; mount --bind /usr/lib/cni /opt/cni/bin; mount --bind %s/state /var/lib/cni; exec %s",

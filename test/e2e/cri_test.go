@@ -51,6 +51,12 @@ func (c *cri) runp(handler string, annotations map[string]string) (id, config st
 // podConfig writes a pod's configuration for crictl runp.
 func (c *cri) podConfig(handler string, annotations map[string]string) string {
 	c.t.Helper()
+	return c.podConfigLinux(handler, annotations, map[string]any{})
+}
+
+// podConfigLinux is podConfig with the pod's linux settings.
+func (c *cri) podConfigLinux(handler string, annotations map[string]string, linux map[string]any) string {
+	c.t.Helper()
 	c.n++
 	name := fmt.Sprintf("%s-pod-%d", handler, c.n)
 	logs := filepath.Join(c.dir, name+"-logs")
@@ -62,7 +68,7 @@ func (c *cri) podConfig(handler string, annotations map[string]string) string {
 		"hostname":      name,
 		"log_directory": logs,
 		"annotations":   annotations,
-		"linux":         map[string]any{},
+		"linux":         linux,
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -229,6 +235,35 @@ func TestCRI(t *testing.T) {
 			checkNoAllocations(t, ctd)
 		})
 	}
+
+	// A pod's sysctls where runc puts them: network ones in the pod's
+	// network (the guest's), IPC ones in its IPC namespace; one that is
+	// not namespaced is refused. containerd 2.x adds two network sysctls
+	// to every pod.
+	t.Run("sysctls", func(t *testing.T) {
+		c.t = t
+		sysctls := map[string]any{"net.ipv4.ip_forward": "1", "net.ipv4.tcp_keepalive_time": "1234", "kernel.shm_rmid_forced": "1"}
+		read := "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start"
+		got := map[string]string{}
+		for _, handler := range []string{"runc", "podvm"} {
+			config := c.podConfigLinux(handler, nil, map[string]any{"sysctls": sysctls})
+			pod := c.must("runp", "--runtime", handler, config)
+			id := c.container(pod, config, "sleeper", "sleep", "100000")
+			got[handler] = strings.Join(strings.Fields(c.must("exec", "-s", id, "sh", "-c", read)), " ")
+			c.must("stopp", pod)
+			c.must("rmp", pod)
+		}
+		if !strings.HasPrefix(got["podvm"], "1 1234 1 ") || got["podvm"] != got["runc"] {
+			t.Errorf("sysctls seen in the pod: runc %q, podvm %q", got["runc"], got["podvm"])
+		}
+		refused := c.podConfigLinux("podvm", nil, map[string]any{"sysctls": map[string]any{"vm.swappiness": "10"}})
+		if _, err := c.run("runp", "--runtime", "podvm", refused); err == nil || !strings.Contains(err.Error(), "vm.swappiness") || !strings.Contains(err.Error(), "not namespaced") {
+			t.Errorf("runp with a sysctl that is not namespaced: %v", err)
+		}
+		if out := c.must("pods", "-q"); out != "" {
+			t.Errorf("pods left: %q", out)
+		}
+	})
 
 	t.Run("failed run", func(t *testing.T) {
 		// The handler's ConfigPath (a runtime option) names a kernel that

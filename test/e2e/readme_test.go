@@ -27,7 +27,11 @@ func TestREADME(t *testing.T) {
 	}
 	harness.WatchLeaks(t)
 
-	snippet, err := harness.READMEBlock("toml", "runtimes.podvm]")
+	snippet, err := harness.READMEBlock("toml", `"io.containerd.grpc.v1.cri".containerd.runtimes.podvm]`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snippet2, err := harness.READMEBlock("toml", `"io.containerd.cri.v1.runtime".containerd.runtimes.podvm]`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +60,10 @@ func TestREADME(t *testing.T) {
 		t.Errorf("README's RuntimeClass differs from deploy/runtimeclass.yaml (%v):\n%v\n%v", err, readmeClass, deployClass)
 	}
 	if want := install.Stanza(2, rc.Handler); snippet != want {
-		t.Errorf("README's containerd snippet differs from what install adds:\n%s\nwant\n%s", snippet, want)
+		t.Errorf("README's containerd 1.x snippet differs from what install adds:\n%s\nwant\n%s", snippet, want)
+	}
+	if want := install.Stanza(3, rc.Handler); snippet2 != want {
+		t.Errorf("README's containerd 2.x snippet differs from what install adds:\n%s\nwant\n%s", snippet2, want)
 	}
 
 	line, err := harness.READMEBlock("sh", "ctr run --runtime io.containerd.podvm.v2")

@@ -33,7 +33,7 @@ type recorder struct {
 }
 
 func (s *suite) record(t *testing.T) *recorder {
-	cmd := exec.Command("ctr", "--address", s.ctd.Address, "events")
+	cmd := exec.Command(harness.CtrBin(), "--address", s.ctd.Address, "events")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -17,14 +17,48 @@ import (
 const CRISubnet = "10.66.0.0/24"
 
 // CRIConfig is the containerd configuration for CRI: handlers runc,
-// podvm, podvm-broken and podvm-q35 (VMs that grow), the local pause image, and a CNI bridge whose configuration and
-// IP allocations live in dir. restrict_oom_score_adj is needed on hosts
-// without CAP_SYS_RESOURCE. The podvm runtime is the README's snippet,
-// verbatim.
+// podvm, podvm-broken and podvm-q35 (VMs that grow), the local pause
+// image, and a CNI bridge whose configuration and IP allocations live in
+// dir, in the layout of this run's containerd (config version 2 for 1.x,
+// 3 for 2.x). restrict_oom_score_adj is needed on hosts without
+// CAP_SYS_RESOURCE. The podvm runtime is the README's snippet for that
+// containerd, verbatim.
 func CRIConfig(dir string) (string, error) {
-	podvm, err := READMEBlock("toml", `runtimes.podvm]`)
+	plugin := `"io.containerd.grpc.v1.cri"`
+	if Containerd2() {
+		plugin = `"io.containerd.cri.v1.runtime"`
+	}
+	podvm, err := READMEBlock("toml", plugin+".containerd.runtimes.podvm]")
 	if err != nil {
 		return "", err
+	}
+	runtimes := fmt.Sprintf(`
+    [plugins.%[1]s.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins.%[1]s.containerd.runtimes.podvm-broken]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins.%[1]s.containerd.runtimes.podvm-broken.options]
+        ConfigPath = %[2]q
+    [plugins.%[1]s.containerd.runtimes.podvm-q35]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins.%[1]s.containerd.runtimes.podvm-q35.options]
+        ConfigPath = %[3]q
+`, plugin, filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"))
+	if Containerd2() {
+		return fmt.Sprintf(`
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = %q
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = %q
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+%s
+%s`, PauseImage, filepath.Join(dir, "net.d"), runtimes, podvm), nil
 	}
 	return fmt.Sprintf(`
 [plugins."io.containerd.grpc.v1.cri"]
@@ -36,17 +70,8 @@ func CRIConfig(dir string) (string, error) {
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken]
-      runtime_type = "io.containerd.podvm.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-broken.options]
-        ConfigPath = %q
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-q35]
-      runtime_type = "io.containerd.podvm.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podvm-q35.options]
-        ConfigPath = %q
-%s`, PauseImage, filepath.Join(dir, "net.d"), filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"), podvm), nil
+%s
+%s`, PauseImage, filepath.Join(dir, "net.d"), runtimes, podvm), nil
 }
 
 // BrokenKernel is the kernel the podvm-broken handler's configuration

@@ -25,6 +25,51 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SysctlsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "net.ipv4.ping_group_range" = "0 2147483647"
+	Sysctls       map[string]string `protobuf:"bytes,1,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SysctlsRequest) Reset() {
+	*x = SysctlsRequest{}
+	mi := &file_agent_v1_network_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SysctlsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SysctlsRequest) ProtoMessage() {}
+
+func (x *SysctlsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_network_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SysctlsRequest.ProtoReflect.Descriptor instead.
+func (*SysctlsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_network_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SysctlsRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
 type NetworkConfig struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Interfaces    []*Interface           `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
@@ -36,7 +81,7 @@ type NetworkConfig struct {
 
 func (x *NetworkConfig) Reset() {
 	*x = NetworkConfig{}
-	mi := &file_agent_v1_network_proto_msgTypes[0]
+	mi := &file_agent_v1_network_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +93,7 @@ func (x *NetworkConfig) String() string {
 func (*NetworkConfig) ProtoMessage() {}
 
 func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_network_proto_msgTypes[0]
+	mi := &file_agent_v1_network_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +106,7 @@ func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
 func (*NetworkConfig) Descriptor() ([]byte, []int) {
-	return file_agent_v1_network_proto_rawDescGZIP(), []int{0}
+	return file_agent_v1_network_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *NetworkConfig) GetInterfaces() []*Interface {
@@ -101,7 +146,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_v1_network_proto_msgTypes[1]
+	mi := &file_agent_v1_network_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +158,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_network_proto_msgTypes[1]
+	mi := &file_agent_v1_network_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +171,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_v1_network_proto_rawDescGZIP(), []int{1}
+	return file_agent_v1_network_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Interface) GetName() string {
@@ -179,7 +224,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_v1_network_proto_msgTypes[2]
+	mi := &file_agent_v1_network_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +236,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_network_proto_msgTypes[2]
+	mi := &file_agent_v1_network_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +249,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_v1_network_proto_rawDescGZIP(), []int{2}
+	return file_agent_v1_network_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Route) GetDest() string {
@@ -253,7 +298,7 @@ type Neighbour struct {
 
 func (x *Neighbour) Reset() {
 	*x = Neighbour{}
-	mi := &file_agent_v1_network_proto_msgTypes[3]
+	mi := &file_agent_v1_network_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +310,7 @@ func (x *Neighbour) String() string {
 func (*Neighbour) ProtoMessage() {}
 
 func (x *Neighbour) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_network_proto_msgTypes[3]
+	mi := &file_agent_v1_network_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +323,7 @@ func (x *Neighbour) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Neighbour.ProtoReflect.Descriptor instead.
 func (*Neighbour) Descriptor() ([]byte, []int) {
-	return file_agent_v1_network_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_network_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Neighbour) GetIp() string {
@@ -306,7 +351,12 @@ var File_agent_v1_network_proto protoreflect.FileDescriptor
 
 const file_agent_v1_network_proto_rawDesc = "" +
 	"\n" +
-	"\x16agent/v1/network.proto\x12\x0epodvm.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\xb4\x01\n" +
+	"\x16agent/v1/network.proto\x12\x0epodvm.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\x93\x01\n" +
+	"\x0eSysctlsRequest\x12E\n" +
+	"\asysctls\x18\x01 \x03(\v2+.podvm.agent.v1.SysctlsRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x01\n" +
 	"\rNetworkConfig\x129\n" +
 	"\n" +
 	"interfaces\x18\x01 \x03(\v2\x19.podvm.agent.v1.InterfaceR\n" +
@@ -331,9 +381,11 @@ const file_agent_v1_network_proto_rawDesc = "" +
 	"\tNeighbour\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device2M\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device2\x93\x01\n" +
 	"\aNetwork\x12B\n" +
-	"\tConfigure\x12\x1d.podvm.agent.v1.NetworkConfig\x1a\x16.google.protobuf.EmptyB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
+	"\tConfigure\x12\x1d.podvm.agent.v1.NetworkConfig\x1a\x16.google.protobuf.Empty\x12D\n" +
+	"\n" +
+	"SetSysctls\x12\x1e.podvm.agent.v1.SysctlsRequest\x1a\x16.google.protobuf.EmptyB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
 
 var (
 	file_agent_v1_network_proto_rawDescOnce sync.Once
@@ -347,25 +399,30 @@ func file_agent_v1_network_proto_rawDescGZIP() []byte {
 	return file_agent_v1_network_proto_rawDescData
 }
 
-var file_agent_v1_network_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_agent_v1_network_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_agent_v1_network_proto_goTypes = []any{
-	(*NetworkConfig)(nil), // 0: podvm.agent.v1.NetworkConfig
-	(*Interface)(nil),     // 1: podvm.agent.v1.Interface
-	(*Route)(nil),         // 2: podvm.agent.v1.Route
-	(*Neighbour)(nil),     // 3: podvm.agent.v1.Neighbour
-	(*emptypb.Empty)(nil), // 4: google.protobuf.Empty
+	(*SysctlsRequest)(nil), // 0: podvm.agent.v1.SysctlsRequest
+	(*NetworkConfig)(nil),  // 1: podvm.agent.v1.NetworkConfig
+	(*Interface)(nil),      // 2: podvm.agent.v1.Interface
+	(*Route)(nil),          // 3: podvm.agent.v1.Route
+	(*Neighbour)(nil),      // 4: podvm.agent.v1.Neighbour
+	nil,                    // 5: podvm.agent.v1.SysctlsRequest.SysctlsEntry
+	(*emptypb.Empty)(nil),  // 6: google.protobuf.Empty
 }
 var file_agent_v1_network_proto_depIdxs = []int32{
-	1, // 0: podvm.agent.v1.NetworkConfig.interfaces:type_name -> podvm.agent.v1.Interface
-	2, // 1: podvm.agent.v1.NetworkConfig.routes:type_name -> podvm.agent.v1.Route
-	3, // 2: podvm.agent.v1.NetworkConfig.neighbours:type_name -> podvm.agent.v1.Neighbour
-	0, // 3: podvm.agent.v1.Network.Configure:input_type -> podvm.agent.v1.NetworkConfig
-	4, // 4: podvm.agent.v1.Network.Configure:output_type -> google.protobuf.Empty
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 0: podvm.agent.v1.SysctlsRequest.sysctls:type_name -> podvm.agent.v1.SysctlsRequest.SysctlsEntry
+	2, // 1: podvm.agent.v1.NetworkConfig.interfaces:type_name -> podvm.agent.v1.Interface
+	3, // 2: podvm.agent.v1.NetworkConfig.routes:type_name -> podvm.agent.v1.Route
+	4, // 3: podvm.agent.v1.NetworkConfig.neighbours:type_name -> podvm.agent.v1.Neighbour
+	1, // 4: podvm.agent.v1.Network.Configure:input_type -> podvm.agent.v1.NetworkConfig
+	0, // 5: podvm.agent.v1.Network.SetSysctls:input_type -> podvm.agent.v1.SysctlsRequest
+	6, // 6: podvm.agent.v1.Network.Configure:output_type -> google.protobuf.Empty
+	6, // 7: podvm.agent.v1.Network.SetSysctls:output_type -> google.protobuf.Empty
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_network_proto_init() }
@@ -379,7 +436,7 @@ func file_agent_v1_network_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_network_proto_rawDesc), len(file_agent_v1_network_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

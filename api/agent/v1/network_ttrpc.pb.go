@@ -10,6 +10,7 @@ import (
 
 type NetworkService interface {
 	Configure(context.Context, *NetworkConfig) (*emptypb.Empty, error)
+	SetSysctls(context.Context, *SysctlsRequest) (*emptypb.Empty, error)
 }
 
 func RegisterNetworkService(srv *ttrpc.Server, svc NetworkService) {
@@ -21,6 +22,13 @@ func RegisterNetworkService(srv *ttrpc.Server, svc NetworkService) {
 					return nil, err
 				}
 				return svc.Configure(ctx, &req)
+			},
+			"SetSysctls": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SysctlsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetSysctls(ctx, &req)
 			},
 		},
 	})
@@ -39,6 +47,14 @@ func NewNetworkClient(client *ttrpc.Client) NetworkService {
 func (c *networkClient) Configure(ctx context.Context, req *NetworkConfig) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "podvm.agent.v1.Network", "Configure", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *networkClient) SetSysctls(ctx context.Context, req *SysctlsRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "podvm.agent.v1.Network", "SetSysctls", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
