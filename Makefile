@@ -111,13 +111,17 @@ deploy-image: build guest
 	$(GO) run ./deploy/image -source build/deploy-root/opt/podvm -o build/podvm-deploy.tar
 	rm -rf build/deploy-root
 
-## test: every test, as root, with real QEMU guests; nothing may be skipped
+## test: every test, as root, with real QEMU guests; nothing may be skipped;
+## the end-to-end suites run against Debian's containerd 1.6 and against 2.x
 test: build guest verify-generate
 	gofmt_out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$gofmt_out" ]; then echo "gofmt needed:" $$gofmt_out; exit 1; fi
 	$(GO) vet ./...
 	PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
 		$(GO) test -count=1 -p 1 -timeout 45m ./...
+	@echo "== the end-to-end suites again, against containerd $(CONTAINERD2_VERSION)"
+	PODVM_CONTAINERD=2 PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+		$(GO) test -count=1 -p 1 -timeout 45m ./test/e2e
 
 ## unit: the tests that need neither root nor QEMU
 unit:

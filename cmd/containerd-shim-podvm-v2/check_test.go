@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	apitypes "github.com/containerd/containerd/api/types"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/podvm/podvm/install"
 	"github.com/podvm/podvm/vmconfig"
 )
@@ -70,5 +73,16 @@ func TestContainerdFindings(t *testing.T) {
 	report(&out, fds)
 	if !strings.Contains(out.String(), "this host can run podvm") {
 		t.Errorf("an info finding failed the report:\n%s", out.String())
+	}
+}
+
+func TestInfo(t *testing.T) {
+	var out bytes.Buffer
+	if err := runInfo(strings.NewReader("options"), &out); err != nil {
+		t.Fatal(err)
+	}
+	var info apitypes.RuntimeInfo
+	if err := proto.Unmarshal(out.Bytes(), &info); err != nil || info.Name != RuntimeName || info.Version.GetVersion() == "" {
+		t.Errorf("-info printed %v, %v", &info, err)
 	}
 }

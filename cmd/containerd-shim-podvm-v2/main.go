@@ -32,6 +32,9 @@ func main() {
 			return
 		}
 	}
+	if isInfo(os.Args[1:]) {
+		os.Exit(info())
+	}
 	// Everything else is containerd: `-namespace NS -id ID start`,
 	// `... delete`, or serving a sandbox's task API.
 	shim.Run(context.Background(), RuntimeName)
