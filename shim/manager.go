@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,15 +71,22 @@ func sandboxOf(id string, annotations map[string]string) (string, error) {
 // Start is `containerd-shim-podvm-v2 start`: it prints the address of the
 // shim serving the container, starting one for a new sandbox or returning
 // the running one of the container's pod.
-func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
-	// containerd 2.3+ writes bootstrap parameters on stdin; podvm needs
-	// none of them, but a full pipe must not block containerd.
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin) }()
-
+func (m manager) Start(ctx context.Context, id string, opts shim.StartOpts) (string, error) {
 	ns, err := namespaceOf(ctx)
 	if err != nil {
 		return "", err
 	}
+	boot := readBootstrap(os.Stdin, id, ns)
+	address, err := m.start(ctx, id, ns, opts, boot)
+	if err != nil || boot == nil {
+		return address, err
+	}
+	return string(bootstrapResult(address)), nil
+}
+
+// start finds or starts the shim of the container's sandbox and returns
+// its address.
+func (manager) start(ctx context.Context, id, ns string, opts shim.StartOpts, boot *bootstrap) (_ string, retErr error) {
 	annotations, err := readBundleAnnotations(".")
 	if err != nil {
 		return "", err
@@ -92,6 +98,9 @@ func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 	address, err := shim.SocketAddress(ctx, opts.Address, group)
 	if err != nil {
 		return "", err
+	}
+	if boot != nil && boot.socketDir != "" {
+		address = "unix://" + filepath.Join(boot.socketDir, filepath.Base(address))
 	}
 	socket, err := shim.NewSocket(address)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
@@ -66,9 +67,12 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 	return s, nil
 }
 
-// RegisterTTRPC makes the service a containerd shim TTRPC plugin.
+// RegisterTTRPC makes the service a containerd shim TTRPC plugin: task API
+// v2 for containerd 1.6 to 2.2, v3 for 2.3 and later.
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
-	taskAPI.RegisterTaskService(server, observed{s: s, m: s.sb.metrics})
+	o := observed{s: s, m: s.sb.metrics}
+	taskAPI.RegisterTaskService(server, o)
+	taskv3.RegisterTTRPCTaskService(server, taskV3{v2: o})
 	return nil
 }
 

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -186,6 +188,13 @@ func testDetached(t *testing.T, s *suite, rt string) {
 	id := s.id(rt)
 	if r := s.ctr(nil, "run", "--runtime", rt, "-d", harness.BusyboxImage, id, "sleep", "1000"); r.code != 0 {
 		t.Fatalf("%s: run -d: %+v", short(rt), r)
+	}
+	if rt == podvm && harness.Containerd2() {
+		// containerd 2.3+ speaks task API v3 to a shim that says it can.
+		b, err := os.ReadFile(filepath.Join(s.bundleOf(id), "bootstrap.json"))
+		if err != nil || !strings.Contains(string(b), `"version":3`) {
+			t.Errorf("containerd 2.x's record of the shim: %s, %v; want version 3", b, err)
+		}
 	}
 	defer s.ctr(nil, "container", "delete", id)
 	defer s.ctr(nil, "task", "delete", "-f", id)

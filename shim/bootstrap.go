@@ -1,0 +1,116 @@
+package shim
+
+import (
+	"errors"
+	"io"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// containerd 2.3 and later start a shim with its bootstrap parameters
+// (containerd.runtime.bootstrap.v1.BootstrapParams, protobuf) on stdin and
+// read a BootstrapResult from its stdout, which says which task API the
+// shim serves: podvm then answers version 3 (task API v3, which it serves
+// beside v2). Older containerds write nothing (1.6) or the runtime options
+// (1.7 to 2.2) on stdin and read a plain address, which means task API v2.
+// The messages are decoded here by field number: the module that defines
+// them is newer than the containerd 1.7 library podvm builds on.
+
+// bootstrap is what podvm uses of containerd's bootstrap parameters.
+type bootstrap struct {
+	containerdVersion string
+	// socketDir is where containerd wants the shim's socket; empty for
+	// the usual /run/containerd/s.
+	socketDir string
+}
+
+// Field numbers of BootstrapParams and BootstrapResult.
+const (
+	paramInstanceID        = 1
+	paramNamespace         = 2
+	paramContainerdVersion = 4
+	paramSocketDir         = 9
+
+	resultVersion  = 1
+	resultAddress  = 2
+	resultProtocol = 3
+)
+
+// maxBootstrap bounds what is read of stdin.
+const maxBootstrap = 10 << 20
+
+// readBootstrap reads stdin and returns containerd's bootstrap parameters,
+// or nil when containerd sent none (it is older than 2.3). Runtime
+// options, which 1.7 to 2.2 send instead, are a protobuf Any whose first
+// field is a type URL: parameters are told apart by naming this very
+// instance and namespace.
+func readBootstrap(stdin io.Reader, id, namespace string) *bootstrap {
+	data := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(stdin, maxBootstrap))
+		data <- b
+	}()
+	var b []byte
+	select {
+	case b = <-data:
+	case <-time.After(5 * time.Second):
+		// Nothing closes stdin (a terminal, say): no parameters.
+		return nil
+	}
+	fields, err := stringFields(b)
+	if err != nil || fields[paramInstanceID] != id || fields[paramNamespace] != namespace || fields[paramContainerdVersion] == "" {
+		return nil
+	}
+	bs := &bootstrap{containerdVersion: fields[paramContainerdVersion], socketDir: fields[paramSocketDir]}
+	if bs.socketDir != "" && !filepath.IsAbs(bs.socketDir) {
+		bs.socketDir = ""
+	}
+	return bs
+}
+
+// stringFields decodes the length-delimited fields of a protobuf message
+// as strings (the last of each number wins, as in protobuf), skipping the
+// others.
+func stringFields(b []byte) (map[protowire.Number]string, error) {
+	out := map[protowire.Number]string{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			out[num] = string(v)
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no fields")
+	}
+	return out, nil
+}
+
+// bootstrapResult is the BootstrapResult of a shim serving task API v3 over
+// ttrpc at address.
+func bootstrapResult(address string) []byte {
+	var b []byte
+	b = protowire.AppendTag(b, resultVersion, protowire.VarintType)
+	b = protowire.AppendVarint(b, 3)
+	b = protowire.AppendTag(b, resultAddress, protowire.BytesType)
+	b = protowire.AppendString(b, address)
+	b = protowire.AppendTag(b, resultProtocol, protowire.BytesType)
+	b = protowire.AppendString(b, "ttrpc")
+	return b
+}
