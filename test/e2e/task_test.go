@@ -55,24 +55,39 @@ func (s *suite) record(t *testing.T) *recorder {
 }
 
 // topics stops recording and returns the /tasks/ topics of container id.
+// containerd 2.x publishes some events (a task's delete) a moment after
+// the call returns: the recording ends once one arrives for /tasks/delete
+// or after a while.
 func (r *recorder) topics(id string) []string {
-	time.Sleep(500 * time.Millisecond)
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
 	var topics []string
-	for line := range r.lines {
-		f := strings.Fields(line)
-		if len(f) < 7 || !strings.HasPrefix(f[5], "/tasks/") {
-			continue
-		}
-		var ev struct {
-			ContainerID string `json:"container_id"`
-		}
-		if json.Unmarshal([]byte(strings.Join(f[6:], " ")), &ev) == nil && ev.ContainerID == id {
-			topics = append(topics, f[5])
+	deadline := time.After(5 * time.Second)
+	defer func() {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+	}()
+	for {
+		select {
+		case line, ok := <-r.lines:
+			if !ok {
+				return topics
+			}
+			f := strings.Fields(line)
+			if len(f) < 7 || !strings.HasPrefix(f[5], "/tasks/") {
+				continue
+			}
+			var ev struct {
+				ContainerID string `json:"container_id"`
+			}
+			if json.Unmarshal([]byte(strings.Join(f[6:], " ")), &ev) == nil && ev.ContainerID == id {
+				topics = append(topics, f[5])
+				if f[5] == "/tasks/delete" {
+					return topics
+				}
+			}
+		case <-deadline:
+			return topics
 		}
 	}
-	return topics
 }
 
 func TestTask(t *testing.T) {
