@@ -3,8 +3,10 @@ package shim
 import (
 	"context"
 	"fmt"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/containerd/runtime"
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/log"
@@ -38,6 +40,21 @@ func newEvents(ctx context.Context, publisher shim.Publisher) *events {
 }
 
 func (e *events) send(ev any) { e.queue <- ev }
+
+// Exited is sandbox.Events: a process's exit, published as containerd's
+// TaskExit, whose ID is the exec's, or the container's for its init.
+func (e *events) Exited(containerID, execID string, pid, status uint32, at time.Time) {
+	id := execID
+	if id == "" {
+		id = containerID
+	}
+	e.send(&eventstypes.TaskExit{
+		ContainerID: containerID, ID: id, Pid: pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+	})
+}
+
+// OOM is sandbox.Events: an OOM kill in a container.
+func (e *events) OOM(containerID string) { e.send(&eventstypes.TaskOOM{ContainerID: containerID}) }
 
 // close stops publishing after the queued events are out; the shim exits
 // once the publisher is closed.

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvm/podvm/sandbox"
 	"github.com/podvm/podvm/vmconfig"
 )
 
@@ -59,13 +60,13 @@ func readBundleAnnotations(dir string) (map[string]string, error) {
 // io.podvm.group, else itself. The name becomes a directory, a socket, a
 // QEMU option and a network namespace, so it must be an identifier.
 func sandboxOf(id string, annotations map[string]string) (string, error) {
-	if g := annotations[annotationSandboxID]; g != "" {
-		return g, checkID("sandbox ID (annotation "+annotationSandboxID+")", g)
+	if g := annotations[sandbox.AnnotationSandboxID]; g != "" {
+		return g, sandbox.CheckID("sandbox ID (annotation "+sandbox.AnnotationSandboxID+")", g)
 	}
 	if g, ok := annotations[annotationGroup]; ok {
-		return g, checkID("group (annotation "+annotationGroup+")", g)
+		return g, sandbox.CheckID("group (annotation "+annotationGroup+")", g)
 	}
-	return id, checkID("container ID", id)
+	return id, sandbox.CheckID("container ID", id)
 }
 
 // Start is `containerd-shim-podvm-v2 start`: it prints the address of the
@@ -176,7 +177,7 @@ func (manager) start(ctx context.Context, id, ns string, opts shim.StartOpts, bo
 // it does nothing: the cleanup is that shim's. What fails is kept, so that
 // the next delete finishes it.
 func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
-	rec, err := readBundleRecord(".")
+	rec, err := sandbox.ReadRecord(".")
 	if err != nil {
 		if rec, err = recordFromConfig(id); err != nil {
 			return shim.StopStatus{}, err
@@ -188,7 +189,7 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithField("sandbox", rec.SandboxID).Info("the sandbox's shim still answers; leaving the cleanup to it")
 		return status, nil
 	}
-	if err := cleanupAfterCrash(rec.SandboxDir, rec.SandboxID, id); err != nil {
+	if err := sandbox.Cleanup(rec.SandboxDir, rec.SandboxID, id); err != nil {
 		return shim.StopStatus{}, fmt.Errorf("clean up sandbox %s after its shim (run delete again once fixed): %w", rec.SandboxID, err)
 	}
 	// A killed shim leaves its socket.
@@ -201,10 +202,10 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 // recordFromConfig is where a container's sandbox is when its bundle has
 // no record (the shim died before Create): the configuration's state_dir
 // and the spec's grouping.
-func recordFromConfig(id string) (bundleRecord, error) {
+func recordFromConfig(id string) (sandbox.Record, error) {
 	cfg, err := vmconfig.Load()
 	if err != nil {
-		return bundleRecord{}, fmt.Errorf("the bundle has no %s and the configuration does not load: %w", bundleRecordName, err)
+		return sandbox.Record{}, fmt.Errorf("the bundle has no %s and the configuration does not load: %w", sandbox.RecordName, err)
 	}
 	annotations, err := readBundleAnnotations(".")
 	if err != nil {
@@ -212,9 +213,9 @@ func recordFromConfig(id string) (bundleRecord, error) {
 	}
 	group, err := sandboxOf(id, annotations)
 	if err != nil {
-		return bundleRecord{}, err
+		return sandbox.Record{}, err
 	}
-	return bundleRecord{SandboxID: group, SandboxDir: sandboxDir(cfg, group)}, nil
+	return sandbox.Record{SandboxID: group, SandboxDir: sandbox.Dir(cfg, group)}, nil
 }
 
 // shimAnswers reports whether a shim serves at address. A socket that

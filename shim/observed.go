@@ -22,7 +22,7 @@ type observed struct {
 // (every log line of a request names its sandbox and container), and
 // records it in the metrics.
 func observe[R any](ctx context.Context, o observed, method string, req any, call func(context.Context) (R, error)) (R, error) {
-	fields := log.Fields{"sandbox": o.s.sb.id}
+	fields := log.Fields{"sandbox": o.s.pod.ID()}
 	if r, ok := req.(interface{ GetID() string }); ok && r.GetID() != "" {
 		fields["container"] = r.GetID()
 	}

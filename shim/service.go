@@ -3,7 +3,6 @@ package shim
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"sync"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/protobuf"
 	ptypes "github.com/containerd/containerd/protobuf/types"
@@ -21,14 +21,16 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/podvm/podvm/sandbox"
 	"github.com/podvm/podvm/vmconfig"
 )
 
-// service is containerd's task API (v2) for one sandbox. Each call maps
-// onto a container and one of its processes; the processes' states decide
-// what is allowed.
+// service is containerd's task API (v2; v3 through taskV3) for one
+// sandbox: each call maps onto the pod (package sandbox), a container or
+// one of its processes, whose states decide what is allowed.
 type service struct {
-	sb       *sandbox
+	pod      *sandbox.Pod
 	events   *events
 	shutdown shutdown.Service
 	// deleting is held (read) by each Delete, so that a Shutdown that
@@ -44,7 +46,7 @@ var (
 
 // NewTaskService is the shim's ttrpc task service for sandbox id.
 func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TaskService, error) {
-	if err := checkID("sandbox ID", id); err != nil {
+	if err := sandbox.CheckID("sandbox ID", id); err != nil {
 		return nil, err
 	}
 	cfg, err := vmconfig.Load()
@@ -54,10 +56,9 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 	ns, _ := namespaceOf(ctx)
 	ev := newEvents(ctx, publisher)
 	s := &service{events: ev, shutdown: sd}
-	s.sb = newSandbox(ctx, id, ns, cfg, ev)
-	s.sb.serveMetrics()
+	s.pod = sandbox.New(ctx, id, ns, cfg, ev)
 	sd.RegisterCallback(func(ctx context.Context) error {
-		err := s.sb.stop(ctx)
+		err := s.pod.Stop(ctx)
 		ev.close()
 		return err
 	})
@@ -70,77 +71,74 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 // RegisterTTRPC makes the service a containerd shim TTRPC plugin: task API
 // v2 for containerd 1.6 to 2.2, v3 for 2.3 and later.
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
-	o := observed{s: s, m: s.sb.metrics}
+	o := observed{s: s, m: s.pod.Metrics()}
 	taskAPI.RegisterTaskService(server, o)
 	taskv3.RegisterTTRPCTaskService(server, taskV3{v2: o})
 	return nil
 }
 
-func (s *service) container(id string) (*container, error) {
-	c, ok := s.sb.get(id)
+func (s *service) container(id string) (*sandbox.Container, error) {
+	c, ok := s.pod.Container(id)
 	if !ok {
 		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "container %s not found", id)
 	}
 	return c, nil
 }
 
-func (s *service) process(id, execID string) (*container, *process, error) {
+func (s *service) process(id, execID string) (*sandbox.Container, *sandbox.Process, error) {
 	c, err := s.container(id)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := c.process(execID)
+	p, err := c.Process(execID)
 	if err != nil {
 		return nil, nil, errdefs.ToGRPC(err)
 	}
 	return c, p, nil
 }
 
+func stdioOf(stdin, stdout, stderr string, terminal bool) sandbox.Stdio {
+	return sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: terminal}
+}
+
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
-	if err := checkID("container ID", r.ID); err != nil {
-		return nil, errdefs.ToGRPC(err)
+	if r.Checkpoint != "" {
+		return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "restore from checkpoint is not supported by podvm")
 	}
-	if _, ok := s.sb.get(r.ID); ok {
-		return nil, errdefs.ToGRPCf(errdefs.ErrAlreadyExists, "container %s", r.ID)
-	}
-	spec, err := readSpec(r.Bundle)
+	spec, err := sandbox.ReadSpec(r.Bundle)
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "read the spec of %s: %v", r.ID, err)
 	}
-	if err := checkSpec(r.ID, spec, len(r.Rootfs)); err != nil {
-		return nil, errdefs.ToGRPC(err)
+	cfg, err := withRuntimeOptions(s.pod.Config(), r.Options)
+	if err == nil {
+		err = s.pod.Configure(cfg, spec.Annotations)
 	}
-	// Before anything is made: `delete` finds it all from here.
-	if err := writeBundleRecord(r.Bundle, bundleRecord{SandboxID: s.sb.id, SandboxDir: s.sb.dir}); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
-	if err := s.sb.configure(r.Options, spec.Annotations); err != nil {
+	if err != nil {
 		log.G(ctx).WithError(err).Error("configuration")
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "podvm: %v", err)
 	}
-	if err := s.sb.ensureVM(ctx, spec); err != nil {
-		log.G(ctx).WithError(err).Error("boot VM")
-		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: boot the VM for %s: %w", r.ID, err))
+	var rootfs []mount.Mount
+	for _, m := range r.Rootfs {
+		rootfs = append(rootfs, mount.Mount{Type: m.Type, Source: m.Source, Options: m.Options})
 	}
-	c, err := s.sb.createContainer(ctx, r)
+	c, err := s.pod.Create(ctx, sandbox.CreateRequest{
+		ID: r.ID, Bundle: r.Bundle, Spec: spec, Rootfs: rootfs,
+		Stdio: stdioOf(r.Stdin, r.Stdout, r.Stderr, r.Terminal),
+	})
 	if err != nil {
 		log.G(ctx).WithError(err).Error("create container")
-		if s.sb.empty() {
-			// Nothing else needs the VM just booted for it.
-			_ = s.sb.stop(ctx)
-		}
 		return nil, errdefs.ToGRPC(err)
 	}
-	s.sb.add(c)
+	pid := c.Init().Pid()
 	s.events.send(&eventstypes.TaskCreate{
 		ContainerID: r.ID,
 		Bundle:      r.Bundle,
 		Rootfs:      r.Rootfs,
 		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 		Checkpoint:  r.Checkpoint,
-		Pid:         c.init.pid,
+		Pid:         pid,
 	})
-	return &taskAPI.CreateTaskResponse{Pid: c.init.pid}, nil
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
 }
 
 func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
@@ -148,25 +146,18 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	if r.ExecID == "" && c.id == s.sb.id {
-		// CNI may have added interfaces since Create (ctr run --cni):
-		// the workload must find them configured.
-		if err := s.sb.rescanNetwork(ctx, c.guest); err != nil {
-			log.G(ctx).WithError(err).Error("pod network")
-			return nil, errdefs.ToGRPC(err)
-		}
-	}
 	err = p.Start(ctx, func() {
 		if r.ExecID == "" {
-			s.events.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: p.pid})
+			s.events.send(&eventstypes.TaskStart{ContainerID: c.ID(), Pid: p.Pid()})
 		} else {
-			s.events.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: p.pid})
+			s.events.send(&eventstypes.TaskExecStarted{ContainerID: c.ID(), ExecID: r.ExecID, Pid: p.Pid()})
 		}
 	})
 	if err != nil {
+		log.G(ctx).WithError(err).Error("start")
 		return nil, errdefs.ToGRPC(err)
 	}
-	return &taskAPI.StartResponse{Pid: p.pid}, nil
+	return &taskAPI.StartResponse{Pid: p.Pid()}, nil
 }
 
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
@@ -181,19 +172,20 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	status, at := p.ExitStatus()
 	if r.ExecID != "" {
-		c.removeExec(r.ExecID)
+		c.RemoveExec(r.ExecID)
 	} else {
-		if s.sb.remove(c.id) {
-			// The last container is gone: so is the reason for the VM.
-			if err := s.sb.stop(ctx); err != nil {
+		if s.pod.Remove(c.ID()) && !s.pod.Held() {
+			// The last container is gone: so is the reason for the VM
+			// (unless the Sandbox API holds the pod).
+			if err := s.pod.Stop(ctx); err != nil {
 				log.G(ctx).WithError(err).Error("stop VM")
 			}
 		}
 		s.events.send(&eventstypes.TaskDelete{
-			ContainerID: c.id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
+			ContainerID: c.ID(), Pid: p.Pid(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 		})
 	}
-	return &taskAPI.DeleteResponse{Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	return &taskAPI.DeleteResponse{Pid: p.Pid(), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
 func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
@@ -201,22 +193,23 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	if err != nil {
 		return nil, err
 	}
-	if err := checkID("exec ID", r.ExecID); err != nil {
+	req := sandbox.ExecRequest{ID: r.ExecID, Stdio: stdioOf(r.Stdin, r.Stdout, r.Stderr, r.Terminal)}
+	if r.Spec != nil {
+		req.Process = r.Spec.Value
+	}
+	if _, err := c.Exec(ctx, req); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	if _, err := c.exec(ctx, r); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
-	s.events.send(&eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	s.events.send(&eventstypes.TaskExecAdded{ContainerID: c.ID(), ExecID: r.ExecID})
 	return empty, nil
 }
 
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
-	c, _, err := s.process(r.ID, r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.guest.ResizePty(ctx, c.id, r.ExecID, r.Width, r.Height); err != nil {
+	if err := p.ResizePty(ctx, r.Width, r.Height); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	return empty, nil
@@ -241,11 +234,12 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	status, at := p.ExitStatus()
 	id := r.ExecID
 	if id == "" {
-		id = c.id
+		id = c.ID()
 	}
+	io := p.Stdio()
 	return &taskAPI.StateResponse{
-		ID: id, Bundle: c.bundle, Pid: p.pid, Status: st,
-		Stdin: p.stdio.stdin, Stdout: p.stdio.stdout, Stderr: p.stdio.stderr, Terminal: p.stdio.terminal,
+		ID: id, Bundle: c.Bundle(), Pid: p.Pid(), Status: st,
+		Stdin: io.Stdin, Stdout: io.Stdout, Stderr: io.Stderr, Terminal: io.Terminal,
 		ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
 	}, nil
 }
@@ -255,10 +249,10 @@ func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	if err != nil {
 		return nil, err
 	}
-	if err := c.init.Pause(ctx); err != nil {
+	if err := c.Init().Pause(ctx); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	s.events.send(&eventstypes.TaskPaused{ContainerID: c.id})
+	s.events.send(&eventstypes.TaskPaused{ContainerID: c.ID()})
 	return empty, nil
 }
 
@@ -267,10 +261,10 @@ func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 	if err != nil {
 		return nil, err
 	}
-	if err := c.init.Resume(ctx); err != nil {
+	if err := c.Init().Resume(ctx); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
-	s.events.send(&eventstypes.TaskResumed{ContainerID: c.id})
+	s.events.send(&eventstypes.TaskResumed{ContainerID: c.ID()})
 	return empty, nil
 }
 
@@ -290,14 +284,14 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, err
 	}
-	procs, err := c.guest.Pids(ctx, c.id)
+	procs, err := c.Pids(ctx)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	var out []*task.ProcessInfo
 	for _, pi := range procs {
 		info := &task.ProcessInfo{Pid: pi.Pid}
-		if _, err := c.process(pi.ExecID); pi.ExecID != "" && err == nil {
+		if pi.ExecID != "" {
 			a, err := protobuf.MarshalAnyToProto(&options.ProcessDetails{ExecID: pi.ExecID})
 			if err != nil {
 				return nil, err
@@ -310,13 +304,12 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 }
 
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptypes.Empty, error) {
-	c, p, err := s.process(r.ID, r.ExecID)
+	_, p, err := s.process(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if r.Stdin {
-		p.io.closeStdin()
-		if err := c.guest.CloseStdin(ctx, c.id, r.ExecID); err != nil {
+		if err := p.CloseStdin(ctx); err != nil {
 			return nil, errdefs.ToGRPC(err)
 		}
 	}
@@ -347,15 +340,8 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err := json.Unmarshal(b, &res); err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "resources of %s: %v", r.ID, err)
 	}
-	// The VM first: limits it cannot give are refused before the
-	// container's cgroup changes.
-	prev := s.sb.demand(c.id)
-	if err := s.sb.fit(ctx, c.id, prev.updated(&res), true); err != nil {
+	if err := c.Update(ctx, &res); err != nil {
 		log.G(ctx).WithError(err).Warn("update")
-		return nil, errdefs.ToGRPC(fmt.Errorf("podvm: update %s: %w", r.ID, err))
-	}
-	if err := c.init.Update(ctx, b); err != nil {
-		s.sb.setDemand(c.id, prev)
 		return nil, errdefs.ToGRPC(err)
 	}
 	return empty, nil
@@ -378,7 +364,7 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	m, err := c.guest.Stats(ctx, c.id)
+	m, err := c.Guest().Stats(ctx, c.ID())
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -391,8 +377,8 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	var pid uint32
-	if c, ok := s.sb.get(r.ID); ok {
-		pid = c.init.pid
+	if c, ok := s.pod.Container(r.ID); ok {
+		pid = c.Init().Pid()
 	}
 	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: pid}, nil
 }
@@ -400,7 +386,7 @@ func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*ptypes.Empty, error) {
 	s.deleting.Lock()
 	defer s.deleting.Unlock()
-	if !s.sb.empty() {
+	if !s.pod.Empty() || s.pod.Held() {
 		return empty, nil
 	}
 	// The shutdown callbacks stop the VM and publish what is queued.

@@ -3,6 +3,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -19,5 +20,9 @@ func init() {
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == agent.PauseName {
+		agent.Pause()
+		return
+	}
 	agent.Main()
 }

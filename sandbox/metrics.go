@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 // serveMetrics starts the sandbox's metrics socket in its state directory
 // (`containerd-shim-podvm-v2 metrics` gathers them all). A shim without
 // metrics still runs pods: a failure is logged, not returned.
-func (sb *sandbox) serveMetrics() {
+func (sb *Pod) serveMetrics() {
 	sb.metrics = metrics.NewShim(sb.id, sb)
 	if err := os.MkdirAll(sb.dir, 0o700); err != nil {
 		log.G(sb.ctx).WithError(err).Warn("no metrics socket")
@@ -32,7 +32,7 @@ func (sb *sandbox) serveMetrics() {
 }
 
 // QEMUPid is for the metrics: the running VM's QEMU, or 0.
-func (sb *sandbox) QEMUPid() int {
+func (sb *Pod) QEMUPid() int {
 	if g := sb.running.Load(); g != nil {
 		return g.VM.PID()
 	}
@@ -40,14 +40,14 @@ func (sb *sandbox) QEMUPid() int {
 }
 
 // Containers is for the metrics.
-func (sb *sandbox) Containers() int {
+func (sb *Pod) Containers() int {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	return len(sb.containers)
 }
 
 // GuestMemory is for the metrics: the guest's own account.
-func (sb *sandbox) GuestMemory(ctx context.Context) (total, available uint64, err error) {
+func (sb *Pod) GuestMemory(ctx context.Context) (total, available uint64, err error) {
 	g := sb.running.Load()
 	if g == nil {
 		return 0, 0, fmt.Errorf("no VM")
@@ -60,7 +60,7 @@ func (sb *sandbox) GuestMemory(ctx context.Context) (total, available uint64, er
 }
 
 // agentInterceptor times every RPC to the agent for the metrics.
-func (sb *sandbox) agentInterceptor(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+func (sb *Pod) agentInterceptor(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
 	start := time.Now()
 	err := invoke(ctx, req, resp)
 	// "/podvm.agent.v1.Containers/CreateContainer" -> "Containers/CreateContainer"

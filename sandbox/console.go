@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 // consoleServer serves the sandbox's debug console socket: each connection
 // is one shell in the guest, relayed frame by frame.
 type consoleServer struct {
-	sb   *sandbox
+	sb   *Pod
 	path string
 	l    net.Listener
 
@@ -42,7 +42,7 @@ const consoleShareDir = ".debug-console"
 const hostBusybox = "/bin/busybox"
 
 // serveConsole opens the console socket of a VM booted with the console on.
-func (sb *sandbox) serveConsole() error {
+func (sb *Pod) serveConsole() error {
 	path := filepath.Join(sb.dir, debugconsole.SocketName)
 	os.Remove(path)
 	l, err := unixsock.Listen(path)

@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"encoding/json"
@@ -81,8 +81,7 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 		case isPodShm(m):
 			// CRI's sandbox shm is a host tmpfs; the pod's guest tmpfs
 			// is the same thing on the right side of the VM boundary.
-			m = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: guestPodShm,
-				Options: []string{"rbind", "nosuid", "noexec", "nodev"}}
+			m = podShmMount
 		case isBind(m):
 			src, ok := t.binds[i]
 			if !ok {

@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -62,8 +62,8 @@ func specResources(s *specs.Spec) *specs.LinuxResources {
 //
 // Growths are serialized by sb.grow, which only fit takes: nothing but
 // another fit waits for a guest slow to bring memory online.
-func (sb *sandbox) fit(ctx context.Context, id string, d demand, update bool) error {
-	g := sb.runningGuest()
+func (sb *Pod) fit(ctx context.Context, id string, d demand, update bool) error {
+	g := sb.Guest()
 	if g == nil {
 		return fmt.Errorf("the VM of sandbox %s is not running: %w", sb.id, errdefs.ErrFailedPrecondition)
 	}
@@ -120,14 +120,14 @@ func (d demand) plus(o demand) demand {
 }
 
 // demand returns container id's recorded demand.
-func (sb *sandbox) demand(id string) demand {
+func (sb *Pod) demand(id string) demand {
 	sb.resizeMu.Lock()
 	defer sb.resizeMu.Unlock()
 	return sb.demands[id]
 }
 
 // setDemand puts back a demand (an Update that failed after fit).
-func (sb *sandbox) setDemand(id string, d demand) {
+func (sb *Pod) setDemand(id string, d demand) {
 	sb.resizeMu.Lock()
 	sb.demands[id] = d
 	sb.resizeMu.Unlock()
@@ -135,7 +135,7 @@ func (sb *sandbox) setDemand(id string, d demand) {
 
 // forget drops a deleted container's demand. The VM does not shrink:
 // unplugging memory the guest has used is slow and may fail.
-func (sb *sandbox) forget(id string) {
+func (sb *Pod) forget(id string) {
 	sb.resizeMu.Lock()
 	delete(sb.demands, id)
 	sb.resizeMu.Unlock()

@@ -1,11 +1,9 @@
-package shim
+package sandbox
 
 import (
 	"errors"
 	"time"
 
-	eventstypes "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/log"
 
 	"github.com/podvm/podvm/vm"
@@ -27,7 +25,7 @@ const killedStatus = 128 + 9
 // exit once its output is out (and, for an init process, once its exec
 // processes have exited, as containerd expects). A process whose VM went
 // away is reported killed.
-func (sb *sandbox) watchExit(p *process) {
+func (sb *Pod) watchExit(p *Process) {
 	logger := p.logger(sb.ctx)
 	status, err := p.guest().Wait(sb.ctx, p.c.id, p.execID)
 	switch {
@@ -58,13 +56,7 @@ func (sb *sandbox) watchExit(p *process) {
 		}
 	}
 	p.SetExited(status, func(at time.Time) {
-		id := p.execID
-		if id == "" {
-			id = p.c.id
-		}
-		sb.events.send(&eventstypes.TaskExit{
-			ContainerID: p.c.id, ID: id, Pid: p.pid, ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at),
-		})
+		sb.events.Exited(p.c.id, p.execID, p.pid, status, at)
 	})
 	logger.WithField("status", status).Info("process exited")
 }
@@ -72,7 +64,7 @@ func (sb *sandbox) watchExit(p *process) {
 // watchOOM publishes the guest's OOM kills of the sandbox's containers.
 // The guest names the container; one the sandbox does not know is not
 // passed on.
-func (sb *sandbox) watchOOM(g *vm.Guest) {
+func (sb *Pod) watchOOM(g *vm.Guest) {
 	var backoff time.Duration
 	for sb.ctx.Err() == nil && g.Alive() {
 		id, err := g.WaitOOM(sb.ctx)
@@ -90,23 +82,27 @@ func (sb *sandbox) watchOOM(g *vm.Guest) {
 			continue
 		}
 		backoff = 0
-		if _, ok := sb.get(id); !ok {
+		if _, ok := sb.Container(id); !ok {
 			log.G(sb.ctx).WithField("container", id).Warn("the guest reported an OOM kill of a container this sandbox does not have; ignored")
 			continue
 		}
 		log.G(sb.ctx).WithField("container", id).Warn("OOM kill in the guest")
-		sb.events.send(&eventstypes.TaskOOM{ContainerID: id})
+		sb.events.OOM(id)
 	}
 }
 
-// watchVM reports a VM that ended without being asked to; its processes'
+// watchVM notes a VM that ended without being asked to; its processes'
 // watchers report them killed.
-func (sb *sandbox) watchVM(g *vm.Guest) {
+func (sb *Pod) watchVM(g *vm.Guest) {
 	<-g.Done()
 	sb.mu.Lock()
-	stopping := sb.stopping
+	unexpected := sb.phase == phaseRunning
+	if unexpected {
+		_ = sb.setPhase(phaseExited)
+	}
 	sb.mu.Unlock()
-	if !stopping {
+	if unexpected {
 		log.G(sb.ctx).WithError(g.VM.Err()).Error("the VM exited unexpectedly; its containers are gone")
+		sb.end(killedStatus)
 	}
 }

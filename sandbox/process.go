@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -21,12 +21,12 @@ import (
 // checks the state under the lock, marks the process busy, lets the guest
 // work, and takes the lock again to move on. So State, events and other
 // containers never wait for a slow or stuck guest.
-type process struct {
+type Process struct {
 	mu     sync.Mutex
 	idle   *sync.Cond // signalled when busy clears
-	c      *container
+	c      *Container
 	execID string
-	stdio  stdioPaths
+	stdio  Stdio
 	// spec is the OCI process of an exec (JSON).
 	spec []byte
 	// pid is the PID containerd sees: QEMU's, so that /proc/<pid>/ns/net
@@ -45,15 +45,19 @@ type process struct {
 	io *hostIO
 }
 
-func newProcess(c *container, execID string, stdio stdioPaths) *process {
-	p := &process{c: c, execID: execID, stdio: stdio, exited: make(chan struct{}), state: createdState{}}
+func newProcess(c *Container, execID string, stdio Stdio) *Process {
+	var first state = createdState{}
+	if execID != "" {
+		first = execCreatedState{}
+	}
+	p := &Process{c: c, execID: execID, stdio: stdio, exited: make(chan struct{}), state: first}
 	p.idle = sync.NewCond(&p.mu)
 	return p
 }
 
-func (p *process) guest() *vm.Guest { return p.c.guest }
+func (p *Process) guest() *vm.Guest { return p.c.guest }
 
-func (p *process) logger(ctx context.Context) *log.Entry {
+func (p *Process) logger(ctx context.Context) *log.Entry {
 	l := log.G(ctx).WithField("container", p.c.id)
 	if p.execID != "" {
 		l = l.WithField("exec", p.execID)
@@ -61,7 +65,7 @@ func (p *process) logger(ctx context.Context) *log.Entry {
 	return l
 }
 
-func (p *process) what() string {
+func (p *Process) what() string {
 	if p.execID == "" {
 		return "container " + p.c.id
 	}
@@ -73,7 +77,7 @@ func (p *process) what() string {
 // asks the guest, and after (if any) runs under the lock once the process
 // has moved on. An exit recorded while the guest worked wins over the next
 // state, except over deletion.
-func (p *process) transition(ctx context.Context, op string, check func(state) (state, error), do func(context.Context) error, after func()) error {
+func (p *Process) transition(ctx context.Context, op string, check func(state) (state, error), do func(context.Context) error, after func()) error {
 	p.mu.Lock()
 	if p.busy != "" {
 		busy := p.busy
@@ -109,7 +113,7 @@ func (p *process) transition(ctx context.Context, op string, check func(state) (
 
 // check runs a state's verdict on an operation that does not move the
 // process on.
-func (p *process) check(verdict func(state) error) error {
+func (p *Process) check(verdict func(state) error) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return verdict(p.state)
@@ -117,25 +121,49 @@ func (p *process) check(verdict func(state) error) error {
 
 // Start starts the process; started runs under the process's lock once it
 // has, so the start event it queues always precedes the exit event (which
-// waits for the start to finish).
-func (p *process) Start(ctx context.Context, started func()) error {
+// waits for the start to finish). Before the pod's own container starts,
+// interfaces CNI added since the VM booted (`ctr run --cni`) are joined:
+// the workload must find them configured.
+func (p *Process) Start(ctx context.Context, started func()) error {
+	if p.execID == "" && p.c.id == p.c.sb.id {
+		if err := p.c.sb.rescanNetwork(ctx, p.guest()); err != nil {
+			return fmt.Errorf("pod network: %w", err)
+		}
+	}
 	return p.transition(ctx, "start", state.start, p.doStart, started)
 }
 
-func (p *process) Delete(ctx context.Context) error {
+// Pid is the PID containerd sees: QEMU's (see Process.pid).
+func (p *Process) Pid() uint32 { return p.pid }
+
+// ExecID is the exec process's ID, empty for the init process.
+func (p *Process) ExecID() string { return p.execID }
+
+// Stdio is what containerd gave for the process's streams.
+func (p *Process) Stdio() Stdio { return p.stdio }
+
+// CloseStdin ends the process's input (containerd's CloseIO).
+func (p *Process) CloseStdin(ctx context.Context) error {
+	p.io.closeStdin()
+	return p.guest().CloseStdin(ctx, p.c.id, p.execID)
+}
+
+// ResizePty sets the size of the process's terminal.
+func (p *Process) ResizePty(ctx context.Context, width, height uint32) error {
+	return p.guest().ResizePty(ctx, p.c.id, p.execID, width, height)
+}
+
+func (p *Process) Delete(ctx context.Context) error {
 	return p.transition(ctx, "delete", state.delete, p.doDelete, nil)
 }
 
-func (p *process) Pause(ctx context.Context) error {
-	if p.execID != "" {
-		return fmt.Errorf("cannot pause an exec process: %w", errdefs.ErrNotImplemented)
-	}
+func (p *Process) Pause(ctx context.Context) error {
 	return p.transition(ctx, "pause", state.pause, func(ctx context.Context) error {
 		return p.guest().Pause(ctx, p.c.id)
 	}, nil)
 }
 
-func (p *process) Resume(ctx context.Context) error {
+func (p *Process) Resume(ctx context.Context) error {
 	return p.transition(ctx, "resume", state.resume, func(ctx context.Context) error {
 		return p.guest().Resume(ctx, p.c.id)
 	}, nil)
@@ -144,7 +172,7 @@ func (p *process) Resume(ctx context.Context) error {
 // Kill signals the process (with all, every process of the container). A
 // VM that is gone took the process with it: the kill has happened, and the
 // exit follows.
-func (p *process) Kill(ctx context.Context, sig uint32, all bool) error {
+func (p *Process) Kill(ctx context.Context, sig uint32, all bool) error {
 	if err := p.check(state.kill); err != nil {
 		return err
 	}
@@ -158,19 +186,19 @@ func (p *process) Kill(ctx context.Context, sig uint32, all bool) error {
 	return err
 }
 
-func (p *process) Update(ctx context.Context, resources []byte) error {
+func (p *Process) Update(ctx context.Context, resources []byte) error {
 	if err := p.check(state.update); err != nil {
 		return err
 	}
 	return p.guest().Update(ctx, p.c.id, resources)
 }
 
-func (p *process) CanExec() error { return p.check(state.canExec) }
+func (p *Process) CanExec() error { return p.check(state.canExec) }
 
 // SetExited records the exit and, under the same lock, lets exited queue
 // the exit event. A start still in progress finishes first, so that its
 // event comes before the exit's.
-func (p *process) SetExited(status uint32, exited func(at time.Time)) {
+func (p *Process) SetExited(status uint32, exited func(at time.Time)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for p.busy == "start" {
@@ -187,14 +215,14 @@ func (p *process) SetExited(status uint32, exited func(at time.Time)) {
 }
 
 // Status is the state's name, which containerd's State call maps.
-func (p *process) Status() string {
+func (p *Process) Status() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.state.name()
 }
 
 // Wait blocks until the process has exited.
-func (p *process) Wait(ctx context.Context) error {
+func (p *Process) Wait(ctx context.Context) error {
 	select {
 	case <-p.exited:
 		return nil
@@ -203,14 +231,14 @@ func (p *process) Wait(ctx context.Context) error {
 	}
 }
 
-func (p *process) ExitStatus() (uint32, time.Time) {
+func (p *Process) ExitStatus() (uint32, time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.exitStatus, p.exitedAt
 }
 
 // markExited needs the lock.
-func (p *process) markExited(status uint32) {
+func (p *Process) markExited(status uint32) {
 	select {
 	case <-p.exited:
 		return
@@ -223,7 +251,7 @@ func (p *process) markExited(status uint32) {
 
 // What the operations do in the guest; none holds the lock.
 
-func (p *process) doStart(ctx context.Context) error {
+func (p *Process) doStart(ctx context.Context) error {
 	g := p.guest()
 	if p.execID == "" {
 		_, err := g.StartProcess(ctx, p.c.id, "")
@@ -243,7 +271,7 @@ func (p *process) doStart(ctx context.Context) error {
 	return nil
 }
 
-func (p *process) doDelete(ctx context.Context) error {
+func (p *Process) doDelete(ctx context.Context) error {
 	if p.execID == "" {
 		return p.c.destroy(ctx)
 	}
@@ -261,7 +289,7 @@ func (p *process) doDelete(ctx context.Context) error {
 	return nil
 }
 
-func (p *process) started() bool {
+func (p *Process) started() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.guestPid != 0

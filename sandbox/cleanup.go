@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"errors"
@@ -12,13 +12,13 @@ import (
 	"github.com/podvm/podvm/network"
 )
 
-// cleanupAfterCrash is `delete` after the shim died: QEMU normally died
+// Cleanup is `delete` after the shim died: QEMU normally died
 // with it (it runs with a parent-death signal), but is killed here if not;
 // the container's mounts, and for the sandbox's own container its network
 // and the whole sandbox directory, are removed. The directory, which holds
 // the records of what to undo, goes last and only once the rest is undone,
 // so that a failed cleanup can be run again.
-func cleanupAfterCrash(dir, sandboxID, containerID string) error {
+func Cleanup(dir, sandboxID, containerID string) error {
 	if containerID != sandboxID {
 		return unmountTree(dir, filepath.Join("shared", containerID))
 	}

@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"encoding/json"
@@ -19,7 +19,7 @@ import (
 // filesystems. Each error names the value and what to do.
 
 // checkID accepts a container, exec or sandbox ID as containerd would.
-func checkID(kind, id string) error {
+func CheckID(kind, id string) error {
 	if err := identifiers.Validate(id); err != nil {
 		return fmt.Errorf("invalid %s %q: use letters, digits, '.', '_' and '-' (at most 76 characters): %w",
 			kind, truncate(id, 100), errdefs.ErrInvalidArgument)

@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -18,11 +18,11 @@ import (
 	"github.com/podvm/podvm/vm"
 )
 
-// stdioPaths is what containerd gives for a process's streams: FIFO paths,
-// or binary:// and file:// URIs for logging.
-type stdioPaths struct {
-	stdin, stdout, stderr string
-	terminal              bool
+// Stdio is what containerd gives for a process's streams: FIFO paths, or
+// binary:// and file:// URIs for logging.
+type Stdio struct {
+	Stdin, Stdout, Stderr string
+	Terminal              bool
 }
 
 // hostIO is the host end of a process's streams: containerd's FIFOs (or a
@@ -41,21 +41,21 @@ type hostIO struct {
 // containerd's client, which may open them only after Create returns (CRI
 // does): ctx must outlive the request, since the fifo package closes a
 // FIFO whose open is still pending when ctx ends.
-func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO, retErr error) {
+func openIO(ctx context.Context, id, namespace string, s Stdio) (_ *hostIO, retErr error) {
 	h := &hostIO{done: make(chan struct{})}
 	defer func() {
 		if retErr != nil {
 			h.close()
 		}
 	}()
-	if s.stdin != "" {
-		f, err := fifo.OpenFifo(ctx, s.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if s.Stdin != "" {
+		f, err := fifo.OpenFifo(ctx, s.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
-			return nil, fmt.Errorf("open stdin fifo %s: %w", s.stdin, err)
+			return nil, fmt.Errorf("open stdin fifo %s: %w", s.Stdin, err)
 		}
 		h.stdin = f
 	}
-	u, err := url.Parse(s.stdout)
+	u, err := url.Parse(s.Stdout)
 	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
 		switch u.Scheme {
 		case "binary":
@@ -72,7 +72,7 @@ func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO,
 			shared := &sharedFile{f: f, users: 2}
 			h.stdout, h.stderr = &sharedUse{s: shared}, &sharedUse{s: shared}
 		default:
-			return nil, fmt.Errorf("unsupported stdio scheme %q in %s: use a FIFO path, binary:// or file://", u.Scheme, s.stdout)
+			return nil, fmt.Errorf("unsupported stdio scheme %q in %s: use a FIFO path, binary:// or file://", u.Scheme, s.Stdout)
 		}
 		return h, nil
 	}
@@ -89,11 +89,11 @@ func openIO(ctx context.Context, id, namespace string, s stdioPaths) (_ *hostIO,
 		}
 		return f, nil
 	}
-	if h.stdout, err = open(s.stdout); err != nil {
+	if h.stdout, err = open(s.Stdout); err != nil {
 		return nil, err
 	}
-	if !s.terminal {
-		if h.stderr, err = open(s.stderr); err != nil {
+	if !s.Terminal {
+		if h.stderr, err = open(s.Stderr); err != nil {
 			return nil, err
 		}
 	}

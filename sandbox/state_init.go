@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"errors"
@@ -8,11 +8,12 @@ import (
 )
 
 // state is where a process is in its life, after containerd's runc shim
-// (pkg/process/init_state.go). Each operation says whether it is allowed
-// now, with the error runc's shim gives when it is not, and for those that
-// move the process on, the state it is in once the guest has done it. The
-// states only decide; process runs the operation in the guest without
-// holding its lock.
+// (pkg/process/init_state.go and exec_state.go): an init process and an
+// exec process go through different states. Each operation says whether
+// it is allowed now, with the error runc's shim gives when it is not, and
+// for those that move the process on, the state it is in once the guest
+// has done it. The states only decide; Process runs the operation in the
+// guest without holding its lock.
 type state interface {
 	name() string
 	start() (state, error)

@@ -1,4 +1,4 @@
-package shim
+package sandbox
 
 import (
 	"context"
@@ -28,7 +28,7 @@ const (
 // namespace (CRI's) is used as it is; one that asks for a new namespace
 // gets a persistent one podvm owns (and removes with the sandbox); one
 // without a network namespace shares the host's, and the guest gets no NIC.
-func (sb *sandbox) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
+func (sb *Pod) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
 	var nsSpec *specs.LinuxNamespace
 	if spec.Linux != nil {
 		for i, ns := range spec.Linux.Namespaces {
@@ -87,7 +87,7 @@ func (sb *sandbox) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *s
 }
 
 // configureGuestNetwork gives the guest the pod interfaces joined so far.
-func (sb *sandbox) configureGuestNetwork(ctx context.Context, g *vm.Guest) error {
+func (sb *Pod) configureGuestNetwork(ctx context.Context, g *vm.Guest) error {
 	sb.netMu.Lock()
 	pod := sb.pod
 	var ifaces []network.Interface
@@ -106,7 +106,7 @@ func (sb *sandbox) configureGuestNetwork(ctx context.Context, g *vm.Guest) error
 // rescanNetwork joins interfaces that appeared in the pod's namespace since
 // the VM booted (CNI run by `ctr run --cni` between Create and Start) and
 // configures them in the guest.
-func (sb *sandbox) rescanNetwork(ctx context.Context, g *vm.Guest) error {
+func (sb *Pod) rescanNetwork(ctx context.Context, g *vm.Guest) error {
 	sb.netMu.Lock()
 	var added []*network.Endpoint
 	var err error
@@ -138,7 +138,7 @@ func (sb *sandbox) rescanNetwork(ctx context.Context, g *vm.Guest) error {
 
 // closeNetwork undoes the pod network podvm made; the namespace itself
 // goes only if podvm owns it. Repeating it is harmless.
-func (sb *sandbox) closeNetwork() error {
+func (sb *Pod) closeNetwork() error {
 	var errs []error
 	sb.netMu.Lock()
 	if sb.pod != nil {
@@ -153,7 +153,7 @@ func (sb *sandbox) closeNetwork() error {
 
 // closeEndpointFiles drops the shim's copies of the NICs' devices once QEMU
 // holds its own: a TAP then lives exactly as long as the VM.
-func (sb *sandbox) closeEndpointFiles() {
+func (sb *Pod) closeEndpointFiles() {
 	sb.netMu.Lock()
 	defer sb.netMu.Unlock()
 	if sb.pod == nil {
