@@ -225,3 +225,21 @@ func removeCgroup(path string) error {
 	}
 	return cg.Delete()
 }
+
+// cgroupStats are the host's accounting of the pod's cgroup at path (the
+// VM's whole cost): cgroup v2's or v1's metrics, as containerd reports a
+// task's.
+func cgroupStats(path string) (any, error) {
+	if cgroups.Mode() == cgroups.Unified {
+		m, err := cgroup2.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		return m.Stat()
+	}
+	c, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if err != nil {
+		return nil, err
+	}
+	return c.Stat(cgroup1.IgnoreNotExist)
+}

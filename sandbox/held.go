@@ -24,6 +24,7 @@ type held struct {
 	infraPid  uint32   // the infra process's guest PID
 	vmPid     int
 	startedAt time.Time
+	cgroup    string // the pod's host cgroup, if it has one
 }
 
 // Start is the Sandbox API's start of the pod: its files, its VM sized by
@@ -68,7 +69,7 @@ func (sb *Pod) Start(ctx context.Context, pc PodConfig) (retErr error) {
 	if err := sb.writePodFiles(files); err != nil {
 		return err
 	}
-	if err := sb.Boot(ctx, pc.spec(sb.id)); err != nil {
+	if err := sb.Boot(ctx, pc.Spec(sb.id)); err != nil {
 		return fmt.Errorf("boot the VM of sandbox %s: %w", sb.id, err)
 	}
 	g := sb.Guest()
@@ -88,6 +89,9 @@ func (sb *Pod) Start(ctx context.Context, pc PodConfig) (retErr error) {
 	}
 	slices.Sort(h.files)
 	h.infraPid, h.vmPid, h.startedAt = pid, g.VM.PID(), time.Now()
+	if cg := sb.cgroup; cg != nil {
+		h.cgroup = cg.Path
+	}
 	sb.mu.Unlock()
 	log.G(ctx).WithField("guest_pid", pid).Info("sandbox started")
 	return nil
@@ -162,4 +166,30 @@ func (sb *Pod) Status() Status {
 		st.Ready = !ended && sb.phase == phaseRunning && !h.startedAt.IsZero()
 	}
 	return st
+}
+
+// HostStats are the host's accounting of a held pod's cgroup: what the
+// whole VM costs.
+func (sb *Pod) HostStats() (any, error) {
+	sb.mu.Lock()
+	var path string
+	if sb.held != nil {
+		path = sb.held.cgroup
+	}
+	sb.mu.Unlock()
+	if path == "" {
+		return nil, fmt.Errorf("sandbox %s has no cgroup of its own (its pod config names no cgroup parent): %w", sb.id, errdefs.ErrNotFound)
+	}
+	return cgroupStats(path)
+}
+
+// All are the pod's containers.
+func (sb *Pod) All() []*Container {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	out := make([]*Container, 0, len(sb.containers))
+	for _, c := range sb.containers {
+		out = append(out, c)
+	}
+	return out
 }

@@ -100,9 +100,10 @@ func cgroupsPathOf(parent, id string) string {
 	return path.Join(parent, id)
 }
 
-// spec is the sandbox spec a pause container would have had: what Boot
-// needs to size the VM, place it in its cgroup and attach its network.
-func (pc *PodConfig) spec(id string) *specs.Spec {
+// Spec is the sandbox spec a pause container would have had: what Boot
+// needs to size the VM, place it in its cgroup and attach its network, and
+// what containerd's NRI shows plugins of the pod.
+func (pc *PodConfig) Spec(id string) *specs.Spec {
 	a := map[string]string{}
 	for k, v := range pc.Annotations {
 		a[k] = v
@@ -116,7 +117,7 @@ func (pc *PodConfig) spec(id string) *specs.Spec {
 	if pc.MemoryLimit > 0 {
 		a[vmconfig.AnnotationMemory] = strconv.FormatInt(pc.MemoryLimit, 10)
 	}
-	s := &specs.Spec{Annotations: a, Linux: &specs.Linux{}}
+	s := &specs.Spec{Version: specs.Version, Hostname: pc.Hostname, Annotations: a, Linux: &specs.Linux{}}
 	if pc.CgroupParent != "" {
 		s.Linux.CgroupsPath = cgroupsPathOf(pc.CgroupParent, id)
 	}

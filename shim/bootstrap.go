@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // containerd 2.3 and later start a shim with its bootstrap parameters
@@ -26,11 +28,21 @@ type bootstrap struct {
 	socketDir string
 }
 
+// startInput is what containerd tells `start` on stdin.
+type startInput struct {
+	// boot is nil before containerd 2.3.
+	boot *bootstrap
+	// options are the runtime handler's options (runtimeoptions.v1 from
+	// CRI), nil if none: the Sandbox API's pod gets them only here.
+	options *anypb.Any
+}
+
 // Field numbers of BootstrapParams and BootstrapResult.
 const (
 	paramInstanceID        = 1
 	paramNamespace         = 2
 	paramContainerdVersion = 4
+	paramExtensions        = 8
 	paramSocketDir         = 9
 
 	resultVersion  = 1
@@ -41,12 +53,12 @@ const (
 // maxBootstrap bounds what is read of stdin.
 const maxBootstrap = 10 << 20
 
-// readBootstrap reads stdin and returns containerd's bootstrap parameters,
-// or nil when containerd sent none (it is older than 2.3). Runtime
-// options, which 1.7 to 2.2 send instead, are a protobuf Any whose first
-// field is a type URL: parameters are told apart by naming this very
-// instance and namespace.
-func readBootstrap(stdin io.Reader, id, namespace string) *bootstrap {
+// readStart reads stdin: containerd's bootstrap parameters (2.3 and
+// later), whose first extension is the runtime options, or the runtime
+// options alone (1.7 to 2.2), or nothing (1.6). Runtime options are a
+// protobuf Any whose first field is a type URL: parameters are told apart
+// by naming this very instance and namespace.
+func readStart(stdin io.Reader, id, namespace string) startInput {
 	data := make(chan []byte, 1)
 	go func() {
 		b, _ := io.ReadAll(io.LimitReader(stdin, maxBootstrap))
@@ -57,17 +69,57 @@ func readBootstrap(stdin io.Reader, id, namespace string) *bootstrap {
 	case b = <-data:
 	case <-time.After(5 * time.Second):
 		// Nothing closes stdin (a terminal, say): no parameters.
-		return nil
+		return startInput{}
 	}
 	fields, err := stringFields(b)
-	if err != nil || fields[paramInstanceID] != id || fields[paramNamespace] != namespace || fields[paramContainerdVersion] == "" {
-		return nil
+	if err != nil {
+		return startInput{}
+	}
+	if fields[paramInstanceID] != id || fields[paramNamespace] != namespace || fields[paramContainerdVersion] == "" {
+		return startInput{options: anyOf(b)}
 	}
 	bs := &bootstrap{containerdVersion: fields[paramContainerdVersion], socketDir: fields[paramSocketDir]}
 	if bs.socketDir != "" && !filepath.IsAbs(bs.socketDir) {
 		bs.socketDir = ""
 	}
-	return bs
+	in := startInput{boot: bs}
+	// The first Extension (field 8) holds the options in its field 1.
+	if ext, ok := firstField(b, paramExtensions); ok {
+		if v, ok := firstField(ext, 1); ok {
+			in.options = anyOf(v)
+		}
+	}
+	return in
+}
+
+// anyOf decodes b as a protobuf Any with a type URL, else nil.
+func anyOf(b []byte) *anypb.Any {
+	var a anypb.Any
+	if err := proto.Unmarshal(b, &a); err != nil || a.TypeUrl == "" {
+		return nil
+	}
+	return &a
+}
+
+// firstField is the first length-delimited field num of message b.
+func firstField(b []byte, num protowire.Number) ([]byte, bool) {
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return nil, false
+		}
+		b = b[l:]
+		if n == num && typ == protowire.BytesType {
+			v, l := protowire.ConsumeBytes(b)
+			return v, l >= 0
+		}
+		l = protowire.ConsumeFieldValue(n, typ, b)
+		if l < 0 {
+			return nil, false
+		}
+		b = b[l:]
+	}
+	return nil, false
 }
 
 // stringFields decodes the length-delimited fields of a protobuf message

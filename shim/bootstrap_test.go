@@ -40,7 +40,7 @@ func TestReadBootstrap(t *testing.T) {
 		{"garbage", []byte("\xff\xff\xff"), nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			got := readBootstrap(bytes.NewReader(tt.stdin), "c1", "k8s.io")
+			got := readStart(bytes.NewReader(tt.stdin), "c1", "k8s.io").boot
 			if (got == nil) != (tt.want == nil) || got != nil && *got != *tt.want {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
@@ -55,5 +55,28 @@ func TestBootstrapResult(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(bootstrapResult("x")), "\x08\x03") {
 		t.Error("version 3 is not the first field")
+	}
+}
+
+// The runtime handler's options reach the shim from every containerd that
+// sends them: in the first bootstrap extension (2.3+), or alone (1.7-2.2).
+func TestReadStartOptions(t *testing.T) {
+	var options []byte
+	options = field(options, 1, "runtimeoptions.v1.Options")
+	options = field(options, 2, "\x0a\x05/x.toml")
+	var params []byte
+	params = field(params, paramInstanceID, "c1")
+	params = field(params, paramNamespace, "k8s.io")
+	params = field(params, paramContainerdVersion, "v2.4.2")
+	params = field(params, paramExtensions, string(field(nil, 1, string(options))))
+
+	for name, stdin := range map[string][]byte{"containerd 2.3+": params, "containerd 1.7 to 2.2": options} {
+		in := readStart(bytes.NewReader(stdin), "c1", "k8s.io")
+		if in.options == nil || in.options.TypeUrl != "runtimeoptions.v1.Options" || string(in.options.Value) != "\x0a\x05/x.toml" {
+			t.Errorf("%s: options %v", name, in.options)
+		}
+	}
+	if in := readStart(bytes.NewReader(nil), "c1", "k8s.io"); in.options != nil || in.boot != nil {
+		t.Errorf("nothing on stdin: %+v", in)
 	}
 }

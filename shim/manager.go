@@ -6,7 +6,9 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,8 +79,9 @@ func (m manager) Start(ctx context.Context, id string, opts shim.StartOpts) (str
 	if err != nil {
 		return "", err
 	}
-	boot := readBootstrap(os.Stdin, id, ns)
-	address, err := m.start(ctx, id, ns, opts, boot)
+	in := readStart(os.Stdin, id, ns)
+	boot := in.boot
+	address, err := m.start(ctx, id, ns, opts, in)
 	if err != nil || boot == nil {
 		return address, err
 	}
@@ -87,8 +90,14 @@ func (m manager) Start(ctx context.Context, id string, opts shim.StartOpts) (str
 
 // start finds or starts the shim of the container's sandbox and returns
 // its address.
-func (manager) start(ctx context.Context, id, ns string, opts shim.StartOpts, boot *bootstrap) (_ string, retErr error) {
+func (manager) start(ctx context.Context, id, ns string, opts shim.StartOpts, in startInput) (_ string, retErr error) {
+	boot := in.boot
 	annotations, err := readBundleAnnotations(".")
+	if errors.Is(err, fs.ErrNotExist) {
+		// The Sandbox API's bundle has no spec: the sandbox is the
+		// instance.
+		annotations, err = nil, nil
+	}
 	if err != nil {
 		return "", err
 	}
@@ -137,6 +146,9 @@ func (manager) start(ctx context.Context, id, ns string, opts shim.StartOpts, bo
 	}
 	defer f.Close()
 
+	if err := saveRuntimeOptions(".", in.options); err != nil {
+		return "", err
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return "", err

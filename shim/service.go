@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	sandboxAPI "github.com/containerd/containerd/api/runtime/sandbox/v1"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	taskv3 "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
@@ -21,6 +22,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/podvm/podvm/sandbox"
 	"github.com/podvm/podvm/vmconfig"
@@ -33,6 +35,9 @@ type service struct {
 	pod      *sandbox.Pod
 	events   *events
 	shutdown shutdown.Service
+	// startOptions are the runtime handler's options containerd gave
+	// `start`, for the Sandbox API's pod (a task's come with its Create).
+	startOptions *anypb.Any
 	// deleting is held (read) by each Delete, so that a Shutdown that
 	// containerd sends after one container's Delete cannot end the shim
 	// while another's (the one stopping the VM) has yet to answer.
@@ -54,8 +59,13 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 		return nil, err
 	}
 	ns, _ := namespaceOf(ctx)
+	// The shim runs in the bundle it was started for.
+	opts, err := loadRuntimeOptions(".")
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("the runtime options saved by start; going on without them")
+	}
 	ev := newEvents(ctx, publisher)
-	s := &service{events: ev, shutdown: sd}
+	s := &service{events: ev, shutdown: sd, startOptions: opts}
 	s.pod = sandbox.New(ctx, id, ns, cfg, ev)
 	sd.RegisterCallback(func(ctx context.Context) error {
 		err := s.pod.Stop(ctx)
@@ -69,11 +79,13 @@ func NewTaskService(ctx context.Context, id string, publisher shim.Publisher, sd
 }
 
 // RegisterTTRPC makes the service a containerd shim TTRPC plugin: task API
-// v2 for containerd 1.6 to 2.2, v3 for 2.3 and later.
+// v2 for containerd 1.6 to 2.2, v3 for 2.3 and later, and the Sandbox API
+// for containerd 2.x's sandboxer = "shim".
 func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	o := observed{s: s, m: s.pod.Metrics()}
 	taskAPI.RegisterTaskService(server, o)
 	taskv3.RegisterTTRPCTaskService(server, taskV3{v2: o})
+	sandboxAPI.RegisterTTRPCSandboxService(server, &sandboxService{s: s})
 	return nil
 }
 

@@ -142,6 +142,15 @@ func newCRI(t *testing.T) *cri {
 	return &cri{t: t, ctd: harness.StartCRI(t), dir: t.TempDir()}
 }
 
+// criHandlers are runc and podvm's CRI handlers on this containerd: on
+// 2.x also podvm-sandbox, the Sandbox API.
+func criHandlers() []string {
+	if harness.Containerd2() {
+		return []string{"runc", "podvm", "podvm-sandbox"}
+	}
+	return []string{"runc", "podvm"}
+}
+
 func TestCRI(t *testing.T) {
 	c := newCRI(t)
 	ctd := c.ctd
@@ -150,7 +159,7 @@ func TestCRI(t *testing.T) {
 		return string(out), err
 	}
 
-	for _, handler := range []string{"runc", "podvm"} {
+	for _, handler := range criHandlers() {
 		t.Run(handler, func(t *testing.T) {
 			c.t = t
 			pod, podConfig := c.runp(handler, nil)
@@ -189,7 +198,7 @@ func TestCRI(t *testing.T) {
 				out, err = c.run("ps", "-a")
 				t.Logf("ps: %s %v", out, err)
 			}
-			if handler == "podvm" {
+			if handler != "runc" {
 				if q := qemuOf(pod); len(q) != 1 {
 					t.Errorf("pod %s has %d QEMU processes, want one: %v", pod, len(q), q)
 				}
@@ -245,7 +254,7 @@ func TestCRI(t *testing.T) {
 		sysctls := map[string]any{"net.ipv4.ip_forward": "1", "net.ipv4.tcp_keepalive_time": "1234", "kernel.shm_rmid_forced": "1"}
 		read := "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/tcp_keepalive_time /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start"
 		got := map[string]string{}
-		for _, handler := range []string{"runc", "podvm"} {
+		for _, handler := range criHandlers() {
 			config := c.podConfigLinux(handler, nil, map[string]any{"sysctls": sysctls})
 			pod := c.must("runp", "--runtime", handler, config)
 			id := c.container(pod, config, "sleeper", "sleep", "100000")
@@ -253,12 +262,14 @@ func TestCRI(t *testing.T) {
 			c.must("stopp", pod)
 			c.must("rmp", pod)
 		}
-		if !strings.HasPrefix(got["podvm"], "1 1234 1 ") || got["podvm"] != got["runc"] {
-			t.Errorf("sysctls seen in the pod: runc %q, podvm %q", got["runc"], got["podvm"])
-		}
-		refused := c.podConfigLinux("podvm", nil, map[string]any{"sysctls": map[string]any{"vm.swappiness": "10"}})
-		if _, err := c.run("runp", "--runtime", "podvm", refused); err == nil || !strings.Contains(err.Error(), "vm.swappiness") || !strings.Contains(err.Error(), "not namespaced") {
-			t.Errorf("runp with a sysctl that is not namespaced: %v", err)
+		for _, h := range criHandlers()[1:] {
+			if !strings.HasPrefix(got[h], "1 1234 1 ") || got[h] != got["runc"] {
+				t.Errorf("sysctls seen in the pod: runc %q, %s %q", got["runc"], h, got[h])
+			}
+			refused := c.podConfigLinux(h, nil, map[string]any{"sysctls": map[string]any{"vm.swappiness": "10"}})
+			if _, err := c.run("runp", "--runtime", h, refused); err == nil || !strings.Contains(err.Error(), "vm.swappiness") || !strings.Contains(err.Error(), "not namespaced") {
+				t.Errorf("%s: runp with a sysctl that is not namespaced: %v", h, err)
+			}
 		}
 		if out := c.must("pods", "-q"); out != "" {
 			t.Errorf("pods left: %q", out)

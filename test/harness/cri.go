@@ -17,11 +17,12 @@ import (
 const CRISubnet = "10.66.0.0/24"
 
 // CRIConfig is the containerd configuration for CRI: handlers runc,
-// podvm, podvm-broken and podvm-q35 (VMs that grow), the local pause
+// podvm, podvm-broken and podvm-q35 (VMs that grow), on containerd 2.x
+// podvm-sandbox (the Sandbox API, sandboxer = "shim"), the local pause
 // image, and a CNI bridge whose configuration and IP allocations live in
 // dir, in the layout of this run's containerd (config version 2 for 1.x,
 // 3 for 2.x). restrict_oom_score_adj is needed on hosts without
-// CAP_SYS_RESOURCE. The podvm runtime is the README's snippet for that
+// CAP_SYS_RESOURCE. The podvm runtimes are the README's snippets for that
 // containerd, verbatim.
 func CRIConfig(dir string) (string, error) {
 	plugin := `"io.containerd.grpc.v1.cri"`
@@ -45,6 +46,11 @@ func CRIConfig(dir string) (string, error) {
         ConfigPath = %[3]q
 `, plugin, filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"))
 	if Containerd2() {
+		sandboxer, err := READMEBlock("toml", plugin+".containerd.runtimes.podvm-sandbox]")
+		if err != nil {
+			return "", err
+		}
+		runtimes += sandboxer
 		return fmt.Sprintf(`
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
