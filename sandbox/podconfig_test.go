@@ -11,7 +11,7 @@ import (
 // each bad value is refused with its name.
 func TestPodConfigCheck(t *testing.T) {
 	good := PodConfig{Hostname: "web-1", NetNS: "/var/run/netns/cni-1", CgroupParent: "/kubepods/pod1",
-		DNS: DNS{Servers: []string{"10.0.0.10", "fd00::a"}, Searches: []string{"svc.cluster.local"}, Options: []string{"ndots:5", "edns0"}},
+		DNS:     DNS{Servers: []string{"10.0.0.10", "fd00::a"}, Searches: []string{"svc.cluster.local"}, Options: []string{"ndots:5", "edns0"}},
 		Sysctls: map[string]string{"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"}}
 	if err := good.Check(); err != nil {
 		t.Fatalf("a good pod config: %v", err)
