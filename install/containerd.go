@@ -3,6 +3,7 @@ package install
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -35,23 +36,28 @@ const (
 // ContainerdConfig is containerd's configuration file, as far as podvm's
 // runtime is concerned.
 type ContainerdConfig struct {
-	Path    string
-	Version int // 2 or 3
+	Path    string // on the node
+	Version int    // 2 or 3
+	root    string // the node's root
 	text    string
 	tree    map[string]any
+	changed bool // text differs from the file
+	// dropIn is podvm's own file among those the config imports, if it
+	// imports a directory (containerd 2.2+'s conf.d); see dropin.go.
+	dropIn dropIn
 }
 
-// ReadContainerdConfig reads containerd's configuration. A missing or empty
-// file takes the layout of the containerd that will read it
-// (containerdMajor 1 or 2; 0 if unknown). Version 1 layouts are refused:
-// containerd 1.x still reads them but they have no place for runtime
-// options.
-func ReadContainerdConfig(path string, containerdMajor int) (*ContainerdConfig, error) {
-	b, err := os.ReadFile(path)
+// ReadContainerdConfig reads containerd's configuration at path on the node
+// whose root is root ("/" on the node itself). A missing or empty file
+// takes the layout of the containerd that will read it (containerdMajor 1
+// or 2; 0 if unknown). Version 1 layouts are refused: containerd 1.x still
+// reads them but they have no place for runtime options.
+func ReadContainerdConfig(root, path string, containerdMajor int) (*ContainerdConfig, error) {
+	b, err := os.ReadFile(filepath.Join(root, path))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("read containerd config: %w", err)
 	}
-	c := &ContainerdConfig{Path: path, text: string(b), tree: map[string]any{}}
+	c := &ContainerdConfig{Path: path, root: root, text: string(b), tree: map[string]any{}}
 	if _, err := toml.Decode(c.text, &c.tree); err != nil {
 		return nil, fmt.Errorf("containerd config %s is not valid TOML: %w (fix it, then retry)", path, err)
 	}
@@ -78,6 +84,9 @@ func ReadContainerdConfig(path string, containerdMajor int) (*ContainerdConfig, 
 	if _, ok := criPlugins[c.Version]; !ok {
 		return nil, fmt.Errorf("containerd config %s is version %d; podvm supports versions 2 and 3: convert it with `containerd config migrate`", path, c.Version)
 	}
+	if err := c.readDropIn(); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -98,9 +107,17 @@ func (c *ContainerdConfig) runtimesPath() []string {
 	return []string{"plugins", criPlugins[c.Version], "containerd", "runtimes"}
 }
 
+// runtimes are CRI's runtimes in the file and in podvm's drop-in.
 func (c *ContainerdConfig) runtimes() map[string]any {
-	var t any = c.tree
-	for _, k := range c.runtimesPath() {
+	out := map[string]any{}
+	maps.Copy(out, runtimesIn(c.tree, c.runtimesPath()))
+	maps.Copy(out, runtimesIn(c.dropIn.tree, c.runtimesPath()))
+	return out
+}
+
+func runtimesIn(tree map[string]any, path []string) map[string]any {
+	var t any = tree
+	for _, k := range path {
 		m, ok := t.(map[string]any)
 		if !ok {
 			return nil
@@ -124,9 +141,13 @@ func (c *ContainerdConfig) PodvmRuntimes() []string {
 }
 
 // PassesAnnotations reports whether the named runtime lets pods'
-// io.podvm.config.* annotations through to the shim.
+// io.podvm.config.* annotations through to the shim: its pod_annotations
+// do, and the Sandbox API (sandboxer = "shim") gives the shim them all.
 func (c *ContainerdConfig) PassesAnnotations(name string) bool {
 	r, _ := c.runtimes()[name].(map[string]any)
+	if r["sandboxer"] == "shim" {
+		return true
+	}
 	list, _ := r["pod_annotations"].([]any)
 	for _, a := range list {
 		if a == "io.podvm.config.*" || a == "*" {
@@ -153,6 +174,10 @@ func (c *ContainerdConfig) AddRuntime(name string) (bool, error) {
 		}
 		return false, fmt.Errorf("containerd config %s already has a runtime %q that is not podvm's: choose another name (--runtime-name)", c.Path, name)
 	}
+	if c.dropIn.path != "" {
+		c.dropIn.set(Stanza(c.Version, name))
+		return true, nil
+	}
 	text := c.text
 	if text != "" && !strings.HasSuffix(text, "\n") {
 		text += "\n"
@@ -171,7 +196,7 @@ func (c *ContainerdConfig) AddRuntime(name string) (bool, error) {
 		// runtimes, say): leave the file alone.
 		return false, fmt.Errorf("containerd config %s: adding the podvm runtime would make it invalid (%v): add this by hand:\n%s", c.Path, err, Stanza(c.Version, name))
 	}
-	c.text, c.tree = text, tree
+	c.text, c.tree, c.changed = text, tree, true
 	return true, nil
 }
 
@@ -198,29 +223,42 @@ func (c *ContainerdConfig) RemoveRuntime() bool {
 		c.text = strings.Join(out, "")
 		c.tree = map[string]any{}
 		toml.Decode(c.text, &c.tree)
+		c.changed = true
 	}
-	return removed
+	return c.dropIn.remove() || removed
 }
 
 // Text is the configuration as it would be written.
 func (c *ContainerdConfig) Text() string { return c.text }
 
-// Write replaces the file atomically, keeping its mode.
+// Write writes what changed: the file (replaced atomically, keeping its
+// mode) and podvm's drop-in.
 func (c *ContainerdConfig) Write() error {
+	if c.changed {
+		if err := writeAtomic(filepath.Join(c.root, c.Path), c.text); err != nil {
+			return fmt.Errorf("write containerd config: %w", err)
+		}
+		c.changed = false
+	}
+	return c.dropIn.write(c.root)
+}
+
+// writeAtomic replaces path by a complete new file, keeping its mode.
+func writeAtomic(path, text string) error {
 	mode := os.FileMode(0o644)
-	if st, err := os.Stat(c.Path); err == nil {
+	if st, err := os.Stat(path); err == nil {
 		mode = st.Mode().Perm()
 	}
-	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := c.Path + ".podvm-tmp"
-	if err := os.WriteFile(tmp, []byte(c.text), mode); err != nil {
-		return fmt.Errorf("write containerd config: %w", err)
+	tmp := path + ".podvm-tmp"
+	if err := os.WriteFile(tmp, []byte(text), mode); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, c.Path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write containerd config: %w", err)
+		return err
 	}
 	return nil
 }

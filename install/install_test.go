@@ -59,7 +59,7 @@ func TestContainerdConfigAddRemove(t *testing.T) {
 			if tc.exists {
 				os.WriteFile(path, []byte(tc.text), 0o600)
 			}
-			c, err := ReadContainerdConfig(path, tc.major)
+			c, err := ReadContainerdConfig("/", path, tc.major)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,7 +78,7 @@ func TestContainerdConfigAddRemove(t *testing.T) {
 			if st, _ := os.Stat(path); tc.exists && st.Mode().Perm() != 0o600 {
 				t.Errorf("mode %v, want the file's 0600", st.Mode())
 			}
-			c, err = ReadContainerdConfig(path, 0)
+			c, err = ReadContainerdConfig("/", path, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +113,7 @@ func TestContainerdConfigRefuses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.toml")
 			os.WriteFile(path, []byte(tc.text), 0o644)
-			c, err := ReadContainerdConfig(path, 0)
+			c, err := ReadContainerdConfig("/", path, 0)
 			if err == nil {
 				_, err = c.AddRuntime("podvm")
 			}
@@ -134,7 +134,7 @@ func TestContainerdReadsStanza(t *testing.T) {
 	harness.Need(t, err == nil, "containerd is missing (make deps)")
 	path := filepath.Join(t.TempDir(), "config.toml")
 	os.WriteFile(path, []byte(debianV2), 0o644)
-	c, err := ReadContainerdConfig(path, 1)
+	c, err := ReadContainerdConfig("/", path, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,5 +202,78 @@ func TestNode(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, "etc/containerd/config.toml")); string(b) != debianV2 {
 		t.Errorf("containerd config after uninstall:\n%s", b)
+	}
+}
+
+// containerdV3Imports is containerd 2.2+'s `config default`: it imports a
+// drop-in directory.
+func containerdV3Imports(dir string) string {
+	return "version = 3\nimports = ['" + dir + "/conf.d/*.toml']\n" + strings.TrimPrefix(containerdV3, "version = 3\n")
+}
+
+// Where the config imports a directory, the runtime goes into a file of
+// podvm's own there, config.toml is left alone, and uninstall removes the
+// file; a podvm.toml that is not podvm's is left alone and refused.
+func TestContainerdConfigDropIn(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	text := containerdV3Imports(dir)
+	os.WriteFile(path, []byte(text), 0o644)
+	c, err := ReadContainerdConfig("/", path, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn := filepath.Join(dir, "conf.d", "podvm.toml")
+	if c.Where() != dropIn {
+		t.Fatalf("runtime goes to %s, want %s", c.Where(), dropIn)
+	}
+	if changed, err := c.AddRuntime("podvm"); err != nil || !changed {
+		t.Fatalf("AddRuntime: %v %v", changed, err)
+	}
+	if err := c.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != text {
+		t.Errorf("config.toml changed:\n%s", b)
+	}
+	c, err = ReadContainerdConfig("/", path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.PodvmRuntimes(); !reflect.DeepEqual(got, []string{"podvm"}) {
+		t.Errorf("podvm runtimes with the drop-in: %v", got)
+	}
+	if changed, err := c.AddRuntime("podvm"); err != nil || changed {
+		t.Errorf("AddRuntime again: %v %v", changed, err)
+	}
+
+	// containerd 2.x merges the drop-in into its configuration.
+	if _, err := os.Stat(harness.Containerd2Bin()); err == nil {
+		out, err := exec.Command(harness.Containerd2Bin(), "--config", path, "config", "dump").CombinedOutput()
+		dump := string(out)
+		i := strings.Index(dump, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.podvm]")
+		if err != nil || i < 0 || !strings.Contains(dump[i:], "runtime_type = 'io.containerd.podvm.v2'") || !strings.Contains(dump, "containerd.runtimes.runc]") {
+			t.Errorf("containerd 2.x's merged config lacks the podvm runtime or runc's: %v\n%s", err, dump)
+		}
+	} else {
+		t.Log("no containerd 2.x in build/tools (make deps): containerd's merge not checked")
+	}
+
+	if !c.RemoveRuntime() {
+		t.Fatal("RemoveRuntime found nothing")
+	}
+	if err := c.Write(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dropIn); !os.IsNotExist(err) {
+		t.Errorf("drop-in left after remove: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != text {
+		t.Errorf("config.toml changed by remove:\n%s", b)
+	}
+
+	os.WriteFile(dropIn, []byte("# mine\n"), 0o644)
+	if _, err := ReadContainerdConfig("/", path, 0); err == nil || !strings.Contains(err.Error(), "not podvm's") {
+		t.Errorf("a foreign podvm.toml: %v", err)
 	}
 }

@@ -56,7 +56,7 @@ func (n *Node) logf(format string, args ...any) {
 func (n *Node) Install() (bool, error) {
 	// Check containerd's configuration before touching anything, so that
 	// a refusal leaves the node as it was.
-	cc, err := ReadContainerdConfig(n.path(n.ContainerdConfig), n.ContainerdMajor)
+	cc, err := ReadContainerdConfig(n.Root, n.ContainerdConfig, n.ContainerdMajor)
 	if err != nil {
 		return false, err
 	}
@@ -88,7 +88,7 @@ func (n *Node) Install() (bool, error) {
 		if err := cc.Write(); err != nil {
 			return false, err
 		}
-		n.logf("added runtime %q to %s", n.RuntimeName, n.ContainerdConfig)
+		n.logf("added runtime %q to %s", n.RuntimeName, cc.Where())
 	}
 	return changed, nil
 }
@@ -96,16 +96,17 @@ func (n *Node) Install() (bool, error) {
 // Uninstall undoes Install: the runtime leaves containerd's configuration
 // and the files go, except a /etc/podvm/config.toml an operator changed.
 func (n *Node) Uninstall() (bool, error) {
-	cc, err := ReadContainerdConfig(n.path(n.ContainerdConfig), n.ContainerdMajor)
+	cc, err := ReadContainerdConfig(n.Root, n.ContainerdConfig, n.ContainerdMajor)
 	if err != nil {
 		return false, err
 	}
+	where := cc.Where()
 	changed := cc.RemoveRuntime()
 	if changed {
 		if err := cc.Write(); err != nil {
 			return false, err
 		}
-		n.logf("removed the podvm runtime from %s", n.ContainerdConfig)
+		n.logf("removed the podvm runtime from %s", where)
 	}
 	conf := n.path("/etc/podvm/config.toml")
 	example := n.path(filepath.Join(n.Prefix, "share", "podvm", "config.toml.example"))

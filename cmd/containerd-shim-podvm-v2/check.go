@@ -260,7 +260,7 @@ func containerdFindings(path string) []finding {
 	if v, err := commandVersion("containerd", "--version"); err == nil {
 		major = install.ContainerdMajor(v)
 	}
-	c, err := install.ReadContainerdConfig(path, major)
+	c, err := install.ReadContainerdConfig("/", path, major)
 	if err != nil {
 		return []finding{{"warn", "containerd config", err.Error(), "fix " + path + ", then run `containerd-shim-podvm-v2 install` or add the podvm runtime by hand"}}
 	}

@@ -101,6 +101,13 @@ func TestDeploy(t *testing.T) {
 
 	node := filepath.Join(dir, "node")
 	ctdConfig := "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+	// containerd 2.2+'s generated config imports conf.d: the runtime goes
+	// into a file of its own there.
+	dropIn := ""
+	if harness.Containerd2() {
+		ctdConfig = "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+		dropIn = filepath.Join(node, "etc", "containerd", "conf.d", "podvm.toml")
+	}
 	if err := os.MkdirAll(filepath.Join(node, "etc", "containerd"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +138,7 @@ func TestDeploy(t *testing.T) {
 
 	installed := filepath.Join(node, "opt", "podvm", "bin", install.Binary)
 	waitFor(t, func() bool {
-		c, err := install.ReadContainerdConfig(filepath.Join(node, "etc", "containerd", "config.toml"), 0)
+		c, err := install.ReadContainerdConfig(node, "/etc/containerd/config.toml", 0)
 		return err == nil && reflect.DeepEqual(c.PodvmRuntimes(), []string{"podvm"})
 	})
 	for dst, src := range sources {
@@ -146,6 +153,12 @@ func TestDeploy(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(node, "etc", "podvm", "config.toml")); err != nil {
 		t.Errorf("podvm config: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(node, "etc", "containerd", "config.toml")); dropIn != "" && string(b) != ctdConfig {
+		t.Errorf("containerd config.toml changed although it imports conf.d: %v\n%s", err, b)
+	}
+	if _, err := os.Stat(dropIn); dropIn != "" && err != nil {
+		t.Errorf("the runtime's drop-in: %v", err)
 	}
 	if st, err := os.Stat(installed); err != nil || st.Mode().Perm()&0o111 == 0 {
 		t.Errorf("installed shim is not executable: %v %v", st, err)

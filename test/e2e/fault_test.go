@@ -82,11 +82,18 @@ func (c *cri) remove(pod string, bound time.Duration) {
 // StartContainer, during an exec and during StopPodSandbox; QEMU
 // SIGSTOPped (a guest that stops answering); the agent killed inside the
 // guest; containerd restarted under a running pod. Each pod must then be
-// removable, and nothing may be left.
+// removable, and nothing may be left. On containerd 2.x, also for pods of
+// the Sandbox API.
 func TestFaults(t *testing.T) {
 	c := newCRI(t)
-	ctd := c.ctd
+	for _, handler := range criHandlers()[1:] {
+		t.Run(handler, func(t *testing.T) { faults(t, c, handler) })
+	}
+}
 
+// faults are TestFaults for one handler.
+func faults(t *testing.T, c *cri, handler string) {
+	ctd := c.ctd
 	find := func(victim, pod string) int {
 		if victim == "shim" {
 			return shimPid(pod)
@@ -107,7 +114,7 @@ func TestFaults(t *testing.T) {
 		for _, phase := range []string{"runp", "create", "start", "exec", "stopp"} {
 			t.Run(victim+" killed after "+phase, func(t *testing.T) {
 				c.t = t
-				pod, podConfig := c.runp("podvm", nil)
+				pod, podConfig := c.runp(handler, nil)
 				var id string
 				switch phase {
 				case "create":
@@ -154,7 +161,7 @@ func TestFaults(t *testing.T) {
 	// two minutes, because the shim kills the VM from the host.
 	t.Run("qemu stopped", func(t *testing.T) {
 		c.t = t
-		pod, podConfig := c.runp("podvm", nil)
+		pod, podConfig := c.runp(handler, nil)
 		c.container(pod, podConfig, "sleeper", "sleep", "100000")
 		pid := qemuPid(pod)
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
@@ -185,7 +192,7 @@ func TestFaults(t *testing.T) {
 
 	t.Run("containerd restarted", func(t *testing.T) {
 		c.t = t
-		pod, podConfig := c.runp("podvm", nil)
+		pod, podConfig := c.runp(handler, nil)
 		id := c.container(pod, podConfig, "sleeper", "sleep", "100000")
 		qemu := qemuPid(pod)
 		if err := ctd.Restart(); err != nil {

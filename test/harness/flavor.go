@@ -15,6 +15,10 @@ func Containerd2() bool { return os.Getenv("PODVM_CONTAINERD") == "2" }
 // containerd2Dir holds the pinned containerd 2.x binaries.
 func containerd2Dir() string { return filepath.Join(RepoRoot(), "build", "tools", "containerd-2") }
 
+// Containerd2Bin is the pinned containerd 2.x, whichever line this run
+// is against.
+func Containerd2Bin() string { return filepath.Join(containerd2Dir(), "containerd") }
+
 // ContainerdBin is the containerd binary of this run.
 func ContainerdBin() string {
 	if Containerd2() {
