@@ -244,8 +244,14 @@ func (ss *sandboxService) PingSandbox(ctx context.Context, r *sandboxAPI.PingReq
 	return &sandboxAPI.PingResponse{}, nil
 }
 
-// ShutdownSandbox stops the pod if it still runs and ends the shim once
-// its last events are out. Asking again changes nothing.
+// shutdownGrace is how long the shim lives on after answering
+// ShutdownSandbox: the shim library exits as soon as shutdown begins, and
+// containerd (unlike for the task API's Shutdown) fails a removal whose
+// ShutdownSandbox gets no answer.
+const shutdownGrace = 500 * time.Millisecond
+
+// ShutdownSandbox stops the pod if it still runs, answers, and then ends
+// the shim once its last events are out. Asking again changes nothing.
 func (ss *sandboxService) ShutdownSandbox(ctx context.Context, r *sandboxAPI.ShutdownSandboxRequest) (*sandboxAPI.ShutdownSandboxResponse, error) {
 	if err := ss.checkSandbox(r.SandboxID); err != nil {
 		return nil, err
@@ -253,7 +259,7 @@ func (ss *sandboxService) ShutdownSandbox(ctx context.Context, r *sandboxAPI.Shu
 	if err := ss.s.pod.Stop(ctx); err != nil {
 		log.G(ctx).WithError(err).Error("stop sandbox")
 	}
-	ss.s.shutdown.Shutdown()
+	time.AfterFunc(shutdownGrace, ss.s.shutdown.Shutdown)
 	return &sandboxAPI.ShutdownSandboxResponse{}, nil
 }
 

@@ -4,10 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	sandboxAPI "github.com/containerd/containerd/api/runtime/sandbox/v1"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/ttrpc"
 
 	"github.com/podvm/podvm/test/harness"
 )
@@ -154,6 +161,42 @@ func TestSandboxAPI(t *testing.T) {
 		})
 		c.must("stopp", pod)
 		c.must("stopp", pod)
+		c.must("rmp", pod)
+		checkNoAllocations(t, c.ctd)
+	})
+
+	t.Run("shutdown twice", func(t *testing.T) {
+		// containerd may ask again (a retried RemovePodSandbox): the
+		// shim answers both before it goes, and the pod is then
+		// removable.
+		c.t = t
+		pod := c.must("runp", "--runtime", handler, podConfig("sbx-twice", nil))
+		c.must("stopp", pod)
+		b, err := os.ReadFile(filepath.Join(c.ctd.Dir, "state", "io.containerd.sandbox.controller.v1.shim", "k8s.io", pod, "bootstrap.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var boot struct{ Address string }
+		if err := json.Unmarshal(b, &boot); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("unix", strings.TrimPrefix(boot.Address, "unix://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := ttrpc.NewClient(conn)
+		defer client.Close()
+		svc := sandboxAPI.NewTTRPCSandboxClient(client)
+		ctx := namespaces.WithNamespace(context.Background(), "k8s.io")
+		for i := 0; i < 2; i++ {
+			if _, err := svc.ShutdownSandbox(ctx, &sandboxAPI.ShutdownSandboxRequest{SandboxID: pod}); err != nil {
+				t.Errorf("ShutdownSandbox %d: %v", i+1, err)
+			}
+		}
+		if _, err := svc.ShutdownSandbox(ctx, &sandboxAPI.ShutdownSandboxRequest{SandboxID: "another"}); err == nil || !strings.Contains(err.Error(), "this shim serves sandbox") {
+			t.Errorf("ShutdownSandbox of another sandbox: %v", err)
+		}
+		waitFor(t, func() bool { return shimPid(pod) == 0 })
 		c.must("rmp", pod)
 		checkNoAllocations(t, c.ctd)
 	})
