@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
+
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // Accel is the accelerator QEMU runs the guest with.
@@ -147,22 +149,22 @@ func (c *Config) validate() error {
 	}
 	errs = append(errs, checkKernel(c.Kernel), checkInitramfs(c.Initramfs))
 	if _, ok := machines[c.Machine]; !ok {
-		errs = append(errs, fmt.Errorf("unknown machine type %q: use one of %v", c.Machine, Machines()))
+		errs = append(errs, fmt.Errorf("machine: %w", vmconfig.CheckMachine(c.Machine)))
 	}
 	if c.Accel != KVM && c.Accel != TCG {
 		errs = append(errs, fmt.Errorf("unknown accelerator %q: use kvm or tcg", c.Accel))
 	}
-	if c.CPUs < 1 || c.CPUs > maxCPUs {
-		errs = append(errs, fmt.Errorf("vCPUs must be between 1 and %d, not %d", maxCPUs, c.CPUs))
+	if c.CPUs < 1 || c.CPUs > vmconfig.GuestMaxVCPUs {
+		errs = append(errs, fmt.Errorf("vCPUs must be between 1 and %d, not %d", vmconfig.GuestMaxVCPUs, c.CPUs))
 	}
-	if c.MaxCPUs > maxCPUs {
-		errs = append(errs, fmt.Errorf("at most %d vCPUs can be hot-plugged, not %d", maxCPUs, c.MaxCPUs))
+	if c.MaxCPUs > vmconfig.GuestMaxVCPUs {
+		errs = append(errs, fmt.Errorf("at most %d vCPUs can be hot-plugged, not %d", vmconfig.GuestMaxVCPUs, c.MaxCPUs))
 	}
-	if c.MemoryMiB < minMemoryMiB {
-		errs = append(errs, fmt.Errorf("guest memory must be at least %d MiB, not %d", minMemoryMiB, c.MemoryMiB))
+	if c.MemoryMiB < vmconfig.MinMemoryMiB {
+		errs = append(errs, fmt.Errorf("guest memory must be at least %d MiB, not %d", vmconfig.MinMemoryMiB, c.MemoryMiB))
 	}
-	if c.TBSizeMiB < 0 {
-		errs = append(errs, fmt.Errorf("TCG translation cache size must not be negative, not %d MiB", c.TBSizeMiB))
+	if c.TBSizeMiB < 0 || c.TBSizeMiB > vmconfig.MaxTCGCacheMiB {
+		errs = append(errs, fmt.Errorf("TCG translation cache size must be 0..%d MiB, not %d", vmconfig.MaxTCGCacheMiB, c.TBSizeMiB))
 	}
 	for i, n := range c.NICs {
 		if n.File == nil || len(n.MAC) != 6 {
@@ -193,8 +195,8 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("invalid VM name %q: letters, digits, '.', '_' and '-' only", c.ID))
 	}
 	for _, p := range c.KernelParams {
-		if p == "" || strings.ContainsAny(p, " \t\n\"") {
-			errs = append(errs, fmt.Errorf("kernel parameter %q must be one word without quotes", p))
+		if err := vmconfig.CheckKernelParam(p); err != nil {
+			errs = append(errs, fmt.Errorf("kernel parameter %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -218,14 +220,6 @@ func validWord(s string) bool {
 
 // validPortName is a virtio-serial port name the guest finds in sysfs.
 func validPortName(s string) bool { return validWord(s) && len(s) <= 64 }
-
-const (
-	// maxCPUs matches CONFIG_NR_CPUS of the guest kernel.
-	maxCPUs = 64
-	// minMemoryMiB leaves room for the kernel, the initramfs (unpacked
-	// into RAM) and the agent.
-	minMemoryMiB = 64
-)
 
 func checkAsset(what, path string) error {
 	if path == "" {

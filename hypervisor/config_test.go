@@ -64,13 +64,13 @@ func TestValidate(t *testing.T) {
 		{"kernel without PVH", func(c *Config) {}, "no PVH entry point"},
 		{"kernel is a directory", func(c *Config) { c.Kernel = dir }, "not a regular file"},
 		{"initramfs not cpio", func(c *Config) { c.Initramfs = garbage }, "not a cpio archive"},
-		{"unknown machine", func(c *Config) { c.Machine = "pc" }, `unknown machine type "pc"`},
+		{"unknown machine", func(c *Config) { c.Machine = "pc" }, `"pc" is not a supported machine type`},
 		{"unknown accel", func(c *Config) { c.Accel = "hvf" }, `unknown accelerator "hvf"`},
 		{"no cpus", func(c *Config) { c.CPUs = 0 }, "vCPUs must be between"},
 		{"too little memory", func(c *Config) { c.MemoryMiB = 16 }, "at least 64 MiB"},
 		{"bad port name", func(c *Config) { c.Ports = []string{"a,b"} }, `invalid or repeated virtio-serial port name "a,b"`},
 		{"option in the name", func(c *Config) { c.ID = "a,debug-threads=on" }, `invalid VM name "a,debug-threads=on"`},
-		{"kernel parameter with a space", func(c *Config) { c.KernelParams = []string{"a b"} }, `kernel parameter "a b" must be one word`},
+		{"kernel parameter with a space", func(c *Config) { c.KernelParams = []string{"a b"} }, `kernel parameter "a b": parameters are words`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

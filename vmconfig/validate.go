@@ -26,8 +26,8 @@ func (c *Config) Validate() error {
 			bad(key, "must be an absolute path, not %q", p)
 		}
 	}
-	if h.Machine != "microvm" && h.Machine != "q35" {
-		bad("hypervisor.machine", "%q is not a supported machine type (microvm or q35)", h.Machine)
+	if err := CheckMachine(h.Machine); err != nil {
+		bad("hypervisor.machine", "%v", err)
 	}
 	if h.Accelerator != "auto" && h.Accelerator != "kvm" && h.Accelerator != "tcg" {
 		bad("hypervisor.accelerator", "%q is not auto, kvm or tcg", h.Accelerator)
@@ -42,12 +42,12 @@ func (c *Config) Validate() error {
 		bad("hypervisor.memory_mib", "%d is outside %d..%d (hypervisor.max_memory_mib)", h.MemoryMiB, MinMemoryMiB, h.MaxMemoryMiB)
 	}
 	for _, w := range KernelParams(h.KernelParams) {
-		if strings.ContainsAny(w, "\"'\\") {
-			bad("hypervisor.kernel_params", "%q: parameters are words without quotes or backslashes", w)
+		if err := CheckKernelParam(w); err != nil {
+			bad("hypervisor.kernel_params", "%v", err)
 		}
 	}
-	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > 4096 {
-		bad("hypervisor.tcg_cache_mib", "%d is outside 0..4096 (0 means QEMU's default)", h.TCGCacheMiB)
+	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > MaxTCGCacheMiB {
+		bad("hypervisor.tcg_cache_mib", "%d is outside 0..%d (0 means QEMU's default)", h.TCGCacheMiB, MaxTCGCacheMiB)
 	}
 	switch c.Agent.Transport {
 	case "auto", "serial", "vsock":
@@ -88,16 +88,11 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Bounds of the guest's size.
-const (
-	MinMemoryMiB = 64
-	MaxMemoryMiB = 256 * 1024
-)
 
 // MaxVCPUs is the most vCPUs a guest may have: the host's CPUs, and never
 // more than the guest kernel supports.
 func MaxVCPUs() int {
-	return min(runtime.NumCPU(), 64)
+	return min(runtime.NumCPU(), GuestMaxVCPUs)
 }
 
 // KernelParams splits hypervisor.kernel_params into the words the guest
