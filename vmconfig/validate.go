@@ -88,7 +88,6 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-
 // MaxVCPUs is the most vCPUs a guest may have: the host's CPUs, and never
 // more than the guest kernel supports.
 func MaxVCPUs() int {
