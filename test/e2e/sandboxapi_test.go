@@ -143,13 +143,9 @@ func TestSandboxAPI(t *testing.T) {
 		config := podConfig("sbx-killed", nil)
 		pod := c.must("runp", "--runtime", handler, config)
 		id := c.container(pod, config, "sleeper", "sleep", "100000")
-		q := qemuOf(pod)
-		if len(q) != 1 {
-			t.Fatalf("QEMU of %s: %v", pod, q)
-		}
-		var pid int
-		if _, err := fmt.Sscan(q[0], &pid); err != nil || pid <= 1 {
-			t.Fatalf("QEMU PID of %q: %v", q[0], err)
+		pid := qemuPid(pod)
+		if pid <= 1 {
+			t.Fatalf("QEMU of %s: %v", pod, qemuOf(pod))
 		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
