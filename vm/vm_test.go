@@ -154,7 +154,7 @@ func TestBadInput(t *testing.T) {
 		{"kernel without PVH entry", func(c *vmconfig.Config) { c.Hypervisor.Kernel = self }, []string{"no PVH entry point"}},
 		{"missing initramfs", func(c *vmconfig.Config) { c.Hypervisor.Initramfs = filepath.Join(dir, "initramfs.cpio") }, []string{"does not exist"}},
 		{"corrupt initramfs", func(c *vmconfig.Config) { c.Hypervisor.Initramfs = garbage }, []string{"not a cpio archive"}},
-		{"unknown machine", func(c *vmconfig.Config) { c.Hypervisor.Machine = "pc" }, []string{`unknown machine type "pc"`, "microvm"}},
+		{"unknown machine", func(c *vmconfig.Config) { c.Hypervisor.Machine = "pc" }, []string{`"pc" is not a supported machine type`, "microvm"}},
 		{"initramfs without init", func(c *vmconfig.Config) { c.Hypervisor.Initramfs = noInit }, []string{"guest stopped before its agent answered", "Kernel panic"}},
 		{"agent never answers", func(c *vmconfig.Config) {
 			// The agent waits for a port that does not exist.
