@@ -24,29 +24,44 @@ import (
 // which every process in the guest can read), and a vsock peer must be the
 // host itself.
 
-// readSecret reads the VM's secret from its port, once, at boot.
+// readSecret reads the VM's boot record from its port, once, and takes on
+// the identity it carries (see agentapi.BootRecord) before returning the
+// secret. A VM saved as a template waits here: the ready byte tells the host
+// it may be saved, and every VM restored from it reads a record of its own.
 func readSecret(ctx context.Context, port string) ([]byte, error) {
 	dev, err := findPort(ctx, port)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the secret port: %w", err)
 	}
 	defer f.Close()
-	secret := make([]byte, agentapi.SecretSize)
+	buf := make([]byte, agentapi.BootRecordSize)
 	errc := make(chan error, 1)
-	go func() { _, err := io.ReadFull(f, secret); errc <- err }()
+	go func() {
+		if _, err := f.Write([]byte{agentapi.ReadyByte}); err != nil {
+			errc <- fmt.Errorf("say ready: %w", err)
+			return
+		}
+		_, err := io.ReadFull(f, buf)
+		errc <- err
+	}()
 	select {
 	case err := <-errc:
 		if err != nil {
-			return nil, fmt.Errorf("read the secret: %w", err)
+			return nil, fmt.Errorf("read the boot record: %w", err)
 		}
-		return secret, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("no secret from the host: %w", ctx.Err())
+		return nil, fmt.Errorf("no boot record from the host: %w", ctx.Err())
 	}
+	rec, err := agentapi.ParseBootRecord(buf)
+	if err != nil {
+		return nil, err
+	}
+	takeIdentity(rec)
+	return rec.Secret, nil
 }
 
 // helloTimeout bounds how long a connection may take to say hello.

@@ -182,7 +182,8 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	s.mu.Unlock()
 	logf(levelDebug, "created container %s, init pid %d (storage+config %v, create+start %v, stdio %v)", id, pid, t1.Sub(t0), t2.Sub(t1), time.Since(t2))
 
-	return &agentapi.CreateContainerResponse{Pid: uint32(pid)}, nil
+	return &agentapi.CreateContainerResponse{Pid: uint32(pid),
+		MountsNs: uint64(t1.Sub(t0)), CreateNs: uint64(t2.Sub(t1)), StdioNs: uint64(time.Since(t2))}, nil
 }
 
 func (s *containerService) StartProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.StartProcessResponse, error) {

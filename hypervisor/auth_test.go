@@ -83,7 +83,7 @@ func TestAgentRefusesStrangers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sp.Write(secret)
+			sp.Write(agentapi.BootRecord{Secret: secret, Entropy: make([]byte, agentapi.EntropySize), RealtimeNs: time.Now().UnixNano()}.Marshal())
 
 			if who != "host" {
 				// Another process on the host: the test binary again.

@@ -66,7 +66,7 @@ func args(c *Config, f fds) ([]string, error) {
 	}
 	a := []string{
 		"-name", c.ID,
-		"-machine", m.machineArg(c),
+		"-machine", machineArg(c, m),
 		"-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
 		"-parallel", "none", "-net", "none",
 		// A guest reset is how a microvm without ACPI powers off.
@@ -103,14 +103,33 @@ func args(c *Config, f fds) ([]string, error) {
 		// the CRNG without it.
 	)
 	a = append(a, m.extraArgs()...)
+	if c.Memory != nil {
+		// The machine's RAM is this backend (machine option
+		// memory-backend); a restored VM must have the template's.
+		share := "off"
+		if c.Memory.Shared {
+			share = "on"
+		}
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s",
+			memoryBackendID, c.MemoryMiB, qemuEscape(c.Memory.Path), share))
+	}
+	if c.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
 	for i := 0; i < m.hotplugSlots(); i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d,bus=pcie.0", hotplugPort(i), i+1, i+1))
 	}
 	for i, n := range c.NICs {
 		// vhost-net is not used: it is absent on some hosts and its
-		// gain matters less than a working default.
+		// gain matters less than a working default. A template's NIC is
+		// a port of a hub of its own: joined to nothing, and no part of
+		// the saved state (backends are not migrated).
+		backend := fmt.Sprintf("hubport,id=net%d,hubid=%d", i, i)
+		if n.File != nil {
+			backend = fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, f.nics[i])
+		}
 		a = append(a,
-			"-netdev", fmt.Sprintf("tap,id=net%d,fd=%d,vhost=off", i, f.nics[i]),
+			"-netdev", backend,
 			"-device", fmt.Sprintf("%s,netdev=net%d,mac=%s%s", m.virtio("net"), i, n.MAC, hostMTU(n.MTU)),
 		)
 	}
@@ -143,6 +162,16 @@ func args(c *Config, f fds) ([]string, error) {
 		}
 	}
 	return a, nil
+}
+
+// memoryBackendID names the memory backend of a file-backed VM.
+const memoryBackendID = "ram"
+
+func machineArg(c *Config, m machine) string {
+	if c.Memory != nil {
+		return m.machineArg(c) + ",memory-backend=" + memoryBackendID
+	}
+	return m.machineArg(c)
 }
 
 // growsCPUs says whether the VM can get more vCPUs than it boots with.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -113,9 +114,25 @@ type Config struct {
 	// be added later on microvm, so the sandbox's shared directory is
 	// given at start and containers' files are mounted under it.
 	Shares []Share
+	// Memory backs the guest's boot RAM with a file: a VM template's,
+	// shared while the template is built, private (copy-on-write) in each
+	// VM restored from it. Nil gives anonymous RAM.
+	Memory *MemoryFile
+	// Incoming starts QEMU waiting for a saved device state (Restore)
+	// instead of booting the kernel.
+	Incoming bool
 }
 
-// NIC is a guest network card on a host TAP (or macvtap) device.
+// MemoryFile is guest RAM in a file.
+type MemoryFile struct {
+	Path string
+	// Shared maps the file shared: the guest's writes reach it. Otherwise
+	// the mapping is private and the file stays as it is.
+	Shared bool
+}
+
+// NIC is a guest network card on a host TAP (or macvtap) device. A
+// template's NICs have no File: they are joined to nothing.
 type NIC struct {
 	MAC  net.HardwareAddr
 	File *os.File
@@ -167,7 +184,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("TCG translation cache size must be 0..%d MiB, not %d", vmconfig.MaxTCGCacheMiB, c.TBSizeMiB))
 	}
 	for i, n := range c.NICs {
-		if n.File == nil || len(n.MAC) != 6 {
+		if (n.File == nil && !c.template()) || len(n.MAC) != 6 {
 			errs = append(errs, fmt.Errorf("NIC %d needs a TAP file and a MAC", i))
 		}
 	}
@@ -183,6 +200,12 @@ func (c *Config) validate() error {
 		if sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ", =") {
 			errs = append(errs, fmt.Errorf("invalid 9p mount tag %q", sh.Tag))
 		}
+	}
+	if c.Memory != nil && !filepath.IsAbs(c.Memory.Path) {
+		errs = append(errs, fmt.Errorf("memory file %q must be an absolute path", c.Memory.Path))
+	}
+	if c.Incoming && (c.Memory == nil || c.Memory.Shared) {
+		errs = append(errs, errors.New("a VM restored from a template needs the template's memory file, mapped private"))
 	}
 	seen := map[string]bool{}
 	for _, p := range c.Ports {
@@ -201,6 +224,9 @@ func (c *Config) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// template says whether c builds a VM template: RAM shared with its file.
+func (c *Config) template() bool { return c.Memory != nil && c.Memory.Shared }
 
 // validWord says whether s can stand in QEMU's and the kernel's command
 // lines as it is: no separators, no option syntax.

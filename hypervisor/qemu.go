@@ -119,9 +119,13 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		vm.ports[name] = host
 	}
 
-	for range vm.cfg.NICs {
+	next := 3 + len(guestEnds)
+	for _, n := range vm.cfg.NICs {
 		// After the other inherited fds, in order.
-		f.nics = append(f.nics, 3+len(guestEnds)+len(f.nics))
+		f.nics = append(f.nics, next)
+		if n.File != nil {
+			next++
+		}
 	}
 	a, err := args(&vm.cfg, f)
 	if err != nil {
@@ -137,7 +141,9 @@ func (vm *VM) start(ctx context.Context) (err error) {
 	// A copy: appending to a slice of guestEnds would overwrite outW.
 	cmd.ExtraFiles = append([]*os.File{}, guestEnds[:len(guestEnds)-1]...)
 	for _, n := range vm.cfg.NICs {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, n.File)
+		if n.File != nil {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, n.File)
+		}
 	}
 	cmd.Stdout, cmd.Stderr = outW, outW
 	cmd.SysProcAttr = &syscall.SysProcAttr{

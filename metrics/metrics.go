@@ -39,6 +39,7 @@ type Shim struct {
 	agentErrors   *prometheus.CounterVec
 	taskDuration  *prometheus.HistogramVec
 	taskErrors    *prometheus.CounterVec
+	phaseDuration *prometheus.HistogramVec
 }
 
 // rpcBuckets span a local RPC under KVM (100 µs) to a slow exec under TCG
@@ -70,7 +71,10 @@ func NewShim(id string, sb Sandbox) *Shim {
 		taskErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podvm_task_rpc_errors_total",
 			Help: "containerd's task API calls the shim failed."}, []string{"method"}),
 	}
-	f.MustRegister(m.bootSeconds, m.readySeconds, m.vcpus, m.memoryBytes, m.bootFailures,
+	m.phaseDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "podvm_start_phase_seconds",
+		Help: "Where a pod's or container's start went: netns and TAPs, template, QEMU exec, restore, agent, guest network, rootfs, guest create, start.",
+		Buckets: rpcBuckets}, []string{"phase"})
+	f.MustRegister(m.phaseDuration, m.bootSeconds, m.readySeconds, m.vcpus, m.memoryBytes, m.bootFailures,
 		m.agentDuration, m.agentErrors, m.taskDuration, m.taskErrors,
 		&sandboxCollector{sb: sb},
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -84,6 +88,14 @@ func (m *Shim) Booted(boot, agentReady time.Duration, vcpus, memoryMiB int) {
 	m.readySeconds.Set(agentReady.Seconds())
 	m.vcpus.Set(float64(vcpus))
 	m.memoryBytes.Set(float64(memoryMiB << 20))
+}
+
+// Phase records one phase of a start.
+func (m *Shim) Phase(name string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.phaseDuration.WithLabelValues(name).Observe(d.Seconds())
 }
 
 // Resized records the VM's size after a hot-plug.

@@ -93,13 +93,12 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 			_ = unmountTree(sb.dir, ".")
 		}
 	}()
-	if err := sb.joinCgroup(spec); err != nil {
-		return nil, err
-	}
+	ph := newPhases(sb.metrics)
 	netns, nics, err := sb.podNetwork(ctx, cfg, spec)
 	if err != nil {
 		return nil, fmt.Errorf("pod network: %w", err)
 	}
+	ph.mark("network")
 	logger := log.G(sb.ctx)
 	sizing := cfg.ForPod(spec.Annotations)
 	if spec.Annotations[AnnotationContainerType] == "" {
@@ -116,14 +115,25 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 	} else if sizing.Debug {
 		_ = log.SetLevel("debug")
 	}
-	g, err = vm.Boot(ctx, sizing, vm.Options{
+	opts := vm.Options{
 		ID:          sb.id,
 		Shares:      []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
 		Console:     func(line string) { logger.Debug("guest: " + line) },
 		NetNS:       netns,
 		NICs:        nics,
 		Interceptor: sb.agentInterceptor,
-	})
+	}
+	// A template is built outside the pod's cgroup: its RAM is no pod's.
+	if _, err := vm.PrepareTemplate(ctx, sizing, opts); err != nil {
+		logger.WithError(err).Warn("no VM template; booting")
+		opts.ColdBoot = true
+	}
+	ph.mark("template")
+	if err := sb.joinCgroup(spec); err != nil {
+		return nil, err
+	}
+	ph.mark("cgroup")
+	g, err = vm.Boot(ctx, sizing, opts)
 	if err != nil {
 		sb.metrics.BootFailed()
 		return nil, err
@@ -131,9 +141,19 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 	sb.metrics.Booted(g.BootTime, g.AgentReady, sizing.Hypervisor.VCPUs, sizing.Hypervisor.MemoryMiB)
 	sb.closeEndpointFiles()
 	_ = os.WriteFile(filepath.Join(sb.dir, qemuPidFile), []byte(strconv.Itoa(g.VM.PID())), 0o600)
+	ph.add("qemu", g.Timings.QEMU)
+	ph.add("restore", g.Timings.Restore)
+	ph.add("agent", g.Timings.Agent)
+	ph.mark("vm")
 	if err := sb.configureGuestNetwork(ctx, g); err != nil {
 		return nil, err
 	}
+	ph.mark("guest_network")
+	how := "booted"
+	if g.Template != "" {
+		how = "restored from a template"
+	}
+	logger.WithFields(ph.fields).Info("pod VM up, " + how)
 	go sb.watchOOM(g)
 	go sb.watchVM(g)
 	if sizing.DebugConsole {

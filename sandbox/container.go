@@ -134,6 +134,7 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 	if err := unix.Fstatat(int(share.Fd()), c.id, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
+	ph := newPhases(sb.metrics)
 	defer func() {
 		if retErr != nil {
 			if err := c.unmount(); err != nil {
@@ -154,6 +155,7 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 		}
 		binds[i] = guestMount(c.id, i)
 	}
+	ph.mark("rootfs")
 	gs, err := guestSpec(spec, translation{id: c.id, binds: binds, sandboxPid: sb.podPid(c.id, spec.Annotations)})
 	if err != nil {
 		return nil, err
@@ -197,11 +199,13 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 		c.init.io.close()
 		return nil, err
 	}
+	ph.mark("prepare")
 	pid, err := g.CreateContainer(ctx, vm.Container{
 		ID:       c.id,
 		Spec:     specJSON,
 		Streams:  streams(stdio, c.init.io),
 		Storages: storages,
+		Phases:   ph.add,
 	})
 	if err != nil {
 		c.init.io.close()
@@ -210,7 +214,8 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 	c.init.guestPid = pid
 	c.init.io.copy(sb.ctx, g, c.id, "")
 	go sb.watchExit(c.init)
-	log.G(ctx).WithField("container", c.id).WithField("guest_pid", pid).Info("container created")
+	ph.mark("guest_create")
+	log.G(ctx).WithField("container", c.id).WithField("guest_pid", pid).WithFields(ph.fields).Info("container created")
 	return c, nil
 }
 

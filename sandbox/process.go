@@ -254,7 +254,13 @@ func (p *Process) markExited(status uint32) {
 func (p *Process) doStart(ctx context.Context) error {
 	g := p.guest()
 	if p.execID == "" {
+		start := time.Now()
 		_, err := g.StartProcess(ctx, p.c.id, "")
+		if err == nil {
+			d := time.Since(start)
+			p.c.sb.metrics.Phase("start", d)
+			log.G(ctx).WithField("container", p.c.id).WithField("start", d.Round(time.Microsecond).String()).Info("container started")
+		}
 		return err
 	}
 	pid, err := g.StartProcess(ctx, p.c.id, p.execID)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 	"github.com/podvm/podvm/hypervisor"
@@ -131,7 +132,8 @@ func validHostname(s string) bool {
 	return true
 }
 
-// handOver gives the guest its secret: QEMU holds it until the agent
+// handOver gives the guest its identity: the secret, fresh entropy and
+// the clock (agentapi.BootRecord). QEMU holds the record until the agent
 // opens its port. The host's end stays open until QEMU exits, so that the
 // port never reads as closed before the agent has read it.
 func (b bootPlan) handOver(v *hypervisor.VM) error {
@@ -139,7 +141,12 @@ func (b bootPlan) handOver(v *hypervisor.VM) error {
 	if err != nil {
 		return fmt.Errorf("secret port: %w", err)
 	}
-	if _, err := c.Write(b.secret); err != nil {
+	entropy := make([]byte, agentapi.EntropySize)
+	if _, err := rand.Read(entropy); err != nil {
+		return fmt.Errorf("entropy for the guest: %w", err)
+	}
+	rec := agentapi.BootRecord{Secret: b.secret, Entropy: entropy, RealtimeNs: time.Now().UnixNano()}
+	if _, err := c.Write(rec.Marshal()); err != nil {
 		return fmt.Errorf("hand over the agent's secret: %w", err)
 	}
 	return nil

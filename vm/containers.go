@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -41,6 +42,8 @@ type Container struct {
 	Spec     []byte
 	Streams  Streams
 	Storages []Storage
+	// Phases, if set, receives the guest's account of the create.
+	Phases func(name string, d time.Duration)
 }
 
 // ProcessInfo is a process of a container as the guest lists it.
@@ -61,6 +64,15 @@ func (g *Guest) CreateContainer(ctx context.Context, c Container) (uint32, error
 			return err
 		}
 		pid, err = checkPid(r.Pid)
+		if err == nil && c.Phases != nil {
+			// The guest's word, for the log and metrics only: bounded.
+			for _, p := range []struct {
+				name string
+				ns   uint64
+			}{{"guest_mounts", r.MountsNs}, {"guest_runc_create", r.CreateNs}, {"guest_stdio", r.StdioNs}} {
+				c.Phases(p.name, time.Duration(min(p.ns, uint64(g.requestTimeout))))
+			}
+		}
 		return err
 	})
 	return pid, err

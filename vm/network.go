@@ -12,6 +12,16 @@ import (
 // the routes and neighbours.
 func (g *Guest) ConfigureNetwork(ctx context.Context, ifaces []network.Interface, routes []network.Route, neighs []network.Neighbour) error {
 	cfg := guestNetwork(ifaces, routes, neighs)
+	for _, i := range cfg.Interfaces {
+		// A restored guest's NICs have the template's MACs.
+		cur := i.CurrentMac
+		if cur == "" {
+			cur = i.Mac
+		}
+		if m, ok := g.macs[cur]; ok {
+			i.CurrentMac = m
+		}
+	}
 	return g.call(ctx, request, "configure the guest's network", func(ctx context.Context) error {
 		_, err := g.network.Configure(ctx, cfg)
 		return err

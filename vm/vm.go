@@ -10,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +36,14 @@ type Guest struct {
 	BootTime time.Duration
 	// AgentReady is the guest's own view: kernel start to the agent serving.
 	AgentReady time.Duration
+	// Template names the template the VM was restored from; empty for a
+	// VM that booted.
+	Template string
+	// Timings are the parts of BootTime.
+	Timings BootTimings
+	// macs maps the MAC a NIC was asked for to the one it has in a
+	// restored guest (the template's), until the guest is configured.
+	macs map[string]string
 
 	// life is the VM's process as the calls need it (a fake in tests).
 	life   life
@@ -49,6 +59,19 @@ type Guest struct {
 	stopped  atomic.Pointer[StoppedError] // why the host gave up on the guest
 	stopOnce sync.Once
 	stopErr  error
+}
+
+// BootTimings say where a VM's start went.
+type BootTimings struct {
+	// Template is finding (or building) the template; zero for a boot.
+	Template time.Duration
+	// QEMU is QEMU's exec to its QMP greeting.
+	QEMU time.Duration
+	// Restore is loading the template's state and resuming the VM.
+	Restore time.Duration
+	// Agent is from then to the agent's first answer: the whole kernel
+	// boot for a cold VM, only the boot record for a restored one.
+	Agent time.Duration
 }
 
 // agentClients are the generated ttrpc clients: only this package calls
@@ -83,13 +106,16 @@ type Options struct {
 	NICs  []hypervisor.NIC
 	// Interceptor sees every RPC to the agent (the shim's metrics).
 	Interceptor ttrpc.UnaryClientInterceptor
+	// ColdBoot boots the VM even where a template would serve.
+	ColdBoot bool
 	// CPUPlug overrides how vCPUs are added (hypervisor.CPUPlug); empty
 	// chooses by accelerator.
 	CPUPlug hypervisor.CPUPlug
 }
 
-// Boot starts a VM and waits until its agent answers. On failure nothing is
-// left running.
+// Boot starts a VM and waits until its agent answers: restored from a
+// template where templates apply (built first if missing), booted
+// otherwise, or when a restore fails. On failure nothing is left running.
 func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error) {
 	if opts.ID == "" {
 		opts.ID = "podvm"
@@ -99,36 +125,125 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 	if err != nil {
 		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
 	}
-	hc := b.hypervisor
+	hc := withOptions(b.hypervisor, opts)
 	if b.accel.Accel == hypervisor.TCG && c.Hypervisor.Accelerator == "auto" {
 		logger.Debugf("using TCG (software emulation, slow): %s", b.accel.Reason)
 	}
-	hc.Shares = opts.Shares
-	hc.NetNS = opts.NetNS
-	hc.NICs = opts.NICs
-	hc.CPUPlug = opts.CPUPlug
 	console := opts.Console
 	if console == nil {
 		console = func(line string) { logger.Debug("console: " + line) }
 	}
 	hc.Console = limitConsole(console)
+	if why := templateUsable(c, b); why != "" || opts.ColdBoot {
+		logger.Debugf("cold boot: %s", why)
+	} else if g, err := restore(ctx, c, b, hc, opts); err == nil {
+		return g, nil
+	} else if ctx.Err() != nil {
+		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
+	} else {
+		logger.WithError(err).Warn("restore from the VM template failed; booting instead")
+	}
+	return coldBoot(ctx, c, b, hc, opts)
+}
+
+// withOptions is hc with what opts add to the configuration.
+func withOptions(hc hypervisor.Config, opts Options) hypervisor.Config {
+	hc.Shares = opts.Shares
+	hc.NetNS = opts.NetNS
+	hc.NICs = opts.NICs
+	hc.CPUPlug = opts.CPUPlug
+	return hc
+}
+
+// coldBoot starts QEMU on the kernel and waits for the agent.
+func coldBoot(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.Config, opts Options) (*Guest, error) {
 	v, err := hypervisor.Start(ctx, hc)
 	if err != nil {
 		return nil, err
 	}
-	logger.Debugf("qemu pid %d: %s", v.PID(), strings.Join(v.CommandLine(), " "))
-	g := &Guest{
+	g := newGuest(c, opts, v, b)
+	g.Timings.QEMU = time.Since(v.Started())
+	return g.finish(ctx, c, b, opts)
+}
+
+// restore starts QEMU from the template for hc (built first if missing) and
+// waits for the agent. The NICs start with the template's MACs; the guest
+// gets the pod's when its network is configured.
+func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.Config, opts Options) (*Guest, error) {
+	start := time.Now()
+	t, err := ensureTemplate(ctx, c, b, hc)
+	if err != nil {
+		return nil, err
+	}
+	prepared := time.Since(start)
+	state, err := os.Open(t.state())
+	if err != nil {
+		return nil, fmt.Errorf("template state: %w", err)
+	}
+	defer state.Close()
+	hc.Memory = &hypervisor.MemoryFile{Path: t.memory()}
+	hc.Incoming = true
+	macs := map[string]string{}
+	hc.NICs = append([]hypervisor.NIC(nil), hc.NICs...)
+	for i := range hc.NICs {
+		macs[hc.NICs[i].MAC.String()] = hypervisor.TemplateMAC(i).String()
+		hc.NICs[i].MAC = hypervisor.TemplateMAC(i)
+	}
+	v, err := hypervisor.Start(ctx, hc)
+	if err != nil {
+		return nil, err
+	}
+	g := newGuest(c, opts, v, b)
+	g.Timings.Template = prepared
+	g.Timings.QEMU = time.Since(v.Started())
+	restoring := time.Now()
+	if err := v.RestoreState(ctx, state); err != nil {
+		refused := false
+		select {
+		case <-v.Done():
+			// QEMU refused the state: the template is no good.
+			refused = true
+		default:
+		}
+		_ = v.Stop(context.Background(), 0)
+		if refused {
+			_ = os.RemoveAll(t.Dir)
+		}
+		return nil, err
+	}
+	g.Timings.Restore = time.Since(restoring)
+	g.Template = filepath.Base(t.Dir)
+	g.macs = macs
+	return g.finish(ctx, c, b, opts)
+}
+
+func newGuest(c *vmconfig.Config, opts Options, v *hypervisor.VM, b bootPlan) *Guest {
+	return &Guest{
 		ID: opts.ID, VM: v, life: v, Accel: b.accel,
 		requestTimeout:  c.Timeouts.Request.Duration,
 		aliveTimeout:    c.Timeouts.Agent.Duration,
 		shutdownTimeout: c.Timeouts.Shutdown.Duration,
 	}
+}
+
+// finish connects to the agent of a started VM; on failure it stops QEMU.
+func (g *Guest) finish(ctx context.Context, c *vmconfig.Config, b bootPlan, opts Options) (*Guest, error) {
+	logger := log.G(ctx).WithField("vm", opts.ID)
+	logger.Debugf("qemu pid %d: %s", g.VM.PID(), strings.Join(g.VM.CommandLine(), " "))
+	agentStart := time.Now()
 	if err := g.connect(ctx, b, c.Timeouts.Boot.Duration, opts.Interceptor); err != nil {
-		_ = v.Stop(context.Background(), 0)
+		_ = g.VM.Stop(context.Background(), 0)
 		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
 	}
+	g.Timings.Agent = time.Since(agentStart)
 	go g.watchdog()
-	logger.WithField("boot", g.BootTime).WithField("accel", b.accel.Accel).Info("guest agent ready")
+	how := "booted"
+	if g.Template != "" {
+		how = "restored from template " + g.Template
+	}
+	logger.WithField("boot", g.BootTime).WithField("accel", b.accel.Accel).
+		WithField("qemu", g.Timings.QEMU).WithField("restore", g.Timings.Restore).WithField("agent", g.Timings.Agent).
+		Info("guest agent ready, " + how)
 	return g, nil
 }
 

@@ -23,6 +23,7 @@ type Config struct {
 	Agent      Agent      `toml:"agent"`
 	Timeouts   Timeouts   `toml:"timeouts"`
 	Network    Network    `toml:"network"`
+	Template   Template   `toml:"template"`
 	// Annotations says which keys a pod may change with annotations
 	// io.podvm.config.<key>.
 	Annotations Annotations `toml:"annotations"`
@@ -80,6 +81,16 @@ type Network struct {
 	Model string `toml:"model"`
 }
 
+// Template is the [template] table: VMs restored from a saved VM instead
+// of booted.
+type Template struct {
+	// Enabled starts pods' VMs from templates where that works (serial
+	// agent transport); otherwise every VM boots.
+	Enabled bool `toml:"enabled"`
+	// Max is how many templates are kept; the least recently used goes.
+	Max int `toml:"max"`
+}
+
 // Timeouts is the [timeouts] table.
 type Timeouts struct {
 	// Boot bounds QEMU's start to the agent's first answer.
@@ -131,6 +142,7 @@ func Default() *Config {
 		},
 		Agent:       Agent{Transport: "auto", VsockPort: 1024},
 		Network:     Network{Model: "tcfilter"},
+		Template:    Template{Enabled: true, Max: 4},
 		Annotations: Annotations{Allowed: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "debug"}, MaxVCPUs: 2, MaxMemoryMiB: 2048},
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},

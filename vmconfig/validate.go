@@ -82,6 +82,9 @@ func (c *Config) Validate() error {
 	checkDuration("timeouts.shutdown", c.Timeouts.Shutdown, 0)
 	checkDuration("timeouts.request", c.Timeouts.Request, time.Second)
 	checkDuration("timeouts.agent", c.Timeouts.Agent, time.Second)
+	if c.Template.Max < 1 || c.Template.Max > 64 {
+		bad("template.max", "%d is outside 1..64", c.Template.Max)
+	}
 	if !filepath.IsAbs(c.StateDir) {
 		bad("state_dir", "must be an absolute path, not %q", c.StateDir)
 	}

@@ -1,6 +1,6 @@
 // Command containerd-shim-podvm-v2 is podvm's containerd shim (runtime
 // io.containerd.podvm.v2), plus operator subcommands: check, version,
-// metrics, console, install and uninstall.
+// metrics, console, template, install and uninstall.
 package main
 
 import (
@@ -20,6 +20,8 @@ func main() {
 			os.Exit(runMetrics(os.Args[2:]))
 		case "console":
 			os.Exit(runConsole(os.Args[2:]))
+		case "template":
+			os.Exit(runTemplate(os.Args[2:]))
 		case "install":
 			os.Exit(runInstall(os.Args[2:], false))
 		case "uninstall":
@@ -49,6 +51,7 @@ func usage(w *os.File) {
   containerd-shim-podvm-v2 version                versions of the shim and its guest
   containerd-shim-podvm-v2 metrics [-state-dir DIR]  every running shim's Prometheus metrics
   containerd-shim-podvm-v2 console SANDBOX_ID     a shell in the sandbox's VM (needs debug_console = true)
+  containerd-shim-podvm-v2 template build|list|remove  the VM templates pods start from
   containerd-shim-podvm-v2 install [flags]        copy podvm onto a node and add its runtime to containerd
   containerd-shim-podvm-v2 uninstall [flags]      undo install
 containerd runs the shim itself for runtime_type "io.containerd.podvm.v2".

@@ -24,31 +24,57 @@ func samples(def int) int {
 	return def
 }
 
-// BenchmarkBoot times QEMU's exec to the agent's first answer.
+// BenchmarkBoot times QEMU's exec to the agent's first answer: cold boots
+// of both machines, and restores from a VM template.
 func BenchmarkBoot(b *testing.B) {
 	cfg := harness.VMConfig(b)
+	cfg.StateDir = b.TempDir()
 	ctx := context.Background()
-	for _, machine := range []string{"microvm", "q35"} {
+	for _, run := range []struct {
+		machine  string
+		template bool
+	}{{"microvm", false}, {"microvm", true}, {"q35", false}, {"q35", true}} {
 		c := *cfg
-		c.Hypervisor.Machine = machine
+		c.Hypervisor.Machine = run.machine
+		c.Template.Enabled = run.template
+		if run.template {
+			// The template is built once, outside the samples.
+			if _, err := vm.PrepareTemplate(ctx, &c, vm.Options{ID: "podvm-bench"}); err != nil {
+				b.Fatal(err)
+			}
+		}
 		n := samples(20)
-		var host, guest []time.Duration
+		var host, guest, restore, agent []time.Duration
 		var accel string
 		for i := 0; i < n; i++ {
 			g, err := vm.Boot(ctx, &c, vm.Options{ID: fmt.Sprintf("podvm-bench-%d", i), Console: func(string) {}})
 			if err != nil {
 				b.Fatalf("boot %d: %v", i, err)
 			}
+			if run.template && g.Template == "" {
+				b.Fatalf("boot %d: not restored from the template", i)
+			}
 			accel = string(g.Accel.Accel)
 			host = append(host, g.BootTime)
 			guest = append(guest, g.AgentReady)
+			restore = append(restore, g.Timings.Restore)
+			agent = append(agent, g.Timings.Agent)
 			if err := g.Shutdown(ctx); err != nil {
 				b.Fatal(err)
 			}
 		}
-		fmt.Printf("boot to agent ready, %s, %s, %d vCPU, %d MiB, %d boots:\n", machine, accel, c.Hypervisor.VCPUs, c.Hypervisor.MemoryMiB, n)
+		how := "cold boot"
+		if run.template {
+			how = "restored from a template"
+		}
+		fmt.Printf("%s to agent ready, %s, %s, %d vCPU, %d MiB, %d VMs:\n", how, run.machine, accel, c.Hypervisor.VCPUs, c.Hypervisor.MemoryMiB, n)
 		fmt.Printf("  QEMU exec -> first agent answer:      %s\n", harness.Summary(host))
-		fmt.Printf("  guest kernel start -> agent serving:  %s\n", harness.Summary(guest))
+		if run.template {
+			fmt.Printf("    of which restore + cont:            %s\n", harness.Summary(restore))
+			fmt.Printf("    of which boot record -> answer:     %s\n", harness.Summary(agent))
+		} else {
+			fmt.Printf("  guest kernel start -> agent serving:  %s\n", harness.Summary(guest))
+		}
 	}
 }
 
@@ -87,21 +113,25 @@ func BenchmarkGrow(b *testing.B) {
 func BenchmarkIdleMemory(b *testing.B) {
 	base := harness.VMConfig(b)
 	ctx := context.Background()
+	base.StateDir = b.TempDir()
 	settings := []struct {
 		name            string
 		memory, tbCache int
+		template        bool
 	}{
-		{"QEMU's default TCG cache, 512 MiB guest", 512, 0},
-		{"TCG cache 32 MiB (default), 512 MiB guest", 512, 32},
-		{"TCG cache 16 MiB, 512 MiB guest", 512, 16},
-		{"TCG cache 32 MiB, 256 MiB guest", 256, 32},
-		{"TCG cache 32 MiB, 2048 MiB guest", 2048, 32},
+		{"QEMU's default TCG cache, 512 MiB guest", 512, 0, false},
+		{"TCG cache 32 MiB (default), 512 MiB guest", 512, 32, false},
+		{"TCG cache 16 MiB, 512 MiB guest", 512, 16, false},
+		{"TCG cache 32 MiB, 256 MiB guest", 256, 32, false},
+		{"TCG cache 32 MiB, 2048 MiB guest", 2048, 32, false},
+		{"defaults, restored from a template", 512, 32, true},
 	}
 	fmt.Println("host memory of an idle VM (QEMU's smaps_rollup 3 s after the agent answered):")
 	fmt.Printf("  %-45s %8s %8s %8s\n", "setting", "RSS MiB", "PSS MiB", "anon MiB")
 	for _, s := range settings {
 		c := *base
 		c.Hypervisor.MemoryMiB, c.Hypervisor.TCGCacheMiB = s.memory, s.tbCache
+		c.Template.Enabled = s.template
 		g, err := vm.Boot(ctx, &c, vm.Options{ID: "podvm-bench-mem", Console: func(string) {}})
 		if err != nil {
 			b.Fatal(err)

@@ -72,6 +72,7 @@ func BenchmarkCRI(b *testing.B) {
 	}
 	fmt.Printf("  podvm/runc: start %.1fx, TCP %.2fx\n",
 		float64(harness.Median(start["podvm"]))/float64(harness.Median(start["runc"])), median(mbps["podvm"])/median(mbps["runc"]))
+	printBreakdown(ctd.Log(), harness.Median(start["runc"]))
 }
 
 // throughput sends size bytes to addr from inside the namespace and reads

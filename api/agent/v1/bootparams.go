@@ -1,5 +1,10 @@
 package agentapi
 
+import (
+	"encoding/binary"
+	"fmt"
+)
+
 // The host configures the agent through the guest kernel's command line,
 // the only channel that exists before the agent serves. These names are part
 // of the protocol, like the messages.
@@ -48,3 +53,43 @@ const (
 // DebugConsoleID is the container ID the Stdio service knows debug
 // consoles by: not a valid container ID, so no container can take it.
 const DebugConsoleID = "~debug-console"
+
+// The host hands the agent its identity over the secret port as one record
+// of BootRecordSize bytes: the secret, fresh entropy for the guest's CRNG,
+// and the host's wall clock (nanoseconds since the epoch, little endian).
+// A VM restored from a template holds the template's CRNG state and clock
+// until it reads the record; the agent reseeds and steps the clock before
+// it serves anything. Once the agent waits for the record it writes
+// ReadyByte on the port: that is when a template VM may be saved.
+const (
+	EntropySize    = 32
+	BootRecordSize = SecretSize + EntropySize + 8
+	ReadyByte      = 'R'
+)
+
+// BootRecord is what the host writes on the secret port.
+type BootRecord struct {
+	Secret     []byte
+	Entropy    []byte
+	RealtimeNs int64
+}
+
+// Marshal lays the record out as the agent reads it.
+func (r BootRecord) Marshal() []byte {
+	b := make([]byte, 0, BootRecordSize)
+	b = append(b, r.Secret...)
+	b = append(b, r.Entropy...)
+	return binary.LittleEndian.AppendUint64(b, uint64(r.RealtimeNs))
+}
+
+// ParseBootRecord reads a record written by Marshal.
+func ParseBootRecord(b []byte) (BootRecord, error) {
+	if len(b) != BootRecordSize {
+		return BootRecord{}, fmt.Errorf("boot record of %d bytes, want %d", len(b), BootRecordSize)
+	}
+	return BootRecord{
+		Secret:     b[:SecretSize],
+		Entropy:    b[SecretSize : SecretSize+EntropySize],
+		RealtimeNs: int64(binary.LittleEndian.Uint64(b[SecretSize+EntropySize:])),
+	}, nil
+}

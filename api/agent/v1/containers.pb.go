@@ -380,7 +380,13 @@ func (x *Storage) GetOptions() []string {
 type CreateContainerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The init process's PID in the guest.
-	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Where the create went in the guest, in nanoseconds: mounting the
+	// storages and reading the spec, libcontainer's create and the init
+	// process's start (runc create), and connecting its stdio.
+	MountsNs      uint64 `protobuf:"varint,2,opt,name=mounts_ns,json=mountsNs,proto3" json:"mounts_ns,omitempty"`
+	CreateNs      uint64 `protobuf:"varint,3,opt,name=create_ns,json=createNs,proto3" json:"create_ns,omitempty"`
+	StdioNs       uint64 `protobuf:"varint,4,opt,name=stdio_ns,json=stdioNs,proto3" json:"stdio_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -418,6 +424,27 @@ func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
 func (x *CreateContainerResponse) GetPid() uint32 {
 	if x != nil {
 		return x.Pid
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetMountsNs() uint64 {
+	if x != nil {
+		return x.MountsNs
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetCreateNs() uint64 {
+	if x != nil {
+		return x.CreateNs
+	}
+	return 0
+}
+
+func (x *CreateContainerResponse) GetStdioNs() uint64 {
+	if x != nil {
+		return x.StdioNs
 	}
 	return 0
 }
@@ -1477,9 +1504,12 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
 	"\x06fstype\x18\x03 \x01(\tR\x06fstype\x12\x18\n" +
-	"\aoptions\x18\x04 \x03(\tR\aoptions\"+\n" +
+	"\aoptions\x18\x04 \x03(\tR\aoptions\"\x80\x01\n" +
 	"\x17CreateContainerResponse\x12\x10\n" +
-	"\x03pid\x18\x01 \x01(\rR\x03pid\"(\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x1b\n" +
+	"\tmounts_ns\x18\x02 \x01(\x04R\bmountsNs\x12\x1b\n" +
+	"\tcreate_ns\x18\x03 \x01(\x04R\bcreateNs\x12\x19\n" +
+	"\bstdio_ns\x18\x04 \x01(\x04R\astdioNs\"(\n" +
 	"\x14StartProcessResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\"\x9d\x01\n" +
 	"\x12ExecProcessRequest\x12!\n" +

@@ -1,0 +1,57 @@
+package agent
+
+import (
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// A VM restored from a template wakes with the template's CRNG state and
+// wall clock: every VM from one template would draw the same "random"
+// numbers and believe it is the time the template was saved. takeIdentity
+// mixes the host's fresh entropy into the input pool, credited, forces the
+// CRNG to reseed from it, and steps the clock, before anything else runs.
+// On a cold boot it costs little and sets the clock more precisely than
+// the RTC's seconds.
+
+// The random driver's ioctls (linux/random.h).
+const (
+	rndAddEntropy = 0x40085203 // _IOW('R', 0x03, int[2])
+	rndReseedCRNG = 0x5207     // _IO('R', 0x07)
+)
+
+func takeIdentity(rec agentapi.BootRecord) {
+	if err := reseed(rec.Entropy); err != nil {
+		logf(levelWarn, "reseed the CRNG: %v", err)
+	}
+	if rec.RealtimeNs > 0 {
+		ts := unix.NsecToTimespec(rec.RealtimeNs)
+		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+			logf(levelWarn, "set the clock: %v", err)
+		}
+	}
+	logf(levelDebug, "identity taken: CRNG reseeded, clock %s", time.Now().UTC().Format(time.RFC3339Nano))
+}
+
+func reseed(entropy []byte) error {
+	f, err := unix.Open("/dev/urandom", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(f)
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+len(entropy))
+	*(*int32)(unsafe.Pointer(&info[0])) = int32(8 * len(entropy))
+	*(*int32)(unsafe.Pointer(&info[4])) = int32(len(entropy))
+	copy(info[8:], entropy)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(f), rndAddEntropy, uintptr(unsafe.Pointer(&info[0]))); e != 0 {
+		return e
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(f), rndReseedCRNG, 0); e != 0 {
+		return e
+	}
+	return nil
+}
