@@ -72,7 +72,7 @@ func NewShim(id string, sb Sandbox) *Shim {
 			Help: "containerd's task API calls the shim failed."}, []string{"method"}),
 	}
 	m.phaseDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "podvm_start_phase_seconds",
-		Help: "Where a pod's or container's start went: netns and TAPs, template, QEMU exec, restore, agent, guest network, rootfs, guest create, start.",
+		Help:    "Where a pod's or container's start went: netns and TAPs, template, QEMU exec, restore, agent, guest network, rootfs, guest create, start.",
 		Buckets: rpcBuckets}, []string{"phase"})
 	f.MustRegister(m.phaseDuration, m.bootSeconds, m.readySeconds, m.vcpus, m.memoryBytes, m.bootFailures,
 		m.agentDuration, m.agentErrors, m.taskDuration, m.taskErrors,
