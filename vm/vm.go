@@ -136,13 +136,16 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 	hc.Console = limitConsole(console)
 	if why := templateUsable(c, b); why != "" || opts.ColdBoot {
 		logger.Debugf("cold boot: %s", why)
-	} else if g, err := restore(ctx, c, b, hc, opts); err == nil {
-		return g, nil
-	} else if ctx.Err() != nil {
-		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
-	} else {
-		logger.WithError(err).Warn("restore from the VM template failed; booting instead")
+		return coldBoot(ctx, c, b, hc, opts)
 	}
+	g, err := restore(ctx, c, b, hc, opts)
+	if err == nil {
+		return g.finish(ctx, c, b, opts)
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("boot VM %s: %w", opts.ID, err)
+	}
+	logger.WithError(err).Warn("restore from the VM template failed; booting instead")
 	return coldBoot(ctx, c, b, hc, opts)
 }
 
@@ -167,8 +170,10 @@ func coldBoot(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor
 }
 
 // restore starts QEMU from the template for hc (built first if missing) and
-// waits for the agent. The NICs start with the template's MACs; the guest
-// gets the pod's when its network is configured.
+// resumes it; the caller then waits for the agent as after a boot. The
+// NICs start with the template's MACs; the guest gets the pod's when its
+// network is configured. A failure here is the template's, and a cold boot
+// may still work; a guest that fails after it resumed is the VM's.
 func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.Config, opts Options) (*Guest, error) {
 	start := time.Now()
 	t, err := ensureTemplate(ctx, c, b, hc)
@@ -214,7 +219,7 @@ func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.
 	g.Timings.Restore = time.Since(restoring)
 	g.Template = filepath.Base(t.Dir)
 	g.macs = macs
-	return g.finish(ctx, c, b, opts)
+	return g, nil
 }
 
 func newGuest(c *vmconfig.Config, opts Options, v *hypervisor.VM, b bootPlan) *Guest {
