@@ -171,6 +171,7 @@ func buildTemplate(ctx context.Context, c *vmconfig.Config, b bootPlan, shape hy
 	build := &Template{Dir: tmp, Key: t.Key}
 	shape.ID = "podvm-template"
 	shape.Memory = &hypervisor.MemoryFile{Path: build.memory(), Shared: true}
+	shape.Shares = append([]hypervisor.Share(nil), shape.Shares...)
 	for i := range shape.Shares {
 		// An empty directory: the guest has mounted nothing yet.
 		shape.Shares[i].Path = filepath.Join(tmp, "share")
