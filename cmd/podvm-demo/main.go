@@ -72,6 +72,11 @@ func run(kernel, initramfs string, debug bool) error {
 	fmt.Printf("guest agent:   %s, api %s, %s, %d vCPU, %d MiB\n", v.Agent, v.API, v.Go, v.CPUs, v.MemoryBytes>>20)
 	fmt.Printf("boot time:     %v from QEMU exec to the agent's first answer (guest: kernel start to agent serving %v)\n",
 		g.BootTime.Round(time.Millisecond), g.AgentReady.Round(time.Millisecond))
+	if g.Template != "" {
+		tm := g.Timings
+		fmt.Printf("               restored from VM template %s (finding or building it %v; QEMU %v, restore %v, agent %v)\n",
+			g.Template, tm.Template.Round(time.Millisecond), tm.QEMU.Round(time.Millisecond), tm.Restore.Round(time.Millisecond), tm.Agent.Round(time.Millisecond))
+	}
 	start := time.Now()
 	if err := g.Shutdown(ctx); err != nil {
 		return err
