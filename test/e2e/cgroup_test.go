@@ -66,6 +66,13 @@ func TestCgroup(t *testing.T) {
 				_, err := os.Stat(cgroupDir(want))
 				return os.IsNotExist(err)
 			})
+			// containerd 2.x runs `delete` after a dead shim on its own,
+			// after the task delete answered: the sandbox directory goes
+			// last, once the cgroup, network and mounts are undone.
+			waitFor(t, func() bool {
+				_, err := os.Stat(filepath.Join(s.ctd.Dir, "podvm", "sandboxes", id))
+				return os.IsNotExist(err)
+			})
 		})
 	}
 }
