@@ -147,9 +147,11 @@ func TestTask(t *testing.T) {
 			if r.code != 137 || !strings.Contains(topics, "/tasks/oom") || strings.Contains(r.stdout, "survived") {
 				t.Errorf("%s: %+v, events %s", short(rt), r, topics)
 			}
-			// Under TCG the container needs 10-35 s to grow to 64 MiB;
-			// thrashing would add minutes.
-			if took > 75*time.Second {
+			// Under TCG the container needs 10-35 s to grow to 64 MiB,
+			// and the kill came 28-105 s after the start on this kind of
+			// host (2 cores, busy); the livelock it guards against never
+			// ended on its own (no kill after 3 minutes).
+			if took > 150*time.Second {
 				t.Errorf("%s: the OOM kill took %v", short(rt), took)
 			}
 		}
