@@ -25,8 +25,9 @@ import (
 // template's RAM copy-on-write and loads its device state, and the agent
 // reads a boot record of its own, so each VM still has its own secret,
 // CRNG seed and clock, and later its own MACs and addresses. Templates live
-// under state_dir/templates, one directory per fingerprint
-// (hypervisor.Fingerprint): a change to QEMU, the kernel, the initramfs or
+// one directory per fingerprint
+// (hypervisor.Fingerprint) in template.dir (by default on tmpfs, in
+// /dev/shm): a change to QEMU, the kernel, the initramfs or
 // the VM's shape makes a new one.
 
 // Template is a saved VM on disk.
@@ -39,7 +40,6 @@ type Template struct {
 const (
 	templateMemory = "memory"
 	templateState  = "state"
-	templatesDir   = "templates"
 )
 
 func (t *Template) memory() string { return filepath.Join(t.Dir, templateMemory) }
@@ -95,9 +95,9 @@ func ensureTemplate(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hype
 	if err != nil {
 		return nil, fmt.Errorf("template: %w", err)
 	}
-	root := filepath.Join(c.StateDir, templatesDir)
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("template: %w", err)
+	root, err := templateRoot(c.Template.Dir)
+	if err != nil {
+		return nil, err
 	}
 	t := &Template{Dir: filepath.Join(root, key[:32]), Key: key}
 	if t.ready() {
@@ -266,15 +266,37 @@ func pruneTemplates(ctx context.Context, root string, max int, keep string) {
 	}
 }
 
-// RemoveTemplates removes every template under the configuration's state
-// directory.
-func RemoveTemplates(c *vmconfig.Config) error {
-	return os.RemoveAll(filepath.Join(c.StateDir, templatesDir))
+// templateRoot makes sure dir is podvm's alone: a directory (not a link)
+// owned by root that no one else may write, created so if missing. The
+// default lives in /dev/shm, which anyone may write: a directory someone
+// else made there is refused (templates are then off, with the reason),
+// never used, since whoever writes a template runs code in every pod.
+func templateRoot(dir string) (string, error) {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("template directory: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return "", fmt.Errorf("template directory: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Uid != uint32(os.Geteuid()) || st.Mode&0o022 != 0 {
+		return "", fmt.Errorf("template directory %s is not a directory of this user's that only it may write: remove it or set template.dir", dir)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err == nil && fs.Type != unix.TMPFS_MAGIC {
+		log.L.WithField("dir", dir).Debug("the template directory is not on tmpfs: templates' RAM goes through the disk's page cache")
+	}
+	return dir, nil
 }
 
-// Templates lists the templates under the configuration's state directory.
+// RemoveTemplates removes every template.
+func RemoveTemplates(c *vmconfig.Config) error {
+	return os.RemoveAll(c.Template.Dir)
+}
+
+// Templates lists the templates.
 func Templates(c *vmconfig.Config) ([]Template, error) {
-	root := filepath.Join(c.StateDir, templatesDir)
+	root := c.Template.Dir
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

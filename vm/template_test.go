@@ -55,7 +55,7 @@ func runScript(ctx context.Context, t *testing.T, g *Guest, share, id, script st
 // not a failed pod, and is rebuilt.
 func TestTemplate(t *testing.T) {
 	cfg := harness.VMConfig(t)
-	cfg.StateDir = t.TempDir()
+	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
 	harness.WatchLeaks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -141,7 +141,7 @@ func TestTemplate(t *testing.T) {
 // TestTemplateDisabled: template.enabled = false boots every VM.
 func TestTemplateDisabled(t *testing.T) {
 	cfg := harness.VMConfig(t)
-	cfg.StateDir = t.TempDir()
+	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
 	cfg.Template = vmconfig.Template{Enabled: false, Max: 1}
 	g := boot(t, cfg)
 	if g.Template != "" {
@@ -149,5 +149,33 @@ func TestTemplateDisabled(t *testing.T) {
 	}
 	if ts, _ := Templates(cfg); len(ts) != 0 {
 		t.Errorf("templates built while disabled: %v", ts)
+	}
+}
+
+// TestTemplateDirRefused plays another user of the node, who made the
+// template directory first (in /dev/shm anyone can): whoever writes a
+// template runs code in every pod's VM, so such a directory is refused.
+func TestTemplateDirRefused(t *testing.T) {
+	base := t.TempDir()
+	own := filepath.Join(base, "own")
+	if _, err := templateRoot(own); err != nil {
+		t.Fatalf("a fresh directory: %v", err)
+	}
+	writable := filepath.Join(base, "writable")
+	os.Mkdir(writable, 0o700)
+	os.Chmod(writable, 0o777)
+	other := filepath.Join(base, "other")
+	os.Mkdir(other, 0o700)
+	if err := os.Chown(other, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(own, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{writable, other, link} {
+		if _, err := templateRoot(dir); err == nil || !strings.Contains(err.Error(), "template.dir") {
+			t.Errorf("%s: %v; want it refused, naming template.dir", filepath.Base(dir), err)
+		}
 	}
 }

@@ -17,7 +17,8 @@ const AnnotationPrefix = "io.podvm.config."
 // Annotations is the [annotations] table.
 type Annotations struct {
 	// Allowed lists the keys pods may change. Keys that choose a binary or
-	// a file on the host (hypervisor.path, kernel, initramfs, state_dir)
+	// a file on the host (hypervisor.path, kernel, initramfs, state_dir,
+	// template.dir)
 	// are not in the default list: a pod that can name a file can make the
 	// node run it.
 	Allowed []string `toml:"allowed"`

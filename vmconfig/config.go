@@ -89,6 +89,8 @@ type Template struct {
 	Enabled bool `toml:"enabled"`
 	// Max is how many templates are kept; the least recently used goes.
 	Max int `toml:"max"`
+	// Dir holds the templates, their RAM included: best on tmpfs.
+	Dir string `toml:"dir"`
 }
 
 // Timeouts is the [timeouts] table.
@@ -142,7 +144,7 @@ func Default() *Config {
 		},
 		Agent:       Agent{Transport: "auto", VsockPort: 1024},
 		Network:     Network{Model: "tcfilter"},
-		Template:    Template{Enabled: true, Max: 4},
+		Template:    Template{Enabled: true, Max: 4, Dir: "/dev/shm/podvm-templates"},
 		Annotations: Annotations{Allowed: []string{"hypervisor.vcpus", "hypervisor.memory_mib", "debug"}, MaxVCPUs: 2, MaxMemoryMiB: 2048},
 		Timeouts: Timeouts{
 			Boot:     Duration{30 * time.Second},

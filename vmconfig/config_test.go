@@ -31,7 +31,7 @@ func TestExampleMatchesDefaults(t *testing.T) {
 	}
 	// Every key of Config appears in the example, commented or not.
 	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
-		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed", "max_vcpus", "request", "agent", "enabled", "max"} {
+		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed", "max_vcpus", "request", "agent", "enabled", "max", "dir"} {
 		if !strings.Contains(string(b), key+" = ") {
 			t.Errorf("example config does not document %s", key)
 		}

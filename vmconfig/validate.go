@@ -85,6 +85,9 @@ func (c *Config) Validate() error {
 	if c.Template.Max < 1 || c.Template.Max > 64 {
 		bad("template.max", "%d is outside 1..64", c.Template.Max)
 	}
+	if !filepath.IsAbs(c.Template.Dir) {
+		bad("template.dir", "must be an absolute path, not %q", c.Template.Dir)
+	}
 	if !filepath.IsAbs(c.StateDir) {
 		bad("state_dir", "must be an absolute path, not %q", c.StateDir)
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -28,7 +29,7 @@ func samples(def int) int {
 // of both machines, and restores from a VM template.
 func BenchmarkBoot(b *testing.B) {
 	cfg := harness.VMConfig(b)
-	cfg.StateDir = b.TempDir()
+	cfg.Template.Dir = filepath.Join(b.TempDir(), "templates")
 	ctx := context.Background()
 	for _, run := range []struct {
 		machine  string
@@ -113,7 +114,7 @@ func BenchmarkGrow(b *testing.B) {
 func BenchmarkIdleMemory(b *testing.B) {
 	base := harness.VMConfig(b)
 	ctx := context.Background()
-	base.StateDir = b.TempDir()
+	base.Template.Dir = filepath.Join(b.TempDir(), "templates")
 	settings := []struct {
 		name            string
 		memory, tbCache int
