@@ -180,10 +180,12 @@ func assetFinding(add func(finding), what, path, version string) bool {
 }
 
 // bootFindings boots the configured guest: the accelerator probe's answer,
-// then the agent's own account of the guest.
+// then the agent's own account of the guest. It boots cold, whatever the
+// templates: the kernel and initramfs are what is checked, and a check
+// leaves no template behind.
 func bootFindings(ctx context.Context, cfg *vmconfig.Config) []finding {
 	var fds []finding
-	g, err := vm.Boot(ctx, cfg, vm.Options{ID: "podvm-check"})
+	g, err := vm.Boot(ctx, cfg, vm.Options{ID: "podvm-check", ColdBoot: true})
 	if err != nil {
 		return append(fds, finding{"FAIL", "guest boot", err.Error(), "make guest install, then run `containerd-shim-podvm-v2 check` again; with debug = true in the configuration the guest console is logged"})
 	}

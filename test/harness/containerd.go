@@ -91,7 +91,11 @@ func NewContainerd(extraConfig string) (*Containerd, error) {
 		return c, err
 	}
 	podvmConfig := filepath.Join(dir, "podvm.toml")
-	cfg := fmt.Sprintf("state_dir = %q\n[hypervisor]\nkernel = %q\ninitramfs = %q\n", filepath.Join(dir, "podvm"), kernel, initramfs)
+	if err := os.MkdirAll(filepath.Dir(TemplateDir()), 0o700); err != nil {
+		return c, err
+	}
+	cfg := fmt.Sprintf("state_dir = %q\n[hypervisor]\nkernel = %q\ninitramfs = %q\n[template]\ndir = %q\n",
+		filepath.Join(dir, "podvm"), kernel, initramfs, TemplateDir())
 	if err := os.WriteFile(podvmConfig, []byte(cfg), 0o644); err != nil {
 		return c, err
 	}

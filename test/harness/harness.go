@@ -94,5 +94,13 @@ func VMConfig(t testing.TB) *vmconfig.Config {
 	// Share the accelerator probe's answer between tests: probing in every
 	// test would multiply its cost.
 	c.StateDir = filepath.Join(os.TempDir(), "podvm-test-state")
+	c.Template.Dir = TemplateDir()
 	return c
+}
+
+// TemplateDir is where the tests keep VM templates: shared by every test
+// of a run, so that each shape is built once, and out of /dev/shm, where
+// the node's own templates live.
+func TemplateDir() string {
+	return filepath.Join(os.TempDir(), "podvm-test-state", "templates")
 }
