@@ -187,9 +187,23 @@ func TestNode(t *testing.T) {
 		t.Errorf("podvm config: %q", b)
 	}
 
+	// Templates the node built, and a file of someone else's beside them.
+	tmpl := filepath.Join(root, "dev/shm/podvm-templates")
+	os.MkdirAll(filepath.Join(tmpl, "0123456789abcdef0123456789abcdef"), 0o700)
+	os.WriteFile(filepath.Join(tmpl, "0123456789abcdef0123456789abcdef", "memory"), []byte("ram"), 0o600)
+	os.WriteFile(filepath.Join(tmpl, ".lock"), nil, 0o600)
+	os.WriteFile(filepath.Join(tmpl, "notes.txt"), []byte("not podvm's"), 0o600)
+
 	if changed, err := n.Uninstall(); err != nil || !changed {
 		t.Fatalf("uninstall: %v %v", changed, err)
 	}
+	if _, err := os.Stat(filepath.Join(tmpl, "notes.txt")); err != nil {
+		t.Errorf("uninstall removed a file that was not podvm's: %v", err)
+	}
+	if entries, _ := os.ReadDir(tmpl); len(entries) != 1 {
+		t.Errorf("uninstall left %d entries in the template directory, want only notes.txt", len(entries))
+	}
+	os.RemoveAll(filepath.Join(root, "dev"))
 	var left []string
 	filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
 		if !info.IsDir() {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // Binary is the shim's file name: containerd derives it from RuntimeType.
@@ -109,6 +111,14 @@ func (n *Node) Uninstall() (bool, error) {
 		n.logf("removed the podvm runtime from %s", where)
 	}
 	conf := n.path("/etc/podvm/config.toml")
+	// The VM templates go too: they are a cache of what podvm booted.
+	templates := vmconfig.Default().Template.Dir
+	if c, err := vmconfig.LoadFile(conf); err == nil {
+		templates = c.Template.Dir
+	}
+	if removeTemplates(n.path(templates)) {
+		n.logf("removed the VM templates in %s", templates)
+	}
 	example := n.path(filepath.Join(n.Prefix, "share", "podvm", "config.toml.example"))
 	if same(conf, example) {
 		n.remove(conf)
@@ -195,6 +205,23 @@ func (n *Node) remove(p string) {
 	if err := os.Remove(p); err == nil {
 		n.logf("removed %s", strings.TrimPrefix(p, filepath.Clean(n.Root)))
 	}
+}
+
+// removeTemplates removes what podvm keeps in a template directory (the
+// templates, their lock, builds that died), then the directory if that
+// left it empty. Nothing else: the directory is the configuration's word.
+func removeTemplates(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if name == ".lock" || strings.HasPrefix(name, ".build-") || (len(name) == 32 && strings.Trim(name, "0123456789abcdef") == "") {
+			os.RemoveAll(filepath.Join(dir, name))
+		}
+	}
+	return os.Remove(dir) == nil
 }
 
 // same reports whether two files have the same contents.
