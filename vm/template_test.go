@@ -179,3 +179,44 @@ func TestTemplateDirRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateConcurrent: pods that start together on a node without a
+// template build it once; every one of them is restored from it.
+func TestTemplateConcurrent(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
+	harness.WatchLeaks(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	type result struct {
+		g   *Guest
+		err error
+	}
+	results := make(chan result, 3)
+	for i := 0; i < 3; i++ {
+		go func(i int) {
+			g, err := Boot(ctx, cfg, Options{ID: "podvm-test-together-" + strconv.Itoa(i), Console: func(string) {}})
+			results <- result{g, err}
+		}(i)
+	}
+	var names []string
+	for i := 0; i < 3; i++ {
+		r := <-results
+		if r.err != nil {
+			t.Error(r.err)
+			continue
+		}
+		names = append(names, r.g.Template)
+		r.g.Shutdown(context.Background())
+	}
+	ts, err := Templates(cfg)
+	if err != nil || len(ts) != 1 {
+		t.Fatalf("templates = %v, %v; want one", ts, err)
+	}
+	for _, n := range names {
+		if n != filepath.Base(ts[0].Dir) {
+			t.Errorf("VMs came from %q; want all from %s", names, filepath.Base(ts[0].Dir))
+			break
+		}
+	}
+}

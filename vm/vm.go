@@ -134,7 +134,11 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 		console = func(line string) { logger.Debug("console: " + line) }
 	}
 	hc.Console = limitConsole(console)
-	if why := templateUsable(c, b); why != "" || opts.ColdBoot {
+	why := templateUsable(c, b)
+	if opts.ColdBoot {
+		why = "asked for"
+	}
+	if why != "" {
 		logger.Debugf("cold boot: %s", why)
 		return coldBoot(ctx, c, b, hc, opts)
 	}
