@@ -24,16 +24,18 @@ const (
 )
 
 func takeIdentity(rec agentapi.BootRecord) {
+	start := time.Now()
 	if err := reseed(rec.Entropy); err != nil {
 		logf(levelWarn, "reseed the CRNG: %v", err)
 	}
+	reseeded := time.Now()
 	if rec.RealtimeNs > 0 {
 		ts := unix.NsecToTimespec(rec.RealtimeNs)
 		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
 			logf(levelWarn, "set the clock: %v", err)
 		}
 	}
-	logf(levelDebug, "identity taken: CRNG reseeded, clock %s", time.Now().UTC().Format(time.RFC3339Nano))
+	logf(levelDebug, "identity taken: CRNG reseeded (%v), clock set (%v)", reseeded.Sub(start), time.Since(reseeded))
 }
 
 func reseed(entropy []byte) error {
