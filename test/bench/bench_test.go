@@ -109,8 +109,9 @@ func BenchmarkGrow(b *testing.B) {
 	fmt.Printf("grow a q35 VM by 1 vCPU and 1 GiB until the guest has them online, %d VMs:\n  %s\n", n, harness.Summary(grow))
 }
 
-// BenchmarkIdleMemory reads QEMU's memory after the guest settled, for
-// several guest sizes and TCG translation cache caps.
+// BenchmarkIdleMemory reads QEMU's memory after the guests settled, for
+// several guest sizes and TCG translation cache caps, and for ten VMs at
+// once booted or restored from one template (whose pages they share).
 func BenchmarkIdleMemory(b *testing.B) {
 	base := harness.VMConfig(b)
 	ctx := context.Background()
@@ -119,30 +120,48 @@ func BenchmarkIdleMemory(b *testing.B) {
 		name            string
 		memory, tbCache int
 		template        bool
+		vms             int
 	}{
-		{"QEMU's default TCG cache, 512 MiB guest", 512, 0, false},
-		{"TCG cache 32 MiB (default), 512 MiB guest", 512, 32, false},
-		{"TCG cache 16 MiB, 512 MiB guest", 512, 16, false},
-		{"TCG cache 32 MiB, 256 MiB guest", 256, 32, false},
-		{"TCG cache 32 MiB, 2048 MiB guest", 2048, 32, false},
-		{"defaults, restored from a template", 512, 32, true},
+		{"QEMU's default TCG cache, 512 MiB guest", 512, 0, false, 1},
+		{"TCG cache 32 MiB (default), 512 MiB guest", 512, 32, false, 1},
+		{"TCG cache 16 MiB, 512 MiB guest", 512, 16, false, 1},
+		{"TCG cache 32 MiB, 256 MiB guest", 256, 32, false, 1},
+		{"TCG cache 32 MiB, 2048 MiB guest", 2048, 32, false, 1},
+		{"defaults, booted, 10 VMs", 512, 32, false, 10},
+		{"defaults, restored from a template, 1 VM", 512, 32, true, 1},
+		{"defaults, restored from a template, 10 VMs", 512, 32, true, 10},
 	}
-	fmt.Println("host memory of an idle VM (QEMU's smaps_rollup 3 s after the agent answered):")
+	fmt.Println("host memory of idle VMs (QEMU's smaps_rollup 3 s after the last agent answered; per VM):")
 	fmt.Printf("  %-45s %8s %8s %8s\n", "setting", "RSS MiB", "PSS MiB", "anon MiB")
 	for _, s := range settings {
 		c := *base
 		c.Hypervisor.MemoryMiB, c.Hypervisor.TCGCacheMiB = s.memory, s.tbCache
 		c.Template.Enabled = s.template
-		g, err := vm.Boot(ctx, &c, vm.Options{ID: "podvm-bench-mem", Console: func(string) {}})
-		if err != nil {
-			b.Fatal(err)
+		var gs []*vm.Guest
+		for i := 0; i < s.vms; i++ {
+			g, err := vm.Boot(ctx, &c, vm.Options{ID: fmt.Sprintf("podvm-bench-mem-%d", i), Console: func(string) {}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			gs = append(gs, g)
 		}
 		time.Sleep(3 * time.Second)
-		m, err := harness.ReadMemory(g.VM.PID())
-		g.Shutdown(ctx)
-		if err != nil {
-			b.Fatal(err)
+		var sum harness.Memory
+		var rerr error
+		for _, g := range gs {
+			m, err := harness.ReadMemory(g.VM.PID())
+			if err != nil {
+				rerr = err
+			}
+			sum.RSS, sum.PSS, sum.Anon = sum.RSS+m.RSS, sum.PSS+m.PSS, sum.Anon+m.Anon
 		}
-		fmt.Printf("  %-45s %8.1f %8.1f %8.1f\n", s.name, m.RSS, m.PSS, m.Anon)
+		for _, g := range gs {
+			g.Shutdown(ctx)
+		}
+		if rerr != nil {
+			b.Fatal(rerr)
+		}
+		n := float64(len(gs))
+		fmt.Printf("  %-45s %8.1f %8.1f %8.1f\n", s.name, sum.RSS/n, sum.PSS/n, sum.Anon/n)
 	}
 }
