@@ -252,10 +252,12 @@ func (sb *Pod) Stop(ctx context.Context) error {
 	if metricsServer != nil {
 		metricsServer.Close()
 	}
+	ph := newPhases(nil)
 	if g != nil {
 		if err := g.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		ph.mark("vm_stop")
 	}
 	if err := sb.leaveCgroup(); err != nil {
 		errs = append(errs, err)
@@ -263,9 +265,12 @@ func (sb *Pod) Stop(ctx context.Context) error {
 	if err := sb.closeNetwork(); err != nil {
 		errs = append(errs, err)
 	}
+	ph.mark("network_down")
 	if err := unmountTree(sb.dir, "."); err != nil {
 		errs = append(errs, err)
 	}
+	ph.mark("unmount")
+	log.G(sb.ctx).WithFields(ph.fields).Info("pod stopped")
 	sb.mu.Lock()
 	_ = sb.setPhase(phaseStopped)
 	close(sb.stopped)
