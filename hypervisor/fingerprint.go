@@ -22,6 +22,33 @@ func TemplateMAC(i int) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 'p', 'o', 'd', 0, byte(i)}
 }
 
+// TemplateNICs are nics as a VM of their template has them: each with its
+// template MAC, its MTU and its TAP file kept.
+func TemplateNICs(nics []NIC) []NIC {
+	out := make([]NIC, len(nics))
+	for i, n := range nics {
+		out[i] = NIC{MAC: TemplateMAC(i), File: n.File, MTU: n.MTU}
+	}
+	return out
+}
+
+// withoutTAPs is nics with no TAP files: a template's, or a fingerprint's.
+func withoutTAPs(nics []NIC) []NIC {
+	out := TemplateNICs(nics)
+	for i := range out {
+		out[i].File = nil
+	}
+	return out
+}
+
+// TemplateShape is c as its template is built: no network namespace, NICs
+// with template MACs and no TAPs.
+func TemplateShape(c Config) Config {
+	c.NetNS = ""
+	c.NICs = withoutTAPs(c.NICs)
+	return c
+}
+
 // Fingerprint identifies what a VM template built from c depends on: QEMU's
 // command line for c with the per-VM details left out (name, network
 // namespace, TAP files, MACs, share paths), and the identity (size,
@@ -35,10 +62,7 @@ func Fingerprint(c Config) (string, error) {
 	c.listenPorts = nil
 	c.Memory = &MemoryFile{Path: "/memory"}
 	c.Incoming = false
-	c.NICs = append([]NIC(nil), c.NICs...)
-	for i := range c.NICs {
-		c.NICs[i] = NIC{MAC: TemplateMAC(i), MTU: c.NICs[i].MTU}
-	}
+	c.NICs = withoutTAPs(c.NICs)
 	c.Shares = append([]Share(nil), c.Shares...)
 	for i := range c.Shares {
 		c.Shares[i].Path = "/share"

@@ -124,7 +124,7 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 		Interceptor: sb.agentInterceptor,
 	}
 	// A template is built outside the pod's cgroup: its RAM is no pod's.
-	if _, err := vm.PrepareTemplate(ctx, sizing, opts); err != nil {
+	if opts.Template, err = vm.PrepareTemplate(ctx, sizing, opts); err != nil {
 		logger.WithError(err).Warn("no VM template; booting")
 		opts.ColdBoot = true
 	}

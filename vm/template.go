@@ -52,12 +52,7 @@ func templateShape(hc hypervisor.Config) (hypervisor.Config, string, error) {
 	if err != nil {
 		return hc, "", err
 	}
-	hc.NetNS = ""
-	hc.NICs = append([]hypervisor.NIC(nil), hc.NICs...)
-	for i := range hc.NICs {
-		hc.NICs[i] = hypervisor.NIC{MAC: hypervisor.TemplateMAC(i), MTU: hc.NICs[i].MTU}
-	}
-	return hc, key, nil
+	return hypervisor.TemplateShape(hc), key, nil
 }
 
 // templateUsable says why VMs planned as b cannot come from a template, or

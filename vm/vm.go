@@ -108,6 +108,9 @@ type Options struct {
 	Interceptor ttrpc.UnaryClientInterceptor
 	// ColdBoot boots the VM even where a template would serve.
 	ColdBoot bool
+	// Template is the one PrepareTemplate returned for these options: Boot
+	// restores from it without looking for it again.
+	Template *Template
 	// CPUPlug overrides how vCPUs are added (hypervisor.CPUPlug); empty
 	// chooses by accelerator.
 	CPUPlug hypervisor.CPUPlug
@@ -180,9 +183,12 @@ func coldBoot(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor
 // may still work; a guest that fails after it resumed is the VM's.
 func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.Config, opts Options) (*Guest, error) {
 	start := time.Now()
-	t, err := ensureTemplate(ctx, c, b, hc)
-	if err != nil {
-		return nil, err
+	t := opts.Template
+	if t == nil {
+		var err error
+		if t, err = ensureTemplate(ctx, c, b, hc); err != nil {
+			return nil, err
+		}
 	}
 	prepared := time.Since(start)
 	state, err := os.Open(t.state())
@@ -193,11 +199,11 @@ func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.
 	hc.Memory = &hypervisor.MemoryFile{Path: t.memory()}
 	hc.Incoming = true
 	macs := map[string]string{}
-	hc.NICs = append([]hypervisor.NIC(nil), hc.NICs...)
-	for i := range hc.NICs {
-		macs[hc.NICs[i].MAC.String()] = hypervisor.TemplateMAC(i).String()
-		hc.NICs[i].MAC = hypervisor.TemplateMAC(i)
+	nics := hypervisor.TemplateNICs(hc.NICs)
+	for i, n := range hc.NICs {
+		macs[n.MAC.String()] = nics[i].MAC.String()
 	}
+	hc.NICs = nics
 	v, err := hypervisor.Start(ctx, hc)
 	if err != nil {
 		return nil, err
@@ -206,7 +212,12 @@ func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.
 	g.Timings.Template = prepared
 	g.Timings.QEMU = time.Since(v.Started())
 	restoring := time.Now()
-	if err := v.RestoreState(ctx, state); err != nil {
+	// Loading a state is QEMU's work, but a QEMU stuck in it must not hold
+	// the pod: it gets what a boot gets.
+	rctx, cancel := context.WithTimeout(ctx, c.Timeouts.Boot.Duration)
+	err = v.RestoreState(rctx, state)
+	cancel()
+	if err != nil {
 		refused := false
 		select {
 		case <-v.Done():
