@@ -64,6 +64,9 @@ func run() error {
 		logf(levelWarn, "loopback: %v", err)
 	}
 	r := newReaper()
+	// Before the ready byte, so that a template VM is saved with it.
+	sp := &spare{reaper: r}
+	sp.spawn()
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
 	l, err := authenticated(ctx, p)
@@ -77,7 +80,7 @@ func run() error {
 	}
 	svc := &service{readyNs: bootTime(), shutdown: powerOff}
 	agentapi.RegisterAgentService(srv, svc)
-	cs := newContainerService(r)
+	cs := newContainerService(r, sp)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})

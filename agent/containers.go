@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sync"
 	"syscall"
@@ -26,6 +25,7 @@ const stateRoot = "/run/podvm/libcontainer"
 // agentapi.StdioService.
 type containerService struct {
 	reaper   *reaper
+	spare    *spare
 	storages storages
 	oom      chan string
 
@@ -39,7 +39,7 @@ type containerService struct {
 
 type container struct {
 	id   string
-	lc   *libcontainer.Container
+	rt   backend
 	init *process
 	// memMu serializes changes to the cgroup's memory limit (Update, the
 	// memory guard).
@@ -55,8 +55,8 @@ var (
 	_ agentapi.StdioService      = (*containerService)(nil)
 )
 
-func newContainerService(r *reaper) *containerService {
-	return &containerService{reaper: r, containers: make(map[string]*container), oom: make(chan string, 64)}
+func newContainerService(r *reaper, sp *spare) *containerService {
+	return &containerService{reaper: r, spare: sp, containers: make(map[string]*container), oom: make(chan string, 64)}
 }
 
 var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
@@ -147,34 +147,46 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 		return nil, status.Errorf(codes.Internal, "container %s stdio: %v", id, err)
 	}
 	t1 := time.Now()
-	lc, err := libcontainer.Create(stateRoot, id, cfg)
-	if err != nil {
-		pio.close()
-		return nil, status.Errorf(codes.Internal, "create container %s: %v", id, err)
-	}
 	p := &process{lp: lp, io: pio, exited: make(chan struct{})}
-	pid, err := s.reaper.Start(func() (int, error) {
-		if err := lc.Start(lp); err != nil {
-			return 0, err
+	var rt backend
+	if why := cinitUnsupported(cfg, lp); why == nil {
+		cr, err := s.createWithCinit(id, cfg, lp)
+		if err != nil {
+			pio.close()
+			return nil, status.Errorf(codes.Internal, "create container %s: %v", id, err)
 		}
-		return lp.Pid()
-	})
-	if err != nil {
-		pio.close()
-		_ = lc.Destroy()
-		return nil, status.Errorf(codes.Internal, "start container %s: %v", id, err)
+		p.pid, p.cinit, rt = cr.init.Pid, cr.pending, cr
+	} else {
+		logf(levelDebug, "container %s is created by runc init: cinit does not do its %v", id, why)
+		lc, err := libcontainer.Create(stateRoot, id, cfg)
+		if err != nil {
+			pio.close()
+			return nil, status.Errorf(codes.Internal, "create container %s: %v", id, err)
+		}
+		pid, err := s.reaper.Start(func() (int, error) {
+			if err := lc.Start(lp); err != nil {
+				return 0, err
+			}
+			return lp.Pid()
+		})
+		if err != nil {
+			pio.close()
+			_ = lc.Destroy()
+			return nil, status.Errorf(codes.Internal, "start container %s: %v", id, err)
+		}
+		p.pid, rt = pid, lcRuntime{lc}
 	}
-	p.pid = pid
+	pid := p.pid
 	t2 := time.Now()
 	go p.wait(s.reaper)
 	if err := pio.started(); err != nil {
-		_ = lc.Signal(syscall.SIGKILL)
+		_ = rt.signalInit(syscall.SIGKILL)
 		<-p.exited
 		pio.close()
-		_ = lc.Destroy()
+		_ = rt.destroy()
 		return nil, status.Errorf(codes.Internal, "container %s console: %v", id, err)
 	}
-	c := &container{id: id, lc: lc, init: p, execs: make(map[string]*process)}
+	c := &container{id: id, rt: rt, init: p, execs: make(map[string]*process)}
 	s.watchOOM(c)
 	c.guard = guardMemory(id, c.cgroupDir(), &c.memMu)
 	s.mu.Lock()
@@ -192,7 +204,7 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 		return nil, err
 	}
 	if req.ExecId == "" {
-		if err := c.lc.Exec(); err != nil {
+		if err := c.rt.start(); err != nil {
 			return nil, status.Errorf(codes.Internal, "start container %s: %v", c.id, err)
 		}
 		return &agentapi.StartProcessResponse{Pid: uint32(p.pid)}, nil
@@ -201,7 +213,7 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 		return nil, status.Errorf(codes.FailedPrecondition, "process %s already started", req.ExecId)
 	}
 	pid, err := s.reaper.Start(func() (int, error) {
-		if err := c.lc.Run(p.lp); err != nil {
+		if err := c.rt.exec(p.lp); err != nil {
 			return 0, err
 		}
 		return p.lp.Pid()
@@ -259,7 +271,7 @@ func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.Sign
 	}
 	sig := syscall.Signal(req.Signal)
 	if req.All && req.ExecId == "" {
-		pids, err := c.lc.Processes()
+		pids, err := c.rt.processes()
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "list processes of %s: %v", c.id, err)
 		}
@@ -272,12 +284,12 @@ func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.Sign
 		return nil, status.Errorf(codes.NotFound, "process %s of container %s is not running", req.ExecId, c.id)
 	}
 	if req.ExecId == "" {
-		err = c.lc.Signal(sig)
+		err = c.rt.signalInit(sig)
 	} else {
 		err = p.lp.Signal(sig)
 	}
 	if err != nil {
-		if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) {
+		if errors.Is(err, errNotRunning) || errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) {
 			return nil, status.Errorf(codes.NotFound, "process %s of container %s is not running", req.ExecId, c.id)
 		}
 		return nil, status.Errorf(codes.Internal, "signal %v: %v", sig, err)
@@ -324,7 +336,7 @@ func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.Co
 		return nil, err
 	}
 	if !c.init.hasExited() {
-		_ = c.lc.Signal(syscall.SIGKILL)
+		_ = c.rt.signalInit(syscall.SIGKILL)
 		<-c.init.exited
 	}
 	c.mu.Lock()
@@ -337,7 +349,7 @@ func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.Co
 	c.mu.Unlock()
 	c.init.io.close()
 	c.guard.close()
-	if err := c.lc.Destroy(); err != nil {
+	if err := c.rt.destroy(); err != nil {
 		logf(levelWarn, "destroy container %s: %v", c.id, err)
 	}
 	s.mu.Lock()
@@ -352,7 +364,7 @@ func (s *containerService) Pids(ctx context.Context, req *agentapi.ContainerRequ
 	if err != nil {
 		return nil, err
 	}
-	pids, err := c.lc.Processes()
+	pids, err := c.rt.processes()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "list processes of %s: %v", c.id, err)
 	}
@@ -374,7 +386,7 @@ func (s *containerService) PauseContainer(ctx context.Context, req *agentapi.Con
 	if err != nil {
 		return nil, err
 	}
-	if err := c.lc.Pause(); err != nil {
+	if err := c.rt.pause(); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "pause %s: %v", c.id, err)
 	}
 	return &emptypb.Empty{}, nil
@@ -385,7 +397,7 @@ func (s *containerService) ResumeContainer(ctx context.Context, req *agentapi.Co
 	if err != nil {
 		return nil, err
 	}
-	if err := c.lc.Resume(); err != nil {
+	if err := c.rt.resume(); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "resume %s: %v", c.id, err)
 	}
 	return &emptypb.Empty{}, nil
@@ -415,7 +427,7 @@ func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agen
 
 // watchOOM forwards the container's OOM kills to WaitOOM.
 func (s *containerService) watchOOM(c *container) {
-	ch, err := c.lc.NotifyOOM()
+	ch, err := c.rt.notifyOOM()
 	if err != nil {
 		logf(levelWarn, "container %s: no OOM notifications: %v", c.id, err)
 		return
@@ -437,7 +449,7 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.Up
 		return nil, err
 	}
 	c.memMu.Lock()
-	err = updateResources(c.lc, req.Resources)
+	err = updateResources(c.rt, req.Resources)
 	c.memMu.Unlock()
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "update %s: %v", c.id, err)
@@ -492,7 +504,7 @@ func (s *containerService) Stats(ctx context.Context, req *agentapi.ContainerReq
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.lc.Stats()
+	st, err := c.rt.stats()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "stats of %s: %v", c.id, err)
 	}
@@ -501,5 +513,5 @@ func (s *containerService) Stats(ctx context.Context, req *agentapi.ContainerReq
 
 // cgroupDir is the container's cgroup in the guest.
 func (c *container) cgroupDir() string {
-	return filepath.Join("/sys/fs/cgroup", c.lc.Config().Cgroups.Path)
+	return c.rt.cgroupDir()
 }

@@ -47,6 +47,11 @@ func mountBase() error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
+	// Storages are mounted under /run while containers' mount namespaces
+	// (a spare init's, copied earlier) must see them.
+	if err := unix.Mount("", "/run", "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make /run shared: %w", err)
+	}
 	for _, l := range devLinks {
 		_ = os.Remove(l[1])
 		if err := os.Symlink(l[0], l[1]); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/runc/libcontainer/utils"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvm/podvm/agent/cinit"
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
 
@@ -19,8 +20,10 @@ import (
 type process struct {
 	execID string
 	lp     *libcontainer.Process
-	io     *processIO
-	pid    int
+	// cinit, when set, is the init cinit made: waited for through it.
+	cinit *cinit.Init
+	io    *processIO
+	pid   int
 
 	exited   chan struct{} // closed once the process has been waited for
 	status   int           // exit status as runc reports it (128+signal when killed)
@@ -260,12 +263,22 @@ func (pio *processIO) resize(width, height uint32) error {
 }
 
 // wait collects the process's exit through libcontainer, which owns its
-// PID, and records it the way runc reports it.
+// PID (or through the Cmd of an init cinit made), and records it the way
+// runc reports it.
 func (p *process) wait(r *reaper) {
 	defer recoverPanic("wait")
-	ps, err := p.lp.Wait()
+	var (
+		ps  *os.ProcessState
+		err error
+	)
+	if p.cinit != nil {
+		// Its waiter released the PID.
+		ps, err = p.cinit.Wait()
+	} else {
+		ps, err = p.lp.Wait()
+		r.Release(p.pid)
+	}
 	p.exitedAt = time.Now()
-	r.Release(p.pid)
 	p.status = 255
 	if ps != nil {
 		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {

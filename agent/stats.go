@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -105,19 +106,19 @@ func readKeyed(path string) map[string]uint64 {
 
 // updateResources applies OCI LinuxResources to a running container, as
 // `runc update` does.
-func updateResources(lc *libcontainer.Container, resources []byte) error {
+func updateResources(rt backend, resources []byte) error {
 	var r specs.LinuxResources
 	if err := json.Unmarshal(resources, &r); err != nil {
 		return fmt.Errorf("decode resources: %w", err)
 	}
-	cfg := lc.Config()
-	spec := &specs.Spec{Linux: &specs.Linux{Resources: &r, CgroupsPath: cfg.Cgroups.Path}}
-	cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: lc.ID(), Spec: spec}, nil)
-	if err != nil {
-		return err
-	}
-	cfg.Cgroups.Resources = mergeResources(cfg.Cgroups.Resources, cg.Resources, &r)
-	return lc.Set(cfg)
+	return rt.update(func(cfg *configs.Config) (*cgroups.Resources, error) {
+		spec := &specs.Spec{Linux: &specs.Linux{Resources: &r, CgroupsPath: cfg.Cgroups.Path}}
+		cg, err := specconv.CreateCgroupConfig(&specconv.CreateOpts{CgroupName: cfg.Cgroups.Name, Spec: spec}, nil)
+		if err != nil {
+			return nil, err
+		}
+		return mergeResources(cfg.Cgroups.Resources, cg.Resources, &r), nil
+	})
 }
 
 // mergeResources keeps what the update does not mention, as runc update

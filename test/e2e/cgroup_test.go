@@ -48,6 +48,9 @@ func TestCgroup(t *testing.T) {
 			}
 			want := "/default/" + id
 			qemu, shimPID := qemuPid(id), shimPid(id)
+			if qemu == 0 || shimPID == 0 {
+				t.Fatalf("no QEMU (%d) or shim (%d) for %s in the census", qemu, shimPID, id)
+			}
 			if got := cgroupOf(qemu); got != want {
 				t.Errorf("QEMU's cgroup %q, want the container's %q", got, want)
 			}
@@ -55,7 +58,7 @@ func TestCgroup(t *testing.T) {
 				t.Errorf("the shim's cgroup %q, want %q", got, want)
 			}
 			if crash {
-				syscall.Kill(shimPID, syscall.SIGKILL)
+				killPid(shimPID, syscall.SIGKILL)
 			} else {
 				s.ctr(nil, "task", "kill", "-s", "KILL", id)
 			}

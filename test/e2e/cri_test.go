@@ -372,7 +372,7 @@ func TestCRI(t *testing.T) {
 		}
 		var pid int
 		fmt.Sscan(q[0], &pid)
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := killPid(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second)

@@ -77,7 +77,7 @@ func TestDeleteAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.WriteFile(configFile, goodConfig, 0o644)
-		syscall.Kill(shimPid(id), syscall.SIGKILL)
+		killPid(shimPid(id), syscall.SIGKILL)
 		removeTasks(t, id)
 		gone(t, id)
 	})
@@ -90,7 +90,7 @@ func TestDeleteAfterCrash(t *testing.T) {
 		if r := s.ctr(nil, "run", "-d", "--runtime", podvm, "--annotation", "io.podvm.group="+pod, harness.BusyboxImage, member, "sleep", "100000"); r.code != 0 {
 			t.Fatalf("run member: %+v", r)
 		}
-		syscall.Kill(shimPid(pod), syscall.SIGKILL)
+		killPid(shimPid(pod), syscall.SIGKILL)
 		removeTasks(t, member, pod)
 		gone(t, pod)
 	})

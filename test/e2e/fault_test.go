@@ -106,7 +106,7 @@ func faults(t *testing.T, c *cri, handler string) {
 		if pid == 0 {
 			t.Fatalf("no %s for pod %s", victim, pod)
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := killPid(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,7 +143,7 @@ func faults(t *testing.T, c *cri, handler string) {
 					done := make(chan error, 1)
 					go func() { _, err := c.run("stopp", pod); done <- err }()
 					time.Sleep(50 * time.Millisecond)
-					if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+					if err := killPid(pid, syscall.SIGKILL); err != nil {
 						t.Logf("%s already gone: %v", victim, err)
 					}
 					<-done
@@ -164,7 +164,7 @@ func faults(t *testing.T, c *cri, handler string) {
 		pod, podConfig := c.runp(handler, nil)
 		c.container(pod, podConfig, "sleeper", "sleep", "100000")
 		pid := qemuPid(pod)
-		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		if err := killPid(pid, syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		start := time.Now()
@@ -183,8 +183,8 @@ func faults(t *testing.T, c *cri, handler string) {
 		if took := time.Since(start); took > 20*time.Second {
 			t.Errorf("rmp took %v", took)
 		}
-		if err := syscall.Kill(pid, 0); err == nil {
-			syscall.Kill(pid, syscall.SIGKILL)
+		if err := killPid(pid, 0); err == nil {
+			killPid(pid, syscall.SIGKILL)
 			t.Error("the stopped QEMU was left alive")
 		}
 		checkNoAllocations(t, ctd)
@@ -232,7 +232,7 @@ func TestFaultsCtr(t *testing.T) {
 			start := time.Now()
 			switch fault {
 			case "qemu stopped":
-				syscall.Kill(pid, syscall.SIGSTOP)
+				killPid(pid, syscall.SIGSTOP)
 				if r := s.ctr(nil, "task", "kill", "-s", "KILL", id); r.code != 0 {
 					t.Errorf("kill of a task whose QEMU is stopped: %+v", r)
 				}
@@ -255,10 +255,19 @@ func TestFaultsCtr(t *testing.T) {
 			if took := time.Since(start); took > 45*time.Second {
 				t.Errorf("%s: kill and delete took %v", fault, took)
 			}
-			if err := syscall.Kill(pid, 0); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
+			if err := killPid(pid, 0); err == nil {
+				killPid(pid, syscall.SIGKILL)
 				t.Errorf("QEMU %d left alive", pid)
 			}
 		})
 	}
+}
+
+// killPid signals pid, but never 0 or below: a census that found nothing
+// must not turn into kill(0), which would signal the test's own group.
+func killPid(pid int, sig syscall.Signal) error {
+	if pid <= 0 {
+		return fmt.Errorf("no process to signal (pid %d)", pid)
+	}
+	return syscall.Kill(pid, sig)
 }

@@ -147,7 +147,7 @@ func TestSandboxAPI(t *testing.T) {
 		if pid <= 1 {
 			t.Fatalf("QEMU of %s: %v", pod, qemuOf(pod))
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := killPid(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, func() bool { return c.inspectp(pod).Status.State == "SANDBOX_NOTREADY" })

@@ -246,7 +246,7 @@ func TestTask(t *testing.T) {
 		if shared := sharedSockets(pid, qemuPid(id)); len(shared) > 0 {
 			t.Errorf("QEMU holds the shim's sockets %v", shared)
 		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := killPid(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		// containerd notices, runs `containerd-shim-podvm-v2 delete` and

@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/cgroups/fscommon"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
+
+	"github.com/podvm/podvm/agent/cinit"
+)
+
+// backend is what holds a running container: libcontainer's Container, or
+// the cgroup and init of a container cinit made, which needs libcontainer
+// only to exec into it.
+type backend interface {
+	// start lets the created init exec the container's program.
+	start() error
+	signalInit(sig syscall.Signal) error
+	processes() ([]int, error)
+	pause() error
+	resume() error
+	stats() (*libcontainer.Stats, error)
+	// update applies resources merged into the container's own (see
+	// updateResources).
+	update(func(*configs.Config) (*cgroups.Resources, error)) error
+	notifyOOM() (<-chan struct{}, error)
+	// exec starts an exec'd process in the container.
+	exec(lp *libcontainer.Process) error
+	destroy() error
+	cgroupDir() string
+}
+
+// errNotRunning is what signalInit returns once the init has exited.
+var errNotRunning = errors.New("container not running")
+
+// lcRuntime is a container libcontainer created.
+type lcRuntime struct{ lc *libcontainer.Container }
+
+func (r lcRuntime) signalInit(sig syscall.Signal) error {
+	err := r.lc.Signal(sig)
+	if errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) {
+		return errNotRunning
+	}
+	return err
+}
+func (r lcRuntime) start() error                        { return r.lc.Exec() }
+func (r lcRuntime) processes() ([]int, error)           { return r.lc.Processes() }
+func (r lcRuntime) pause() error                        { return r.lc.Pause() }
+func (r lcRuntime) resume() error                       { return r.lc.Resume() }
+func (r lcRuntime) stats() (*libcontainer.Stats, error) { return r.lc.Stats() }
+func (r lcRuntime) notifyOOM() (<-chan struct{}, error) { return r.lc.NotifyOOM() }
+func (r lcRuntime) exec(lp *libcontainer.Process) error { return r.lc.Run(lp) }
+func (r lcRuntime) destroy() error                      { return r.lc.Destroy() }
+func (r lcRuntime) cgroupDir() string {
+	return filepath.Join("/sys/fs/cgroup", r.lc.Config().Cgroups.Path)
+}
+func (r lcRuntime) update(merge func(*configs.Config) (*cgroups.Resources, error)) error {
+	cfg := r.lc.Config()
+	res, err := merge(&cfg)
+	if err != nil {
+		return err
+	}
+	cfg.Cgroups.Resources = res
+	return r.lc.Set(cfg)
+}
+
+// cinitRuntime is a container cinit made: its cgroup is driven here
+// directly, and libcontainer takes it up (from a state file written for
+// it) only when a process is exec'd into it.
+type cinitRuntime struct {
+	id   string
+	init *os.Process
+	mgr  cgroups.Manager
+
+	mu sync.Mutex
+	// pending is the init until it is started.
+	pending *cinit.Init
+	cfg     *configs.Config
+	lc      *libcontainer.Container
+}
+
+func (r *cinitRuntime) start() error {
+	r.mu.Lock()
+	pending := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	if pending == nil {
+		return errors.New("container already started")
+	}
+	return pending.Start()
+}
+
+func (r *cinitRuntime) signalInit(sig syscall.Signal) error {
+	// Through the pidfd os.Process holds: never a recycled PID.
+	err := r.init.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return errNotRunning
+	}
+	return err
+}
+
+func (r *cinitRuntime) processes() ([]int, error) { return r.mgr.GetAllPids() }
+func (r *cinitRuntime) pause() error              { return r.mgr.Freeze(cgroups.Frozen) }
+func (r *cinitRuntime) resume() error             { return r.mgr.Freeze(cgroups.Thawed) }
+func (r *cinitRuntime) cgroupDir() string         { return r.mgr.Path("") }
+
+func (r *cinitRuntime) stats() (*libcontainer.Stats, error) {
+	st, err := r.mgr.GetStats()
+	if err != nil {
+		return nil, err
+	}
+	return &libcontainer.Stats{CgroupStats: st}, nil
+}
+
+func (r *cinitRuntime) update(merge func(*configs.Config) (*cgroups.Resources, error)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	res, err := merge(r.cfg)
+	if err != nil {
+		return err
+	}
+	if err := r.mgr.Set(res); err != nil {
+		return err
+	}
+	r.cfg.Cgroups.Resources = res
+	if r.lc != nil {
+		// Keep libcontainer's copy (and state file) the same.
+		cfg := r.lc.Config()
+		cfg.Cgroups.Resources = res
+		return r.lc.Set(cfg)
+	}
+	return nil
+}
+
+func (r *cinitRuntime) exec(lp *libcontainer.Process) error {
+	r.mu.Lock()
+	if r.lc == nil {
+		if err := writeState(filepath.Join(stateRoot, r.id), r.id, r.init.Pid, r.cfg, r.mgr.GetPaths()); err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		lc, err := libcontainer.Load(stateRoot, r.id)
+		if err != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("load container state: %w", err)
+		}
+		r.lc = lc
+	}
+	lc := r.lc
+	r.mu.Unlock()
+	return lc.Run(lp)
+}
+
+// destroy kills what is left in the cgroup and removes it, as
+// libcontainer's Destroy does.
+func (r *cinitRuntime) destroy() error {
+	r.mu.Lock()
+	if r.pending != nil {
+		r.pending.Close()
+		r.pending = nil
+	}
+	r.mu.Unlock()
+	dir := r.mgr.Path("")
+	if err := cgroups.WriteFile(dir, "cgroup.kill", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		pids, _ := r.mgr.GetAllPids()
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	err := r.mgr.Destroy()
+	if rerr := os.RemoveAll(filepath.Join(stateRoot, r.id)); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// notifyOOM reports each OOM kill in the container's cgroup (a rise of
+// memory.events' oom_kill) until the cgroup empties, as libcontainer's
+// NotifyOOM does on cgroup v2.
+func (r *cinitRuntime) notifyOOM() (<-chan struct{}, error) {
+	dir := r.mgr.Path("")
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	evWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch memory.events: %w", err)
+	}
+	// cgroupfs sends no IN_DELETE: an emptied cgroup.events ends the watch.
+	cgWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "cgroup.events"), unix.IN_MODIFY)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch cgroup.events: %w", err)
+	}
+	ch := make(chan struct{})
+	go func() {
+		defer recoverPanic("oom watch")
+		defer close(ch)
+		defer unix.Close(fd)
+		var buf [unix.SizeofInotifyEvent + unix.PathMax + 1]byte
+		for {
+			n, err := unix.Read(fd, buf[:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n < unix.SizeofInotifyEvent {
+				return
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+				switch int(ev.Wd) {
+				case evWD:
+					if oom, err := fscommon.GetValueByKey(dir, "memory.events", "oom_kill"); err != nil || oom > 0 {
+						ch <- struct{}{}
+					}
+				case cgWD:
+					if pop, err := fscommon.GetValueByKey(dir, "cgroup.events", "populated"); err != nil || pop == 0 {
+						return
+					}
+				}
+			}
+		}
+	}()
+	return ch, nil
+}

@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/cgroups/manager"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+
+	"github.com/podvm/podvm/agent/cinit"
+)
+
+// createTimeout bounds a container init's set-up (mounts, pivot) before it
+// answers ready.
+const createTimeout = 60 * time.Second
+
+// cinitUnsupported says why a container must go through libcontainer's
+// runc init, or nil when cinit can create it.
+func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
+	if lp.Scheduler != nil || lp.IOPriority != nil || lp.CPUAffinity != nil {
+		return errors.New("scheduler, I/O priority or CPU affinity")
+	}
+	return cinit.Unsupported(cfg)
+}
+
+// createWithCinit creates a container through cinit: its cgroup is made
+// and configured here, and its init (the spare, when it fits) set up by
+// cinit.c, waiting for start.
+func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
+	mgr, err := manager.New(cfg.Cgroups)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	if err := mgr.Apply(-1); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	var init *cinit.Init
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if init != nil {
+			init.Kill()
+		}
+		_ = mgr.Destroy()
+	}()
+	if err := mgr.Set(cfg.Cgroups.Resources); err != nil {
+		return nil, fmt.Errorf("set cgroup resources: %w", err)
+	}
+	init = s.spare.take(cfg)
+	if init != nil {
+		logf(levelDebug, "container %s: the spare init", id)
+	} else {
+		if init, err = cinit.Spawn(cinit.Flags(cfg), s.reaper.Start, s.reaper.Release); err != nil {
+			return nil, err
+		}
+	}
+	defer s.spare.fill()
+	if err := mgr.Apply(init.Pid()); err != nil {
+		return nil, fmt.Errorf("join cgroup: %w", err)
+	}
+	if cfg.OomScoreAdj != nil {
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", init.Pid()), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
+			return nil, fmt.Errorf("set oom_score_adj: %w", err)
+		}
+	}
+	if err := init.Create(id, cfg, cinitProcess(cfg, lp), createTimeout); err != nil {
+		init = nil // killed by Create
+		return nil, err
+	}
+	return &cinitRuntime{id: id, init: init.Cmd.Process, mgr: mgr, pending: init, cfg: cfg}, nil
+}
+
+// spare keeps one container init spawned ahead of need, so that a create
+// skips the exec and the namespaces' making. The template VM holds one
+// already, and every VM restored from it.
+type spare struct {
+	reaper *reaper
+
+	mu      sync.Mutex
+	init    *cinit.Init
+	filling bool
+}
+
+// take hands out the spare init if cfg can use it.
+func (s *spare) take(cfg *configs.Config) *cinit.Init {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.init
+	if i == nil || !cinit.Fits(i.Flags, cfg) {
+		return nil
+	}
+	s.init = nil
+	select {
+	case <-i.Exited():
+		i.Close()
+		return nil
+	default:
+		return i
+	}
+}
+
+// fill spawns a spare in the background unless there is one.
+func (s *spare) fill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.init != nil || s.filling {
+		return
+	}
+	s.filling = true
+	go func() {
+		defer recoverPanic("spare init")
+		s.spawn()
+	}()
+}
+
+// spawn makes the spare now.
+func (s *spare) spawn() {
+	i, err := cinit.Spawn(cinit.SpareFlags, s.reaper.Start, s.reaper.Release)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.filling = false
+	if err != nil {
+		logf(levelWarn, "spawn a spare container init: %v", err)
+		return
+	}
+	s.init = i
+}
+
+// cinitProcess is the container's process as cinit takes it.
+func cinitProcess(cfg *configs.Config, lp *libcontainer.Process) *cinit.Process {
+	p := &cinit.Process{
+		Args: lp.Args, Env: lp.Env, UID: uint32(lp.UID), GID: uint32(lp.GID),
+		Cwd: lp.Cwd, Capabilities: lp.Capabilities, Rlimits: lp.Rlimits,
+		NoNewPrivileges: cfg.NoNewPrivileges,
+		ConsoleWidth:    lp.ConsoleWidth, ConsoleHeight: lp.ConsoleHeight,
+		ConsoleSocket: lp.ConsoleSocket,
+	}
+	if lp.NoNewPrivileges != nil {
+		p.NoNewPrivileges = *lp.NoNewPrivileges
+	}
+	for _, g := range lp.AdditionalGroups {
+		p.Groups = append(p.Groups, uint32(g))
+	}
+	p.Stdin, _ = lp.Stdin.(*os.File)
+	p.Stdout, _ = lp.Stdout.(*os.File)
+	p.Stderr, _ = lp.Stderr.(*os.File)
+	return p
+}
+
+// writeState records a cinit-made container the way libcontainer records
+// its own, so that libcontainer.Load takes it up (to exec into it).
+func writeState(dir, id string, pid int, cfg *configs.Config, cgroupPaths map[string]string) error {
+	start, err := startTime(pid)
+	if err != nil {
+		return err
+	}
+	st := libcontainer.State{
+		BaseState: libcontainer.BaseState{
+			ID: id, InitProcessPid: pid, InitProcessStartTime: start,
+			Created: time.Now().UTC(), Config: *cfg,
+		},
+		CgroupPaths:    cgroupPaths,
+		NamespacePaths: map[configs.NamespaceType]string{},
+	}
+	for _, ns := range cfg.Namespaces {
+		st.NamespacePaths[ns.Type] = ns.GetPath(pid)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("encode container state: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("container state: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), b, 0o600); err != nil {
+		return fmt.Errorf("container state: %w", err)
+	}
+	return nil
+}
+
+// startTime is field 22 of /proc/pid/stat, which libcontainer compares to
+// tell its init from a process that reused the PID.
+func startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("container init: %w", err)
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state).
+	if i < 0 || len(f) < 20 {
+		return 0, fmt.Errorf("container init: unexpected /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
