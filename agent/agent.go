@@ -64,7 +64,11 @@ func run() error {
 		logf(levelWarn, "loopback: %v", err)
 	}
 	r := newReaper()
-	// Before the ready byte, so that a template VM is saved with it.
+	// Before the ready byte, so that a template VM is saved with them.
+	dp, err := newDeviceParent()
+	if err != nil {
+		logf(levelWarn, "containers get device programs of their own: %v", err)
+	}
 	sp := &spare{reaper: r}
 	sp.spawn()
 
@@ -80,7 +84,7 @@ func run() error {
 	}
 	svc := &service{readyNs: bootTime(), shutdown: powerOff}
 	agentapi.RegisterAgentService(srv, svc)
-	cs := newContainerService(r, sp)
+	cs := newContainerService(r, sp, dp)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})

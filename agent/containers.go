@@ -26,6 +26,7 @@ const stateRoot = "/run/podvm/libcontainer"
 type containerService struct {
 	reaper   *reaper
 	spare    *spare
+	devices  *deviceParent
 	storages storages
 	oom      chan string
 
@@ -44,7 +45,9 @@ type container struct {
 	// memMu serializes changes to the cgroup's memory limit (Update, the
 	// memory guard).
 	memMu sync.Mutex
-	guard *memGuard
+	// watched is closed once the OOM watch and guard are set up.
+	watched chan struct{}
+	guard   *memGuard
 
 	mu    sync.Mutex
 	execs map[string]*process
@@ -55,8 +58,8 @@ var (
 	_ agentapi.StdioService      = (*containerService)(nil)
 )
 
-func newContainerService(r *reaper, sp *spare) *containerService {
-	return &containerService{reaper: r, spare: sp, containers: make(map[string]*container), oom: make(chan string, 64)}
+func newContainerService(r *reaper, sp *spare, dp *deviceParent) *containerService {
+	return &containerService{reaper: r, spare: sp, devices: dp, containers: make(map[string]*container), oom: make(chan string, 64)}
 }
 
 var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
@@ -186,9 +189,14 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 		_ = rt.destroy()
 		return nil, status.Errorf(codes.Internal, "container %s console: %v", id, err)
 	}
-	c := &container{id: id, rt: rt, init: p, execs: make(map[string]*process)}
-	s.watchOOM(c)
-	c.guard = guardMemory(id, c.cgroupDir(), &c.memMu)
+	c := &container{id: id, rt: rt, init: p, execs: make(map[string]*process), watched: make(chan struct{})}
+	// The watches are set while the answer goes to the host and the start
+	// comes back, the guest idle; start waits for them.
+	go func() {
+		defer close(c.watched)
+		s.watchOOM(c)
+		c.guard = guardMemory(id, c.cgroupDir(), &c.memMu)
+	}()
 	s.mu.Lock()
 	s.containers[id] = c
 	s.mu.Unlock()
@@ -204,6 +212,7 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 		return nil, err
 	}
 	if req.ExecId == "" {
+		<-c.watched
 		if err := c.rt.start(); err != nil {
 			return nil, status.Errorf(codes.Internal, "start container %s: %v", c.id, err)
 		}
@@ -348,6 +357,7 @@ func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.Co
 	}
 	c.mu.Unlock()
 	c.init.io.close()
+	<-c.watched
 	c.guard.close()
 	if err := c.rt.destroy(); err != nil {
 		logf(levelWarn, "destroy container %s: %v", c.id, err)

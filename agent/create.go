@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -35,6 +36,9 @@ func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
 // and configured here, and its init (the spare, when it fits) set up by
 // cinit.c, waiting for start.
 func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
+	if s.devices.adopt(id, cfg) {
+		logf(levelDebug, "container %s: the usual device rules, under %s", id, stdDeviceCgroup)
+	}
 	mgr, err := manager.New(cfg.Cgroups)
 	if err != nil {
 		return nil, fmt.Errorf("cgroup: %w", err)
@@ -64,7 +68,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 		}
 	}
 	defer s.spare.fill()
-	if err := mgr.Apply(init.Pid()); err != nil {
+	if err := cgroups.WriteCgroupProc(mgr.Path(""), init.Pid()); err != nil {
 		return nil, fmt.Errorf("join cgroup: %w", err)
 	}
 	if cfg.OomScoreAdj != nil {
