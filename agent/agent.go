@@ -64,16 +64,10 @@ func run() error {
 		logf(levelWarn, "loopback: %v", err)
 	}
 	r := newReaper()
-	// Before the ready byte, so that a template VM is saved with them.
-	dp, err := newDeviceParent()
-	if err != nil {
-		logf(levelWarn, "containers get device programs of their own: %v", err)
-	}
-	sp := &spare{reaper: r}
-	sp.spawn()
+	prep := prepare(r)
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
-	l, err := authenticated(ctx, p)
+	l, err := authenticated(ctx, p, prep.done)
 	cancel()
 	if err != nil {
 		return err
@@ -84,7 +78,7 @@ func run() error {
 	}
 	svc := &service{readyNs: bootTime(), shutdown: powerOff}
 	agentapi.RegisterAgentService(srv, svc)
-	cs := newContainerService(r, sp, dp)
+	cs := newContainerService(r, prep)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
@@ -98,12 +92,13 @@ func run() error {
 }
 
 // authenticated is the listener the agent serves on: the transport's, with
-// every connection authenticated by the VM's secret.
-func authenticated(ctx context.Context, p Params) (net.Listener, error) {
+// every connection authenticated by the VM's secret. A VM that is to be a
+// template says ready only once prepared is closed.
+func authenticated(ctx context.Context, p Params, prepared <-chan struct{}) (net.Listener, error) {
 	var secret []byte
 	if p.SecretPort != "" {
 		var err error
-		if secret, err = readSecret(ctx, p.SecretPort); err != nil {
+		if secret, err = readSecret(ctx, p.SecretPort, prepared); err != nil {
 			return nil, err
 		}
 	} else if p.Transport == "vsock" {

@@ -28,7 +28,7 @@ import (
 // the identity it carries (see agentapi.BootRecord) before returning the
 // secret. A VM saved as a template waits here: the ready byte tells the host
 // it may be saved, and every VM restored from it reads a record of its own.
-func readSecret(ctx context.Context, port string) ([]byte, error) {
+func readSecret(ctx context.Context, port string, prepared <-chan struct{}) ([]byte, error) {
 	dev, err := findPort(ctx, port)
 	if err != nil {
 		return nil, err
@@ -38,6 +38,16 @@ func readSecret(ctx context.Context, port string) ([]byte, error) {
 		return nil, fmt.Errorf("open the secret port: %w", err)
 	}
 	defer f.Close()
+	// A booting VM's record is there already (the host wrote it at once);
+	// a template's comes only after the ready byte, and the template
+	// must be saved with the containers' preparations done.
+	if !readable(f, recordGrace) {
+		select {
+		case <-prepared:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("prepare for containers: %w", ctx.Err())
+		}
+	}
 	buf := make([]byte, agentapi.BootRecordSize)
 	errc := make(chan error, 1)
 	go func() {
@@ -62,6 +72,25 @@ func readSecret(ctx context.Context, port string) ([]byte, error) {
 	}
 	takeIdentity(rec)
 	return rec.Secret, nil
+}
+
+// recordGrace is how long a booting VM's agent looks for a boot record
+// the host wrote before it started.
+const recordGrace = 20 * time.Millisecond
+
+// readable says whether f has data within d.
+func readable(f *os.File, d time.Duration) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(d/time.Millisecond))
+		ok = err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+	})
+	return ok
 }
 
 // helloTimeout bounds how long a connection may take to say hello.

@@ -25,8 +25,7 @@ const stateRoot = "/run/podvm/libcontainer"
 // agentapi.StdioService.
 type containerService struct {
 	reaper   *reaper
-	spare    *spare
-	devices  *deviceParent
+	prep     *prepared
 	storages storages
 	oom      chan string
 
@@ -58,8 +57,8 @@ var (
 	_ agentapi.StdioService      = (*containerService)(nil)
 )
 
-func newContainerService(r *reaper, sp *spare, dp *deviceParent) *containerService {
-	return &containerService{reaper: r, spare: sp, devices: dp, containers: make(map[string]*container), oom: make(chan string, 64)}
+func newContainerService(r *reaper, prep *prepared) *containerService {
+	return &containerService{reaper: r, prep: prep, containers: make(map[string]*container), oom: make(chan string, 64)}
 }
 
 var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)

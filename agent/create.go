@@ -36,7 +36,9 @@ func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
 // and configured here, and its init (the spare, when it fits) set up by
 // cinit.c, waiting for start.
 func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
-	if s.devices.adopt(id, cfg) {
+	// Made at boot, concurrently with the first requests.
+	<-s.prep.done
+	if s.prep.devices.adopt(id, cfg) {
 		logf(levelDebug, "container %s: the usual device rules, under %s", id, stdDeviceCgroup)
 	}
 	mgr, err := manager.New(cfg.Cgroups)
@@ -59,7 +61,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 	if err := mgr.Set(cfg.Cgroups.Resources); err != nil {
 		return nil, fmt.Errorf("set cgroup resources: %w", err)
 	}
-	init = s.spare.take(cfg)
+	init = s.prep.spare.take(cfg)
 	if init != nil {
 		logf(levelDebug, "container %s: the spare init", id)
 	} else {
@@ -67,7 +69,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 			return nil, err
 		}
 	}
-	defer s.spare.fill()
+	defer s.prep.spare.fill()
 	if err := cgroups.WriteCgroupProc(mgr.Path(""), init.Pid()); err != nil {
 		return nil, fmt.Errorf("join cgroup: %w", err)
 	}
@@ -81,6 +83,33 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 		return nil, err
 	}
 	return &cinitRuntime{id: id, init: init.Cmd.Process, mgr: mgr, pending: init, cfg: cfg}, nil
+}
+
+// prepared is what the agent readies for containers before any is asked
+// for: the usual device rules' cgroup and a spare init.
+type prepared struct {
+	done    chan struct{}
+	devices *deviceParent
+	spare   *spare
+}
+
+// prepare starts the preparations; done is closed once they are made.
+func prepare(r *reaper) *prepared {
+	p := &prepared{done: make(chan struct{}), spare: &spare{reaper: r}}
+	go func() {
+		defer recoverPanic("prepare")
+		defer close(p.done)
+		t0 := time.Now()
+		dp, err := newDeviceParent()
+		if err != nil {
+			logf(levelWarn, "containers get device programs of their own: %v", err)
+		}
+		p.devices = dp
+		t1 := time.Now()
+		p.spare.spawn()
+		logf(levelDebug, "usual device rules attached in %v, spare init spawned in %v", t1.Sub(t0), time.Since(t1))
+	}()
+	return p
 }
 
 // spare keeps one container init spawned ahead of need, so that a create

@@ -97,11 +97,13 @@ func TestUnsupported(t *testing.T) {
 		t.Fatalf("the usual config: %v", err)
 	}
 	for name, change := range map[string]func(*configs.Config){
-		"seccomp":       func(c *configs.Config) { c.Seccomp = &configs.Seccomp{} },
-		"user":          func(c *configs.Config) { c.UIDMappings = []configs.IDMap{{Size: 1}} },
-		"pid join":      func(c *configs.Config) { c.Namespaces[1].Path = "/proc/1/ns/pid" },
-		"no mount ns":   func(c *configs.Config) { c.Namespaces = c.Namespaces[1:] },
-		"proc mount":    func(c *configs.Config) { c.Mounts = append(c.Mounts, &configs.Mount{Destination: "/proc/sys", Device: "bind"}) },
+		"seccomp":     func(c *configs.Config) { c.Seccomp = &configs.Seccomp{} },
+		"user":        func(c *configs.Config) { c.UIDMappings = []configs.IDMap{{Size: 1}} },
+		"pid join":    func(c *configs.Config) { c.Namespaces[1].Path = "/proc/1/ns/pid" },
+		"no mount ns": func(c *configs.Config) { c.Namespaces = c.Namespaces[1:] },
+		"proc mount": func(c *configs.Config) {
+			c.Mounts = append(c.Mounts, &configs.Mount{Destination: "/proc/sys", Device: "bind"})
+		},
 		"proc as tmpfs": func(c *configs.Config) { c.Mounts[0].Device = "tmpfs" },
 		"shared root":   func(c *configs.Config) { c.RootPropagation = unix.MS_SHARED | unix.MS_REC },
 	} {
