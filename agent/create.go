@@ -82,7 +82,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 		init = nil // killed by Create
 		return nil, err
 	}
-	return &cinitRuntime{id: id, init: init.Cmd.Process, mgr: mgr, pending: init, cfg: cfg}, nil
+	return &cinitRuntime{id: id, init: init.Process(), mgr: mgr, pending: init, cfg: cfg}, nil
 }
 
 // prepared is what the agent readies for containers before any is asked

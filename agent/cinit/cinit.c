@@ -11,6 +11,7 @@
 #include <linux/openat2.h>
 #include <net/if.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -245,8 +247,14 @@ static void read_config(int fd, struct config *c)
 }
 
 
+// join_namespaces joins those given by path. A PID namespace applies to
+// children only: the process forks, the child goes on as the container's
+// init and the parent, once the agent has taken the child's PID, exits
+// (the child becomes the agent's, PID 1's).
 static void join_namespaces(struct config *c)
 {
+	int pid_joined = 0;
+
 	for (int k = 0; k < c->n; k++) {
 		char *f[2];
 		int fd;
@@ -259,6 +267,20 @@ static void join_namespaces(struct config *c)
 		if (setns(fd, 0) < 0)
 			fail("join %s namespace %s: %s", f[0], f[1], strerror(errno));
 		close(fd);
+		if (!strcmp(f[0], "NEWPID"))
+			pid_joined = 1;
+	}
+	if (pid_joined) {
+		char msg[5] = {'P'}, ack;
+		int32_t pid = fork();
+		if (pid < 0)
+			fail("fork into the PID namespace: %s", strerror(errno));
+		if (pid == 0)
+			return;
+		memcpy(msg + 1, &pid, 4);
+		if (write(sync_fd, msg, 5) != 5 || read(sync_fd, &ack, 1) != 1 || ack != 'A')
+			kill(pid, SIGKILL);
+		_exit(0);
 	}
 }
 
@@ -326,22 +348,45 @@ static void procfd(char *buf, size_t n, int fd)
 
 #define BIND_FLAGS (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME)
 
+// vfs_flags turns statvfs flags into the mount flags a remount keeps.
+static unsigned long vfs_flags(unsigned long f)
+{
+	unsigned long m = 0;
+
+	if (f & ST_RDONLY)
+		m |= MS_RDONLY;
+	if (f & ST_NOSUID)
+		m |= MS_NOSUID;
+	if (f & ST_NODEV)
+		m |= MS_NODEV;
+	if (f & ST_NOEXEC)
+		m |= MS_NOEXEC;
+	if (f & ST_NOATIME)
+		m |= MS_NOATIME;
+	if (f & ST_NODIRATIME)
+		m |= MS_NODIRATIME;
+	if (f & ST_RELATIME)
+		m |= MS_RELATIME;
+	return m;
+}
+
 static void do_mount(struct config *c, struct record *r)
 {
-	char *f[6];
+	char *f[7];
 	char target[64];
-	unsigned long flags, prop;
+	unsigned long flags, prop, cleared;
 	int fd, is_file = 0, rw_first;
 	struct stat st;
 	const char *src, *dst, *type, *data;
 
-	fields(r, f, 6);
+	fields(r, f, 7);
 	src = f[0] ? f[0] : "";
 	dst = f[1] ? f[1] : "";
 	type = f[2] ? f[2] : "";
 	flags = num(f[3], "mount flags");
 	prop = num(f[4], "propagation flags");
 	data = f[5] && *f[5] ? f[5] : NULL;
+	cleared = num(f[6], "cleared mount flags");
 	if (dst[0] != '/')
 		fail("mount destination %s is not absolute", dst);
 	if (flags & MS_BIND && stat(src, &st) == 0 && !S_ISDIR(st.st_mode))
@@ -353,12 +398,18 @@ static void do_mount(struct config *c, struct record *r)
 	if (flags & MS_BIND) {
 		if (mount(src, target, NULL, flags & (MS_BIND | MS_REC), NULL) < 0)
 			fail("bind mount %s on %s: %s", src, dst, strerror(errno));
-		if (flags & BIND_FLAGS) {
+		if ((flags | cleared) & BIND_FLAGS) {
+			struct statvfs sv;
 			// The bind is at target now: reopen to reach it, not what it covers.
 			close(fd);
 			fd = resolve(c, dst, 0, 0);
 			procfd(target, sizeof(target), fd);
-			if (fd < 0 || mount(NULL, target, NULL, (flags & (BIND_FLAGS | MS_REC)) | MS_BIND | MS_REMOUNT, NULL) < 0)
+			if (fd < 0 || statvfs(target, &sv) < 0)
+				fail("statvfs %s: %s", dst, strerror(errno));
+			// A bind keeps its source's flags: the spec's are added and
+			// the ones it clears ("rw", "suid"...) taken off, as in runc.
+			flags = (flags | vfs_flags(sv.f_flag)) & ~cleared;
+			if (mount(NULL, target, NULL, (flags & (BIND_FLAGS | MS_REC)) | MS_BIND | MS_REMOUNT, NULL) < 0)
 				fail("remount %s with its flags: %s", dst, strerror(errno));
 		}
 	} else {
@@ -774,8 +825,6 @@ static void run(int fd)
 			fail("cinit: stdio: %s", strerror(errno));
 		close(c.files[k]);
 	}
-	if (setsid() < 0)
-		fail("setsid: %s", strerror(errno));
 	if (find(&c, T_KEYRING)) {
 		char name[300];
 		snprintf(name, sizeof(name), "_ses.%s", find(&c, T_KEYRING)->data);
@@ -784,6 +833,8 @@ static void run(int fd)
 			fail("join a session keyring: %s", strerror(errno));
 	}
 	join_namespaces(&c);
+	if (setsid() < 0)
+		fail("setsid: %s", strerror(errno));
 	// After the agent moved this process into the container's cgroup,
 	// which becomes the namespace's root.
 	if (find(&c, T_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)

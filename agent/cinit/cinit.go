@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -75,7 +76,8 @@ func Unsupported(cfg *configs.Config) error {
 	for _, ns := range cfg.Namespaces {
 		switch ns.Type {
 		case configs.NEWNET, configs.NEWIPC, configs.NEWUTS, configs.NEWCGROUP:
-		case configs.NEWNS, configs.NEWPID:
+		case configs.NEWPID:
+		case configs.NEWNS:
 			if ns.Path != "" {
 				return fmt.Errorf("joining a %s namespace", ns.Type)
 			}
@@ -87,7 +89,7 @@ func Unsupported(cfg *configs.Config) error {
 		return errors.New("no mount namespace")
 	}
 	for _, m := range cfg.Mounts {
-		if m.ClearedFlags != 0 || m.RecAttr != nil || m.Extensions != 0 || m.IDMapping != nil {
+		if m.RecAttr != nil || m.Extensions != 0 || m.IDMapping != nil {
 			return fmt.Errorf("mount %s with extended attributes", m.Destination)
 		}
 		d := path.Clean(m.Destination)
@@ -191,7 +193,7 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 			setupDev = false
 		}
 		errs = append(errs, add(tagMount, m.Source, m.Destination, m.Device,
-			u64(uint64(m.Flags)), u64(uint64(prop)), m.Data))
+			u64(uint64(m.Flags)), u64(uint64(prop)), m.Data, u64(uint64(m.ClearedFlags))))
 	}
 	if setupDev {
 		errs = append(errs, add(tagSetupDev, ""))
@@ -300,6 +302,16 @@ type Init struct {
 	sync *os.File
 	// Flags are the namespaces it was cloned into.
 	Flags uintptr
+	// own registers the PID of a child the init forked into a joined PID
+	// namespace, release hands it back.
+	own     func(func() (int, error)) (int, error)
+	release func(int)
+
+	mu sync.Mutex
+	// proc is the container's init: Cmd's process, or the child it forked.
+	proc    *os.Process
+	forked  bool
+	cmdDone chan struct{}
 
 	exited chan struct{}
 	state  *os.ProcessState
@@ -344,7 +356,8 @@ func Spawn(flags uintptr, start func(func() (int, error)) (int, error), release 
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Env = []string{"_PODVM_CINIT=3"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags}
-	i := &Init{Cmd: cmd, sync: parent, Flags: flags, exited: make(chan struct{})}
+	i := &Init{Cmd: cmd, sync: parent, Flags: flags, own: start, release: release,
+		cmdDone: make(chan struct{}), exited: make(chan struct{})}
 	if _, err := start(func() (int, error) {
 		if err := cmd.Start(); err != nil {
 			return 0, err
@@ -354,16 +367,31 @@ func Spawn(flags uintptr, start func(func() (int, error)) (int, error), release 
 		parent.Close()
 		return nil, fmt.Errorf("start container init: %w", err)
 	}
+	i.proc = cmd.Process
 	go func() {
-		i.state, i.err = cmd.Process.Wait()
+		state, err := cmd.Process.Wait()
 		release(cmd.Process.Pid)
-		close(i.exited)
+		i.mu.Lock()
+		forked := i.forked
+		i.mu.Unlock()
+		close(i.cmdDone)
+		if !forked {
+			i.state, i.err = state, err
+			close(i.exited)
+		}
 	}()
 	return i, nil
 }
 
 // Pid is the init's PID in the agent's namespace.
-func (i *Init) Pid() int { return i.Cmd.Process.Pid }
+func (i *Init) Pid() int { return i.Process().Pid }
+
+// Process is the container's init.
+func (i *Init) Process() *os.Process {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.proc
+}
 
 // Wait returns once the init has exited.
 func (i *Init) Wait() (*os.ProcessState, error) {
@@ -393,6 +421,38 @@ func (i *Init) Create(id string, cfg *configs.Config, p *Process, timeout time.D
 		i.Kill()
 		return err
 	}
+	return nil
+}
+
+// adopt takes the child an init forked into a joined PID namespace (its
+// PID follows 'P'): registered as the agent's before its parent exits,
+// so that no reaper takes its exit, and waited for once it is the
+// agent's child.
+func (i *Init) adopt(b []byte) error {
+	if len(b) < 4 {
+		return errors.New("container init: short PID")
+	}
+	pid := int(int32(binary.LittleEndian.Uint32(b)))
+	if pid <= 0 {
+		return fmt.Errorf("container init: PID %d", pid)
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return fmt.Errorf("container init %d: %w", pid, err)
+	}
+	_, _ = i.own(func() (int, error) { return pid, nil })
+	i.mu.Lock()
+	i.forked, i.proc = true, proc
+	i.mu.Unlock()
+	if _, err := i.sync.Write([]byte{'A'}); err != nil {
+		return fmt.Errorf("container init: %w", err)
+	}
+	<-i.cmdDone
+	go func() {
+		i.state, i.err = proc.Wait()
+		i.release(pid)
+		close(i.exited)
+	}()
 	return nil
 }
 
@@ -432,10 +492,27 @@ func sendConfig(sock *os.File, config []byte, files []*os.File) error {
 	return err
 }
 
-// expect reads the init's answer: want, or its error.
+// expect reads the init's answer: want, or its error (0 wants the end of
+// the stream: the exec). An init that joined a PID namespace first names
+// the child that goes on in its place.
 func (i *Init) expect(want byte) error {
 	buf := make([]byte, 1025)
 	n, err := io.ReadAtLeast(i.sync, buf, 1)
+	for err == nil && buf[0] == 'P' && want == 'R' {
+		if n < 5 {
+			if _, err := io.ReadFull(i.sync, buf[n:5]); err != nil {
+				return fmt.Errorf("container init: %w", err)
+			}
+			n = 5
+		}
+		if err := i.adopt(buf[1:5]); err != nil {
+			return err
+		}
+		n = copy(buf, buf[5:n])
+		if n == 0 {
+			n, err = io.ReadAtLeast(i.sync, buf, 1)
+		}
+	}
 	switch {
 	case err == io.EOF && want == 0:
 		return nil
@@ -455,7 +532,14 @@ func (i *Init) expect(want byte) error {
 // Kill ends the init and releases it.
 func (i *Init) Kill() {
 	_ = i.Cmd.Process.Kill()
-	<-i.exited
+	_ = i.Process().Kill()
+	<-i.cmdDone
+	i.mu.Lock()
+	forked := i.forked
+	i.mu.Unlock()
+	if forked {
+		<-i.exited
+	}
 	i.sync.Close()
 }
 

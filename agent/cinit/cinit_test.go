@@ -99,7 +99,6 @@ func TestUnsupported(t *testing.T) {
 	for name, change := range map[string]func(*configs.Config){
 		"seccomp":     func(c *configs.Config) { c.Seccomp = &configs.Seccomp{} },
 		"user":        func(c *configs.Config) { c.UIDMappings = []configs.IDMap{{Size: 1}} },
-		"pid join":    func(c *configs.Config) { c.Namespaces[1].Path = "/proc/1/ns/pid" },
 		"no mount ns": func(c *configs.Config) { c.Namespaces = c.Namespaces[1:] },
 		"proc mount": func(c *configs.Config) {
 			c.Mounts = append(c.Mounts, &configs.Mount{Destination: "/proc/sys", Device: "bind"})
@@ -119,6 +118,13 @@ func TestFits(t *testing.T) {
 	cfg := baseConfig()
 	if !Fits(SpareFlags, cfg) {
 		t.Error("the usual config does not fit the spare")
+	}
+	cfg.Namespaces[1].Path = "/proc/7/ns/pid"
+	if Fits(SpareFlags, cfg) {
+		t.Error("a container joining a PID namespace fits the spare")
+	}
+	if err := Unsupported(cfg); err != nil {
+		t.Errorf("joining a PID namespace: %v", err)
 	}
 	cfg.Namespaces = configs.Namespaces{{Type: configs.NEWNS}}
 	if Fits(SpareFlags, cfg) {
