@@ -125,7 +125,7 @@ test: build guest verify-generate
 
 ## unit: the tests that need neither root nor QEMU
 unit:
-	$(GO) test -count=1 -short ./...
+	$(GO) test -count=1 -short -tags seccomp ./...
 
 ## bench: boot time, memory, and ctr run/exec/stdout beside runc (medians and
 ## spreads; PODVM_BENCH_N sets the samples)

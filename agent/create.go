@@ -86,7 +86,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 }
 
 // prepared is what the agent readies for containers before any is asked
-// for: the usual device rules' cgroup and a spare init.
+// for: the usual device rules' cgroup and spare inits.
 type prepared struct {
 	done    chan struct{}
 	devices *deviceParent
@@ -95,7 +95,7 @@ type prepared struct {
 
 // prepare starts the preparations; done is closed once they are made.
 func prepare(r *reaper) *prepared {
-	p := &prepared{done: make(chan struct{}), spare: &spare{reaper: r}}
+	p := &prepared{done: make(chan struct{}), spare: &spare{reaper: r, inits: map[uintptr]*cinit.Init{}, filling: map[uintptr]bool{}}}
 	go func() {
 		defer recoverPanic("prepare")
 		defer close(p.done)
@@ -106,66 +106,73 @@ func prepare(r *reaper) *prepared {
 		}
 		p.devices = dp
 		t1 := time.Now()
-		p.spare.spawn()
-		logf(levelDebug, "usual device rules attached in %v, spare init spawned in %v", t1.Sub(t0), time.Since(t1))
+		for _, f := range cinit.SpareFlags {
+			p.spare.spawn(f)
+		}
+		logf(levelDebug, "usual device rules attached in %v, spare inits spawned in %v", t1.Sub(t0), time.Since(t1))
 	}()
 	return p
 }
 
-// spare keeps one container init spawned ahead of need, so that a create
-// skips the exec and the namespaces' making. The template VM holds one
-// already, and every VM restored from it.
+// spare keeps container inits spawned ahead of need, one of each of
+// cinit.SpareFlags, so that a create skips the exec and the namespaces'
+// making. The template VM holds them already, and every VM restored from it.
 type spare struct {
 	reaper *reaper
 
 	mu      sync.Mutex
-	init    *cinit.Init
-	filling bool
+	inits   map[uintptr]*cinit.Init
+	filling map[uintptr]bool
 }
 
-// take hands out the spare init if cfg can use it.
+// take hands out a spare init cfg can use.
 func (s *spare) take(cfg *configs.Config) *cinit.Init {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i := s.init
-	if i == nil || !cinit.Fits(i.Flags, cfg) {
-		return nil
+	for _, f := range cinit.SpareFlags {
+		i := s.inits[f]
+		if i == nil || !cinit.Fits(f, cfg) {
+			continue
+		}
+		delete(s.inits, f)
+		select {
+		case <-i.Exited():
+			i.Close()
+			return nil
+		default:
+			return i
+		}
 	}
-	s.init = nil
-	select {
-	case <-i.Exited():
-		i.Close()
-		return nil
-	default:
-		return i
-	}
+	return nil
 }
 
-// fill spawns a spare in the background unless there is one.
+// fill spawns in the background the spares there are not.
 func (s *spare) fill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.init != nil || s.filling {
-		return
+	for _, f := range cinit.SpareFlags {
+		if s.inits[f] != nil || s.filling[f] {
+			continue
+		}
+		s.filling[f] = true
+		go func() {
+			defer recoverPanic("spare init")
+			s.spawn(f)
+		}()
 	}
-	s.filling = true
-	go func() {
-		defer recoverPanic("spare init")
-		s.spawn()
-	}()
 }
 
-// spawn makes the spare now.
-func (s *spare) spawn() {
-	i, err := cinit.Spawn(cinit.SpareFlags, s.reaper.Start, s.reaper.Release)
+// spawn makes the spare of flags now.
+func (s *spare) spawn(flags uintptr) {
+	i, err := cinit.Spawn(flags, s.reaper.Start, s.reaper.Release)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.filling = false
+	s.filling[flags] = false
 	if err != nil {
 		logf(levelWarn, "spawn a spare container init: %v", err)
 		return
 	}
-	s.init = i
+	s.inits[flags] = i
 }
 
 // cinitProcess is the container's process as cinit takes it.

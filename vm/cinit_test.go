@@ -56,8 +56,12 @@ func TestGuestCinit(t *testing.T) {
 		spec.Hostname = ""
 		spec.Process.Terminal = false
 		spec.Process.Env = []string{"PATH=/bin"}
-		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid"}})
-		spec.Process.Args = []string{"sh", "-c", `echo "host=$(hostname) home=$HOME lo=$(cat /sys/class/net/lo/operstate) var=$(ls /var | wc -l)"; grep -c ' /var ' /proc/self/mountinfo`}
+		// The second is made through the symlink: its directories are
+		// created inside the rootfs too.
+		spec.Mounts = append(spec.Mounts,
+			specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid"}},
+			specs.Mount{Destination: "/tmp/made/here", Type: "tmpfs", Source: "tmpfs"})
+		spec.Process.Args = []string{"sh", "-c", `echo "host=$(hostname) home=$HOME lo=$(cat /sys/class/net/lo/operstate) var=$(ls /var)"; grep -c -e ' /var ' -e ' /var/made/here ' /proc/self/mountinfo`}
 		b, _ := json.Marshal(spec)
 		if _, err := g.CreateContainer(ctx, Container{ID: id, Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdout: true}}); err != nil {
 			t.Fatalf("create %s: %v", id, err)
@@ -66,7 +70,7 @@ func TestGuestCinit(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := readAll(ctx, t, g, id, "", Stdout)
-		want := "host=" + host + " home=/root-home lo=unknown var=0\n1\n"
+		want := "host=" + host + " home=/root-home lo=unknown var=made\n2\n"
 		if out != want {
 			t.Errorf("%s printed %q, want %q", id, out, want)
 		}

@@ -8,7 +8,9 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/openat2.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -38,7 +40,7 @@ enum {
 	T_RLIMIT = 'l', T_CAPS = 'c', T_USER = 'u', T_CWD = 'w', T_ENV = 'e',
 	T_ARG = 'a', T_NONEWPRIVS = 'N', T_ROFS = 'o', T_PROPAGATION = 'p',
 	T_UMASK = 'U', T_TERMINAL = 't', T_KEYRING = 'k', T_LOOPBACK = 'L',
-	T_SETUPDEV = 'v', T_FILES = 'f', T_NEWCGROUP = 'C', T_END = 'Z',
+	T_SETUPDEV = 'v', T_FILES = 'f', T_NEWCGROUP = 'C', T_SECCOMP = 'S', T_END = 'Z',
 };
 
 // The descriptors that come with the config, in this order when present.
@@ -286,12 +288,14 @@ static void join_namespaces(struct config *c)
 
 // resolve opens path inside the rootfs, symlinks resolved as if the
 // rootfs were /, creating what is missing: directories on the way, and
-// the last component as a directory or (file) an empty file.
+// the last component as a directory or (file) an empty file. Each prefix
+// is resolved from the rootfs again, so a symlink met on the way is
+// followed inside it, as runc's MkdirAllInRoot does.
 static int resolve(struct config *c, const char *path, int create, int file)
 {
 	char buf[PATH_MAX];
-	char *p, *slash;
-	int dirfd, fd;
+	char *p;
+	int fd;
 	struct open_how how = {
 		.flags = O_PATH | O_CLOEXEC,
 		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
@@ -303,42 +307,51 @@ static int resolve(struct config *c, const char *path, int create, int file)
 	fd = syscall(SYS_openat2, c->rootfd, buf, &how, sizeof(how));
 	if (fd >= 0 || !create || errno != ENOENT)
 		return fd;
-	// Create it one component at a time, each resolved inside the root.
-	dirfd = dup(c->rootfd);
-	p = buf;
-	while (*p == '/')
-		p++;
-	while (*p) {
-		int last;
-		slash = strchr(p, '/');
-		if (slash)
-			*slash = 0;
-		last = !slash || !slash[1 + strspn(slash + 1, "/")];
-		if (*p && strcmp(p, ".") != 0) {
-			if (last && file) {
-				int f = openat(dirfd, p, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0755);
-				if (f >= 0)
-					close(f);
-			} else if (mkdirat(dirfd, p, 0755) < 0 && errno != EEXIST) {
-				close(dirfd);
-				return -1;
-			}
-			fd = syscall(SYS_openat2, dirfd, p, &how, sizeof(how));
-			if (fd < 0) {
-				close(dirfd);
-				return -1;
-			}
-			// Hold the resolved component, not the name.
-			close(dirfd);
-			dirfd = fd;
-		}
-		if (!slash)
-			break;
-		p = slash + 1;
+	for (p = buf; *p; ) {
+		char *end, saved;
+		int parent, last;
 		while (*p == '/')
 			p++;
+		if (!*p)
+			break;
+		end = p + strcspn(p, "/");
+		last = !end[strspn(end, "/")];
+		saved = *end;
+		*end = 0;
+		fd = syscall(SYS_openat2, c->rootfd, buf, &how, sizeof(how));
+		if (fd < 0 && errno == ENOENT) {
+			// Make it in its parent, resolved inside the root.
+			char *slash = strrchr(buf, '/');
+			const char *name = slash ? slash + 1 : buf;
+			if (slash && slash != buf) {
+				*slash = 0;
+				parent = syscall(SYS_openat2, c->rootfd, buf, &how, sizeof(how));
+				*slash = '/';
+			} else {
+				parent = dup(c->rootfd);
+			}
+			if (parent < 0)
+				return -1;
+			if (last && file) {
+				int f = openat(parent, name, O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0755);
+				if (f >= 0)
+					close(f);
+			} else if (mkdirat(parent, name, 0755) < 0 && errno != EEXIST) {
+				close(parent);
+				return -1;
+			}
+			close(parent);
+			fd = syscall(SYS_openat2, c->rootfd, buf, &how, sizeof(how));
+		}
+		*end = saved;
+		if (fd < 0)
+			return -1;
+		if (last)
+			return fd;
+		close(fd);
+		p = end;
 	}
-	return dirfd;
+	return syscall(SYS_openat2, c->rootfd, buf, &how, sizeof(how));
 }
 
 static void procfd(char *buf, size_t n, int fd)
@@ -585,7 +598,10 @@ static void paths(struct config *c)
 	}
 }
 
-static void sysctls(struct config *c)
+// sysctls writes the container's sysctls through sysdir, the guest's
+// /proc/sys opened before the pivot (a rootfs need not mount /proc): a
+// namespaced sysctl takes the writer's namespace, which is the container's.
+static void sysctls(struct config *c, int sysdir)
 {
 	for (int k = 0; k < c->n; k++) {
 		char *f[2];
@@ -594,12 +610,13 @@ static void sysctls(struct config *c)
 		if (c->r[k].tag != T_SYSCTL)
 			continue;
 		fields(&c->r[k], f, 2);
-		if (!f[1] || strstr(f[0], "..") || snprintf(path, sizeof(path), "/proc/sys/%s", f[0]) >= (int)sizeof(path))
+		if (!f[1] || !*f[0] || f[0][0] == '.' || f[0][0] == '/' || strstr(f[0], "..") ||
+		    snprintf(path, sizeof(path), "%s", f[0]) >= (int)sizeof(path))
 			fail("bad sysctl %s", f[0]);
-		for (char *s = path + 10; *s; s++)
+		for (char *s = path; *s; s++)
 			if (*s == '.')
 				*s = '/';
-		fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+		fd = openat(sysdir, path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
 		if (fd < 0 || write(fd, f[1], strlen(f[1])) < 0)
 			fail("sysctl %s: %s", f[0], strerror(errno));
 		close(fd);
@@ -747,6 +764,47 @@ static void credentials(struct config *c)
 	}
 }
 
+static int unhex(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+// seccomp loads the filter the agent compiled (hex of a classic BPF
+// program, as libseccomp exports it) with its load flags.
+static void seccomp(struct record *r)
+{
+	char *f[2];
+	size_t n;
+	unsigned char *prog;
+	struct sock_fprog fprog;
+	unsigned long flags;
+	const char *hex;
+
+	fields(r, f, 2);
+	flags = num(f[0], "seccomp flags");
+	hex = f[1] ? f[1] : "";
+	n = strlen(hex);
+	if (n == 0 || n % (2 * sizeof(struct sock_filter)) != 0)
+		fail("seccomp program of %zu hex digits", n);
+	prog = malloc(n / 2);
+	if (!prog)
+		fail("cinit: out of memory");
+	for (size_t i = 0; i < n / 2; i++) {
+		int hi = unhex(hex[2 * i]), lo = unhex(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			fail("seccomp program is not hex");
+		prog[i] = hi << 4 | lo;
+	}
+	fprog.len = n / 2 / sizeof(struct sock_filter);
+	fprog.filter = (struct sock_filter *)prog;
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fprog) < 0)
+		fail("load the seccomp filter: %s", strerror(errno));
+}
+
 // home finds uid's home directory in the container's /etc/passwd, as runc
 // sets HOME when the process has none.
 static const char *home(uid_t uid)
@@ -807,7 +865,7 @@ static void run(int fd)
 	struct record *r;
 	char exe[PATH_MAX], *prog;
 	char go;
-	int has_home = 0;
+	int has_home = 0, sysdir;
 	uid_t uid = 0;
 
 	sync_fd = fd;
@@ -862,6 +920,9 @@ static void run(int fd)
 			fail("create the working directory %s: %s", r->data, strerror(errno));
 		close(cwd);
 	}
+	sysdir = -1;
+	if (find(&c, T_SYSCTL) && (sysdir = open("/proc/sys", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		fail("open /proc/sys: %s", strerror(errno));
 	pivot(&c);
 	if ((r = find(&c, T_TERMINAL)) != NULL)
 		console(&c, r);
@@ -874,7 +935,10 @@ static void run(int fd)
 		fail("sethostname: %s", strerror(errno));
 	if ((r = find(&c, T_DOMAIN)) != NULL && setdomainname(r->data, strlen(r->data)) < 0)
 		fail("setdomainname: %s", strerror(errno));
-	sysctls(&c);
+	if (sysdir >= 0) {
+		sysctls(&c, sysdir);
+		close(sysdir);
+	}
 	paths(&c);
 	for (int k = 0; k < c.n; k++) {
 		char *f[3];
@@ -899,6 +963,10 @@ static void run(int fd)
 		snprintf(h, sizeof(h), "HOME=%s", home(uid));
 		c.envp[c.envc++] = h;
 	}
+	// Without no_new_privs loading a filter takes CAP_SYS_ADMIN: before
+	// the capabilities go (runc's order).
+	if ((r = find(&c, T_SECCOMP)) != NULL && !find(&c, T_NONEWPRIVS))
+		seccomp(r);
 	credentials(&c);
 	if ((r = find(&c, T_CWD)) != NULL && chdir(r->data) < 0)
 		fail("chdir %s: %s", r->data, strerror(errno));
@@ -908,6 +976,9 @@ static void run(int fd)
 		_exit(1);
 	if (read(fd, &go, 1) != 1 || go != 'G')
 		_exit(1);
+	// With no_new_privs, as late as can be: only execve runs under it.
+	if ((r = find(&c, T_SECCOMP)) != NULL && find(&c, T_NONEWPRIVS))
+		seccomp(r);
 	execve(prog, c.argv, c.envp);
 	fail("exec %s: %s", prog, strerror(errno));
 }

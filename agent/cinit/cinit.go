@@ -14,6 +14,7 @@ import "C"
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -50,9 +51,10 @@ type Process struct {
 
 // Unsupported says why cfg needs libcontainer, or nil when cinit can run it.
 func Unsupported(cfg *configs.Config) error {
+	if err := seccompSupported(cfg.Seccomp); err != nil {
+		return err
+	}
 	switch {
-	case cfg.Seccomp != nil:
-		return errors.New("seccomp")
 	case len(cfg.Hooks) > 0:
 		return errors.New("hooks")
 	case len(cfg.UIDMappings) > 0 || len(cfg.GIDMappings) > 0:
@@ -127,6 +129,7 @@ const (
 	tagSetupDev    = 'v'
 	tagFiles       = 'f'
 	tagNewCgroup   = 'C'
+	tagSeccomp     = 'S'
 	tagEnd         = 'Z'
 )
 
@@ -236,6 +239,17 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	if p.NoNewPrivileges {
 		errs = append(errs, add(tagNoNewPrivs, ""))
 	}
+	if cfg.Seccomp != nil {
+		prog, err := seccompProgram(cfg.Seccomp)
+		if err != nil {
+			return nil, nil, err
+		}
+		flags, err := seccompFlags(cfg.Seccomp)
+		if err != nil {
+			return nil, nil, err
+		}
+		errs = append(errs, add(tagSeccomp, u64(uint64(flags)), hex.EncodeToString(prog)))
+	}
 	groups := make([]string, len(p.Groups))
 	for i, g := range p.Groups {
 		groups[i] = u64(uint64(g))
@@ -318,11 +332,15 @@ type Init struct {
 	err    error
 }
 
-// SpareFlags are the namespaces of an init spawned ahead of its container:
-// the ones CRI and ctr ask for. A container that shares one of them with
-// the agent joins the agent's again; a container that joins another PID
-// namespace or stays in the agent's cannot use such an init.
-const SpareFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET
+// SpareFlags are the namespaces of the inits spawned ahead of their
+// containers: what a pod's sandbox or `ctr run` asks for, and what CRI's
+// containers (which join their pod's PID, IPC and UTS namespaces) do. A
+// container that shares a namespace with the agent joins the agent's
+// again; one joined by path replaces the init's.
+var SpareFlags = []uintptr{
+	unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET,
+	unix.CLONE_NEWNS,
+}
 
 // Flags returns the namespaces a fresh init for cfg is cloned into.
 func Flags(cfg *configs.Config) uintptr {
@@ -335,10 +353,22 @@ func Flags(cfg *configs.Config) uintptr {
 	return flags
 }
 
-// Fits says whether an init cloned with flags can become cfg's.
+// Fits says whether an init cloned with flags can become cfg's: it has
+// each namespace cfg wants new, and a PID namespace only if cfg wants one
+// (a PID namespace can be neither left nor, from a new one, joined).
 func Fits(flags uintptr, cfg *configs.Config) bool {
-	return flags&unix.CLONE_NEWPID != 0 && flags&unix.CLONE_NEWNS != 0 &&
-		cfg.Namespaces.Contains(configs.NEWPID) && cfg.Namespaces.PathOf(configs.NEWPID) == ""
+	if flags&unix.CLONE_NEWNS == 0 {
+		return false
+	}
+	for _, t := range []configs.NamespaceType{configs.NEWPID, configs.NEWNET, configs.NEWIPC, configs.NEWUTS} {
+		ns := configs.Namespace{Type: t}
+		isNew := cfg.Namespaces.Contains(t) && cfg.Namespaces.PathOf(t) == ""
+		has := flags&uintptr(ns.Syscall()) != 0
+		if isNew && !has || t == configs.NEWPID && has && !isNew {
+			return false
+		}
+	}
+	return true
 }
 
 // Spawn starts an init in new namespaces (flags), waiting for its config.

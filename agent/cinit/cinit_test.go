@@ -51,7 +51,7 @@ func TestEncode(t *testing.T) {
 	defer w.Close()
 	p := &Process{Args: []string{"sh", "-c", "true"}, Env: []string{"PATH=/bin"}, UID: 1000, GID: 1000, Groups: []uint32{10, 20},
 		Capabilities: &configs.Capabilities{Bounding: []string{"CAP_CHOWN", "CAP_NO_SUCH"}}, Stdout: w}
-	b, files, err := encode("c1", cfg, p, SpareFlags)
+	b, files, err := encode("c1", cfg, p, SpareFlags[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestEncode(t *testing.T) {
 		t.Error("no end record")
 	}
 	p.Env = append(p.Env, "BAD=a\x00b")
-	if _, _, err := encode("c1", cfg, p, SpareFlags); err == nil {
+	if _, _, err := encode("c1", cfg, p, SpareFlags[0]); err == nil {
 		t.Error("a NUL byte in the environment was encoded")
 	}
 }
@@ -97,9 +97,9 @@ func TestUnsupported(t *testing.T) {
 		t.Fatalf("the usual config: %v", err)
 	}
 	for name, change := range map[string]func(*configs.Config){
-		"seccomp":     func(c *configs.Config) { c.Seccomp = &configs.Seccomp{} },
-		"user":        func(c *configs.Config) { c.UIDMappings = []configs.IDMap{{Size: 1}} },
-		"no mount ns": func(c *configs.Config) { c.Namespaces = c.Namespaces[1:] },
+		"seccomp notify": func(c *configs.Config) { c.Seccomp = &configs.Seccomp{DefaultAction: configs.Notify} },
+		"user":           func(c *configs.Config) { c.UIDMappings = []configs.IDMap{{Size: 1}} },
+		"no mount ns":    func(c *configs.Config) { c.Namespaces = c.Namespaces[1:] },
 		"proc mount": func(c *configs.Config) {
 			c.Mounts = append(c.Mounts, &configs.Mount{Destination: "/proc/sys", Device: "bind"})
 		},
@@ -116,18 +116,22 @@ func TestUnsupported(t *testing.T) {
 
 func TestFits(t *testing.T) {
 	cfg := baseConfig()
-	if !Fits(SpareFlags, cfg) {
-		t.Error("the usual config does not fit the spare")
+	if !Fits(SpareFlags[0], cfg) || Fits(SpareFlags[1], cfg) {
+		t.Error("a container with a PID namespace of its own fits the wrong spare")
 	}
 	cfg.Namespaces[1].Path = "/proc/7/ns/pid"
-	if Fits(SpareFlags, cfg) {
-		t.Error("a container joining a PID namespace fits the spare")
+	if Fits(SpareFlags[0], cfg) || Fits(SpareFlags[1], cfg) {
+		t.Error("a container joining a PID namespace, with a UTS namespace of its own, fits a spare")
+	}
+	cfg.Namespaces[2].Path = "/proc/7/ns/uts"
+	if Fits(SpareFlags[0], cfg) || !Fits(SpareFlags[1], cfg) {
+		t.Error("a CRI container (joining its pod's namespaces) fits the wrong spare")
 	}
 	if err := Unsupported(cfg); err != nil {
 		t.Errorf("joining a PID namespace: %v", err)
 	}
 	cfg.Namespaces = configs.Namespaces{{Type: configs.NEWNS}}
-	if Fits(SpareFlags, cfg) {
-		t.Error("a container in the agent's PID namespace fits the spare")
+	if Fits(SpareFlags[0], cfg) || !Fits(SpareFlags[1], cfg) {
+		t.Error("a container in the agent's PID namespace fits the wrong spare")
 	}
 }
