@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,14 +39,22 @@ func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
 func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
 	// Made at boot, concurrently with the first requests.
 	<-s.prep.done
-	if s.prep.devices.adopt(id, cfg) {
+	std := s.prep.devices.adopt(id, cfg)
+	if std {
 		logf(levelDebug, "container %s: the usual device rules, under %s", id, stdDeviceCgroup)
 	}
 	mgr, err := manager.New(cfg.Cgroups)
 	if err != nil {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
-	if err := mgr.Apply(-1); err != nil {
+	if std {
+		if err = os.Mkdir(mgr.Path(""), 0o755); errors.Is(err, fs.ErrExist) {
+			err = nil
+		}
+	} else {
+		err = mgr.Apply(-1)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("create cgroup: %w", err)
 	}
 	var init *cinit.Init

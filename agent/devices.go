@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"reflect"
+	"strings"
 
 	"github.com/opencontainers/cgroups"
 	devices "github.com/opencontainers/cgroups/devices/config"
@@ -44,11 +45,24 @@ func newDeviceParent() (*deviceParent, error) {
 	if err := mgr.Set(&cgroups.Resources{Devices: rules}); err != nil {
 		return nil, fmt.Errorf("device rules of %s: %w", stdDeviceCgroup, err)
 	}
+	// Its children get every controller it has, once: a container's
+	// cgroup is then one mkdir.
+	dir := mgr.Path("")
+	ctrs, err := cgroups.ReadFile(dir, "cgroup.controllers")
+	if err != nil {
+		return nil, err
+	}
+	if f := strings.Fields(ctrs); len(f) > 0 {
+		if err := cgroups.WriteFile(dir, "cgroup.subtree_control", "+"+strings.Join(f, " +")); err != nil {
+			return nil, fmt.Errorf("controllers of %s: %w", stdDeviceCgroup, err)
+		}
+	}
 	return &deviceParent{rules: rules}, nil
 }
 
 // adopt puts a container with the usual device rules under the parent,
-// where it needs no device program of its own.
+// where it needs no device program of its own, and whose controllers are
+// enabled for it already.
 func (d *deviceParent) adopt(id string, cfg *configs.Config) bool {
 	if d == nil || cfg.Cgroups == nil || cfg.Cgroups.Resources == nil ||
 		!reflect.DeepEqual(cfg.Cgroups.Resources.Devices, d.rules) {

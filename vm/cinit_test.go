@@ -11,7 +11,6 @@ import (
 	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/test/harness"
 )
 
@@ -43,11 +42,7 @@ func TestGuestCinit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-cinit", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Shutdown(context.Background())
+	g := bootShared(ctx, t, cfg, "cinit", share)
 	host, _ := os.Hostname()
 	for _, id := range []string{"c1", "c2"} {
 		spec := specconv.Example()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/test/harness"
+	"github.com/podvm/podvm/vmconfig"
 )
 
 var shareStorage = Storage{
@@ -30,6 +31,18 @@ func readAll(ctx context.Context, t *testing.T, g *Guest, id, exec string, strea
 		t.Errorf("read %v: %v", stream, err)
 	}
 	return buf.String()
+}
+
+// bootShared boots a VM named podvm-test-<name> with share as its 9p share,
+// shut down when the test ends.
+func bootShared(ctx context.Context, t *testing.T, cfg *vmconfig.Config, name, share string) *Guest {
+	t.Helper()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-" + name, Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Shutdown(context.Background()) })
+	return g
 }
 
 // TestGuestContainer drives the agent's container API directly: a busybox
@@ -113,11 +126,7 @@ func TestGuestExec(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-exec", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Shutdown(context.Background())
+	g := bootShared(ctx, t, cfg, "exec", share)
 	spec := specconv.Example()
 	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
 	spec.Process.Terminal = false
@@ -148,7 +157,7 @@ func TestGuestExec(t *testing.T) {
 		t.Errorf("exec output %q", out)
 	}
 	start := time.Now()
-	err = exec("e2", "/no/such/binary")
+	err := exec("e2", "/no/such/binary")
 	if err == nil || !strings.Contains(err.Error(), "no such file or directory") {
 		t.Errorf("exec of a missing binary: %v", err)
 	}
@@ -174,11 +183,7 @@ func TestGuestPodContainers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-pod", Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Shutdown(context.Background())
+	g := bootShared(ctx, t, cfg, "pod", share)
 	create := func(id string, args []string, join uint32) uint32 {
 		spec := specconv.Example()
 		spec.Root.Path = "/run/podvm/shared/" + id + "/rootfs"

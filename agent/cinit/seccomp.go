@@ -3,10 +3,13 @@
 package cinit
 
 import (
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/opencontainers/runc/libcontainer/configs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -53,10 +56,43 @@ func seccompFlags(s *configs.Seccomp) (uint, error) {
 	return flags, nil
 }
 
+// programs keeps the programs compiled in this VM: a pod's containers
+// usually share one profile, and compiling containerd's default one costs
+// a few hundred milliseconds under TCG.
+var programs struct {
+	sync.Mutex
+	m map[[sha256.Size]byte][]byte
+}
+
+// maxPrograms bounds programs; a VM holds one pod.
+const maxPrograms = 8
+
 // seccompProgram compiles cfg's filter to the classic BPF program cinit
 // loads, with libseccomp, as runc does (but without runc's patch that
 // makes syscalls newer than the profile fail with ENOSYS).
 func seccompProgram(s *configs.Seccomp) ([]byte, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return nil, err
+	}
+	key := sha256.Sum256(b)
+	programs.Lock()
+	defer programs.Unlock()
+	if prog, ok := programs.m[key]; ok {
+		return prog, nil
+	}
+	prog, err := compileSeccomp(s)
+	if err != nil {
+		return nil, err
+	}
+	if programs.m == nil || len(programs.m) >= maxPrograms {
+		programs.m = map[[sha256.Size]byte][]byte{}
+	}
+	programs.m[key] = prog
+	return prog, nil
+}
+
+func compileSeccomp(s *configs.Seccomp) ([]byte, error) {
 	def, err := seccompAction(s.DefaultAction, s.DefaultErrnoRet)
 	if err != nil {
 		return nil, fmt.Errorf("seccomp default action: %w", err)
