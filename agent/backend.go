@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/opencontainers/cgroups"
@@ -22,8 +23,9 @@ import (
 // the cgroup and init of a container cinit made, which needs libcontainer
 // only to exec into it.
 type backend interface {
-	// start lets the created init exec the container's program.
-	start() error
+	// start lets the created init exec the container's program, waiting
+	// for it until by (zero: createTimeout).
+	start(by time.Time) error
 	signalInit(sig syscall.Signal) error
 	processes() ([]int, error)
 	pause() error
@@ -52,7 +54,7 @@ func (r lcRuntime) signalInit(sig syscall.Signal) error {
 	}
 	return err
 }
-func (r lcRuntime) start() error                        { return r.lc.Exec() }
+func (r lcRuntime) start(time.Time) error               { return r.lc.Exec() }
 func (r lcRuntime) processes() ([]int, error)           { return r.lc.Processes() }
 func (r lcRuntime) pause() error                        { return r.lc.Pause() }
 func (r lcRuntime) resume() error                       { return r.lc.Resume() }
@@ -88,7 +90,7 @@ type cinitRuntime struct {
 	lc      *libcontainer.Container
 }
 
-func (r *cinitRuntime) start() error {
+func (r *cinitRuntime) start(by time.Time) error {
 	r.mu.Lock()
 	pending := r.pending
 	r.pending = nil
@@ -96,7 +98,10 @@ func (r *cinitRuntime) start() error {
 	if pending == nil {
 		return errors.New("container already started")
 	}
-	return pending.Start()
+	if by.IsZero() {
+		by = time.Now().Add(createTimeout)
+	}
+	return pending.Start(by)
 }
 
 func (r *cinitRuntime) signalInit(sig syscall.Signal) error {
@@ -128,17 +133,19 @@ func (r *cinitRuntime) update(merge func(*configs.Config) (*cgroups.Resources, e
 	if err != nil {
 		return err
 	}
-	if err := r.mgr.Set(res); err != nil {
-		return err
-	}
-	r.cfg.Cgroups.Resources = res
 	if r.lc != nil {
-		// Keep libcontainer's copy (and state file) the same.
+		// Once loaded, libcontainer sets the cgroup and keeps its state
+		// file the same.
 		cfg := r.lc.Config()
 		cfg.Cgroups.Resources = res
-		return r.lc.Set(cfg)
+		err = r.lc.Set(cfg)
+	} else {
+		err = r.mgr.Set(res)
 	}
-	return nil
+	if err == nil {
+		r.cfg.Cgroups.Resources = res
+	}
+	return err
 }
 
 func (r *cinitRuntime) exec(lp *libcontainer.Process) error {

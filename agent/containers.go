@@ -212,7 +212,7 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 	}
 	if req.ExecId == "" {
 		<-c.watched
-		if err := c.rt.start(); err != nil {
+		if err := c.rt.start(answerBy(ctx)); err != nil {
 			return nil, status.Errorf(codes.Internal, "start container %s: %v", c.id, err)
 		}
 		return &agentapi.StartProcessResponse{Pid: uint32(p.pid)}, nil

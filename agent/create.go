@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/opencontainers/cgroups/manager"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/system"
 
 	"github.com/podvm/podvm/agent/cinit"
 )
@@ -208,13 +208,13 @@ func cinitProcess(cfg *configs.Config, lp *libcontainer.Process) *cinit.Process 
 // writeState records a cinit-made container the way libcontainer records
 // its own, so that libcontainer.Load takes it up (to exec into it).
 func writeState(dir, id string, pid int, cfg *configs.Config, cgroupPaths map[string]string) error {
-	start, err := startTime(pid)
+	proc, err := system.Stat(pid)
 	if err != nil {
-		return err
+		return fmt.Errorf("container init: %w", err)
 	}
 	st := libcontainer.State{
 		BaseState: libcontainer.BaseState{
-			ID: id, InitProcessPid: pid, InitProcessStartTime: start,
+			ID: id, InitProcessPid: pid, InitProcessStartTime: proc.StartTime,
 			Created: time.Now().UTC(), Config: *cfg,
 		},
 		CgroupPaths:    cgroupPaths,
@@ -234,21 +234,4 @@ func writeState(dir, id string, pid int, cfg *configs.Config, cgroupPaths map[st
 		return fmt.Errorf("container state: %w", err)
 	}
 	return nil
-}
-
-// startTime is field 22 of /proc/pid/stat, which libcontainer compares to
-// tell its init from a process that reused the PID.
-func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("container init: %w", err)
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state).
-	if i < 0 || len(f) < 20 {
-		return 0, fmt.Errorf("container init: unexpected /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64)
 }

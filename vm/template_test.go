@@ -47,6 +47,15 @@ func runScript(ctx context.Context, t *testing.T, g *Guest, share, id, script st
 	return out
 }
 
+// templateConfig is a test VM's configuration with templates of its own,
+// and the test's leaks watched.
+func templateConfig(t *testing.T) *vmconfig.Config {
+	cfg := harness.VMConfig(t)
+	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
+	harness.WatchLeaks(t)
+	return cfg
+}
+
 // TestTemplate: VMs restored from one template are each their own. The
 // attacker's view: a pod that knows what another pod from the same template
 // drew from its CRNG, or reads the template's clock, could predict keys and
@@ -54,9 +63,7 @@ func runScript(ctx context.Context, t *testing.T, g *Guest, share, id, script st
 // the host's time. A template whose state QEMU refuses costs a cold boot,
 // not a failed pod, and is rebuilt.
 func TestTemplate(t *testing.T) {
-	cfg := harness.VMConfig(t)
-	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
-	harness.WatchLeaks(t)
+	cfg := templateConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	start := func(name string) (*Guest, string) {
@@ -183,9 +190,7 @@ func TestTemplateDirRefused(t *testing.T) {
 // TestTemplateConcurrent: pods that start together on a node without a
 // template build it once; every one of them is restored from it.
 func TestTemplateConcurrent(t *testing.T) {
-	cfg := harness.VMConfig(t)
-	cfg.Template.Dir = filepath.Join(t.TempDir(), "templates")
-	harness.WatchLeaks(t)
+	cfg := templateConfig(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	type result struct {

@@ -364,9 +364,10 @@ func (i *Init) Kill() {
 }
 
 // Start lets the init exec the container's program and returns once it
-// has (or could not: then the error is the init's own).
-func (i *Init) Start() error {
+// has (or could not: then the error is the init's own), or by passes.
+func (i *Init) Start(by time.Time) error {
 	defer i.sync.Close()
+	_ = i.sync.SetDeadline(by)
 	if _, err := i.sync.Write([]byte{'G'}); err != nil {
 		return fmt.Errorf("start container init: %w", err)
 	}

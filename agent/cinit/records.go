@@ -9,6 +9,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/moby/sys/capability"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -201,20 +202,22 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	return append(binary.LittleEndian.AppendUint32(nil, uint32(len(e.b))), e.b...), files, nil
 }
 
-var capNumbers = func() map[string]uint {
+// capNumbers maps capability names to numbers; made on first use, not
+// at every agent start.
+var capNumbers = sync.OnceValue(func() map[string]uint {
 	m := map[string]uint{}
 	for _, c := range capability.ListKnown() {
 		m["CAP_"+strings.ToUpper(c.String())] = uint(c)
 	}
 	return m
-}()
+})
 
 // capMask turns capability names into a bit mask; names this kernel does
 // not know are left out, as runc leaves them out (with a warning).
 func capMask(names []string) uint64 {
 	var m uint64
 	for _, n := range names {
-		if c, ok := capNumbers[n]; ok && c < 64 {
+		if c, ok := capNumbers()[n]; ok && c < 64 {
 			m |= 1 << c
 		}
 	}
