@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/system"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/podvm/podvm/agent/cinit"
 )
 
@@ -126,13 +128,24 @@ func prepare(r *reaper) *prepared {
 // spare keeps container inits spawned ahead of need, one of each of
 // cinit.SpareFlags, so that a create skips the exec and the namespaces'
 // making. The template VM holds them already, and every VM restored from it.
+//
+// A taken spare is made again only once the VM has had no create for
+// refillDelay: made at once, it took the guest's one vCPU from the
+// container just created (~100 ms of its start under TCG), and a lower
+// scheduling priority would not do, as the spawn holds the reaper's lock.
+// The spare that makes a network namespace is not made again: a VM holds
+// one pod, and only its first container (the sandbox, or ctr's container)
+// makes the pod's network.
 type spare struct {
 	reaper *reaper
 
 	mu      sync.Mutex
 	inits   map[uintptr]*cinit.Init
 	filling map[uintptr]bool
+	refill  *time.Timer
 }
+
+const refillDelay = time.Second
 
 // take hands out a spare init cfg can use.
 func (s *spare) take(cfg *configs.Config) *cinit.Init {
@@ -155,20 +168,29 @@ func (s *spare) take(cfg *configs.Config) *cinit.Init {
 	return nil
 }
 
-// fill spawns in the background the spares there are not.
+// fill makes the spares there are not, refillDelay after the last call.
 func (s *spare) fill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, f := range cinit.SpareFlags {
-		if s.inits[f] != nil || s.filling[f] {
-			continue
-		}
-		s.filling[f] = true
-		go func() {
-			defer recoverPanic("spare init")
-			s.spawn(f)
-		}()
+	if s.refill != nil {
+		s.refill.Reset(refillDelay)
+		return
 	}
+	s.refill = time.AfterFunc(refillDelay, func() {
+		defer recoverPanic("spare init")
+		s.mu.Lock()
+		var missing []uintptr
+		for _, f := range cinit.SpareFlags {
+			if s.inits[f] == nil && !s.filling[f] && f&unix.CLONE_NEWNET == 0 {
+				s.filling[f] = true
+				missing = append(missing, f)
+			}
+		}
+		s.mu.Unlock()
+		for _, f := range missing {
+			s.spawn(f)
+		}
+	})
 }
 
 // spawn makes the spare of flags now.

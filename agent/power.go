@@ -16,6 +16,17 @@ const replyGrace = 20 * time.Millisecond
 func powerOff(grace time.Duration) {
 	defer recoverPanic("power off")
 	time.Sleep(replyGrace)
+	endProcesses(grace)
+	logf(levelInfo, "powering off")
+	flushLogs(100 * time.Millisecond)
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		logf(levelError, "reboot: %v", err)
+	}
+}
+
+// endProcesses ends every process but PID 1, SIGTERM first when there is
+// grace, and syncs what they wrote.
+func endProcesses(grace time.Duration) {
 	if grace > 0 {
 		_ = unix.Kill(-1, unix.SIGTERM)
 		deadline := time.Now().Add(grace)
@@ -25,11 +36,6 @@ func powerOff(grace time.Duration) {
 	}
 	_ = unix.Kill(-1, unix.SIGKILL)
 	unix.Sync()
-	logf(levelInfo, "powering off")
-	flushLogs(100 * time.Millisecond)
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
-		logf(levelError, "reboot: %v", err)
-	}
 }
 
 // othersAlive reports whether any process besides PID 1 and kernel threads

@@ -48,10 +48,20 @@ func (s *service) Version(ctx context.Context, _ *agentapi.VersionRequest) (*age
 }
 
 func (s *service) Shutdown(ctx context.Context, req *agentapi.ShutdownRequest) (*agentapi.ShutdownResponse, error) {
-	if s.stopping.CompareAndSwap(false, true) {
-		go s.shutdown(time.Duration(req.GraceNs))
+	if !s.stopping.CompareAndSwap(false, true) {
+		return &agentapi.ShutdownResponse{}, nil
 	}
-	return &agentapi.ShutdownResponse{}, nil
+	grace := time.Duration(req.GraceNs)
+	if grace > 0 {
+		go s.shutdown(grace)
+		return &agentapi.ShutdownResponse{}, nil
+	}
+	// Nothing to wait for: with the processes gone and their writes
+	// synced before the answer, the host ends the VM at once instead of
+	// waiting for the reset (~50 ms under TCG).
+	endProcesses(0)
+	go s.shutdown(0)
+	return &agentapi.ShutdownResponse{Synced: true}, nil
 }
 
 func bootTime() int64 {

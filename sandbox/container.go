@@ -335,20 +335,32 @@ func (c *Container) runningExecs() []*Process {
 // share. It is the init process's delete, and safe to repeat. A VM that
 // is gone took the container with it.
 func (c *Container) destroy(ctx context.Context) error {
+	if c.sb.alone(c.id) {
+		// The VM stops next with everything in it (see Pod.Remove), and
+		// the share is unmounted once it has: asking the guest to
+		// delete the container first would only cost a round trip.
+		c.closeIO()
+		return nil
+	}
 	var errs []error
 	if err := c.guest.DeleteContainer(ctx, c.id); err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, vm.ErrStopped) {
 		errs = append(errs, err)
 	}
+	c.closeIO()
+	if err := c.unmount(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// closeIO ends the copying of the container's streams.
+func (c *Container) closeIO() {
 	c.init.io.close()
 	c.mu.Lock()
 	for _, p := range c.execs {
 		p.io.close()
 	}
 	c.mu.Unlock()
-	if err := c.unmount(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
 }
 
 // unmount removes the container's files from the share.

@@ -197,7 +197,17 @@ func (sb *Pod) add(c *Container) {
 	sb.mu.Unlock()
 }
 
-// Remove forgets a deleted container and reports whether it was the last.
+// alone reports whether id is the pod's last container and no Sandbox API
+// holds the pod: its removal ends the pod.
+func (sb *Pod) alone(id string) bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	_, ok := sb.containers[id]
+	return ok && len(sb.containers) == 1 && sb.held == nil
+}
+
+// Remove forgets a deleted container and reports whether it was the last;
+// the caller then stops the pod unless the Sandbox API holds it.
 func (sb *Pod) Remove(id string) bool {
 	sb.mu.Lock()
 	delete(sb.containers, id)
@@ -262,6 +272,7 @@ func (sb *Pod) Stop(ctx context.Context) error {
 	if err := sb.leaveCgroup(); err != nil {
 		errs = append(errs, err)
 	}
+	ph.mark("cgroup_leave")
 	if err := sb.closeNetwork(); err != nil {
 		errs = append(errs, err)
 	}

@@ -360,10 +360,15 @@ func (g *Guest) Shutdown(ctx context.Context) error {
 		grace := g.shutdownTimeout
 		if g.gone() == nil {
 			actx, cancel := context.WithTimeout(ctx, grace)
-			_, err := g.agent.Shutdown(actx, &agentapi.ShutdownRequest{})
+			resp, err := g.agent.Shutdown(actx, &agentapi.ShutdownRequest{})
 			cancel()
-			if err != nil && !isClosed(err) {
+			switch {
+			case err != nil && !isClosed(err):
 				log.G(ctx).WithField("vm", g.ID).WithError(err).Warn("agent shutdown failed; stopping QEMU")
+				grace = 0
+			case err == nil && resp.Synced:
+				// Nothing is left in the guest to lose: QEMU quits
+				// without waiting for the guest's reset.
 				grace = 0
 			}
 		}

@@ -84,5 +84,5 @@ func printBreakdown(log string, runc time.Duration) {
 	fmt.Print("    container created:\n" + harness.PhaseTable(harness.Phases(log, "container created"),
 		"rootfs", "prepare", "guest_mounts", "guest_runc_create", "guest_stdio", "guest_create"))
 	fmt.Print("    container started:\n" + harness.PhaseTable(harness.Phases(log, "container started")))
-	fmt.Print("    pod stopped:\n" + harness.PhaseTable(harness.Phases(log, "pod stopped"), "vm_stop", "network_down", "unmount"))
+	fmt.Print("    pod stopped:\n" + harness.PhaseTable(harness.Phases(log, "pod stopped"), "vm_stop", "cgroup_leave", "network_down", "unmount"))
 }

@@ -384,7 +384,10 @@ func (x *ShutdownRequest) GetGraceNs() int64 {
 }
 
 type ShutdownResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every guest process is gone and the guest's writes are synced: the
+	// host may end the VM now instead of waiting for the guest to reset.
+	Synced        bool `protobuf:"varint,1,opt,name=synced,proto3" json:"synced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,6 +420,13 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ShutdownResponse) GetSynced() bool {
+	if x != nil {
+		return x.Synced
+	}
+	return false
 }
 
 type OnlineResourcesRequest struct {
@@ -554,8 +564,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x04cpus\x18\x06 \x01(\rR\x04cpus\x12!\n" +
 	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\",\n" +
 	"\x0fShutdownRequest\x12\x19\n" +
-	"\bgrace_ns\x18\x01 \x01(\x03R\agraceNs\"\x12\n" +
-	"\x10ShutdownResponse\"Z\n" +
+	"\bgrace_ns\x18\x01 \x01(\x03R\agraceNs\"*\n" +
+	"\x10ShutdownResponse\x12\x16\n" +
+	"\x06synced\x18\x01 \x01(\bR\x06synced\"Z\n" +
 	"\x16OnlineResourcesRequest\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\rR\x04cpus\x12,\n" +
 	"\x12memory_total_bytes\x18\x02 \x01(\x04R\x10memoryTotalBytes\"h\n" +
