@@ -65,25 +65,39 @@ func run() error {
 	}
 	r := newReaper()
 	prep := prepare(r)
-
-	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
-	l, err := authenticated(ctx, p, prep.done)
-	cancel()
-	if err != nil {
-		return err
-	}
-	srv, err := ttrpc.NewServer()
+	// Made before the boot record: a template holds the server ready.
+	identified := make(chan struct{})
+	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(afterIdentity(identified)))
 	if err != nil {
 		return fmt.Errorf("ttrpc server: %w", err)
 	}
-	svc := &service{readyNs: bootTime(), shutdown: powerOff}
+	svc := &service{shutdown: powerOff}
 	agentapi.RegisterAgentService(srv, svc)
 	cs := newContainerService(r, prep)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
 	agentapi.RegisterDebugService(srv, newDebugService(p.DebugConsole, r, cs))
-	logf(levelInfo, "serving %s on %s (agent %s, kernel up %dms)", p.Transport, l.Addr(), version.Version, svc.readyNs/1e6)
+
+	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
+	l, rec, err := authenticated(ctx, p, prep.done, func() {
+		settle()
+		warmUp(srv)
+	})
+	cancel()
+	if err != nil {
+		return err
+	}
+	go func() {
+		defer close(identified)
+		if rec != nil {
+			takeIdentity(*rec)
+		}
+	}()
+	svc.readyNs.Store(bootTime())
+	// Debug: under TCG every console line costs the guest's vCPU
+	// milliseconds, and the host logs that the agent is ready anyway.
+	logf(levelDebug, "serving %s on %s (agent %s, kernel up %dms)", p.Transport, l.Addr(), version.Version, svc.readyNs.Load()/1e6)
 	if err := srv.Serve(context.Background(), l); err != nil && err != ttrpc.ErrServerClosed {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -93,27 +107,46 @@ func run() error {
 
 // authenticated is the listener the agent serves on: the transport's, with
 // every connection authenticated by the VM's secret. A VM that is to be a
-// template says ready only once prepared is closed.
-func authenticated(ctx context.Context, p Params, prepared <-chan struct{}) (net.Listener, error) {
-	var secret []byte
+// template says ready only once prepared is closed and it has run beforeSave.
+func authenticated(ctx context.Context, p Params, prepared <-chan struct{}, beforeSave func()) (net.Listener, *agentapi.BootRecord, error) {
+	var rec *agentapi.BootRecord
+	var l net.Listener
+	save := func() {
+		beforeSave()
+		if p.Transport != "serial" {
+			return
+		}
+		// Taken now if it is there, so that a template's VMs skip the
+		// search (tens of ms of sysfs under TCG); one that is not is
+		// looked for after the record, where a VM says what is missing
+		// (a template is not held up by it).
+		if dev, ok := portNow(p.Port); ok {
+			l = newSerialListener(dev)
+		}
+	}
 	if p.SecretPort != "" {
 		var err error
-		if secret, err = readSecret(ctx, p.SecretPort, prepared); err != nil {
-			return nil, err
+		if rec, err = readSecret(ctx, p.SecretPort, prepared, save); err != nil {
+			return nil, nil, err
 		}
 	} else if p.Transport == "vsock" {
 		// Any host process can reach a vsock port: never without one.
-		return nil, fmt.Errorf("the vsock transport needs %s on the kernel command line", agentapi.ParamSecretPort)
+		return nil, nil, fmt.Errorf("the vsock transport needs %s on the kernel command line", agentapi.ParamSecretPort)
 	}
-	l, err := listen(ctx, p)
-	if err != nil || secret == nil {
-		return l, err
+	if l == nil {
+		var err error
+		if l, err = listen(ctx, p); err != nil {
+			return nil, nil, err
+		}
+	}
+	if rec == nil {
+		return l, nil, nil
 	}
 	var peerOK func(net.Conn) error
 	if p.Transport == "vsock" {
 		peerOK = hostPeer
 	}
-	return newAuthListener(l, secret, peerOK), nil
+	return newAuthListener(l, rec.Secret, peerOK), rec, nil
 }
 
 // absorbSignals catches the signals whose default action would end PID 1.

@@ -24,11 +24,10 @@ import (
 // which every process in the guest can read), and a vsock peer must be the
 // host itself.
 
-// readSecret reads the VM's boot record from its port, once, and takes on
-// the identity it carries (see agentapi.BootRecord) before returning the
-// secret. A VM saved as a template waits here: the ready byte tells the host
-// it may be saved, and every VM restored from it reads a record of its own.
-func readSecret(ctx context.Context, port string, prepared <-chan struct{}) ([]byte, error) {
+// readSecret reads the VM's boot record from its port, once. A VM saved as a
+// template waits here: the ready byte tells the host it may be saved, and
+// every VM restored from it reads a record of its own.
+func readSecret(ctx context.Context, port string, prepared <-chan struct{}, beforeSave func()) (*agentapi.BootRecord, error) {
 	dev, err := findPort(ctx, port)
 	if err != nil {
 		return nil, err
@@ -47,6 +46,7 @@ func readSecret(ctx context.Context, port string, prepared <-chan struct{}) ([]b
 		case <-ctx.Done():
 			return nil, fmt.Errorf("prepare for containers: %w", ctx.Err())
 		}
+		beforeSave()
 	}
 	buf := make([]byte, agentapi.BootRecordSize)
 	errc := make(chan error, 1)
@@ -70,8 +70,7 @@ func readSecret(ctx context.Context, port string, prepared <-chan struct{}) ([]b
 	if err != nil {
 		return nil, err
 	}
-	takeIdentity(rec)
-	return rec.Secret, nil
+	return &rec, nil
 }
 
 // recordGrace is how long a booting VM's agent looks for a boot record

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"context"
 	"time"
 	"unsafe"
 
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
@@ -13,7 +15,8 @@ import (
 // wall clock: every VM from one template would draw the same "random"
 // numbers and believe it is the time the template was saved. takeIdentity
 // mixes the host's fresh entropy into the input pool, credited, forces the
-// CRNG to reseed from it, and steps the clock, before anything else runs.
+// CRNG to reseed from it, and steps the clock, before any call but the
+// host's first Health is served (afterIdentity).
 // On a cold boot it costs little and sets the clock more precisely than
 // the RTC's seconds.
 
@@ -22,6 +25,27 @@ const (
 	rndAddEntropy = 0x40085203 // _IOW('R', 0x03, int[2])
 	rndReseedCRNG = 0x5207     // _IO('R', 0x07)
 )
+
+// healthMethod is the one call answered before the VM has its identity:
+// the host's first, which tells it the agent is up.
+const healthMethod = "/podvm.agent.v1.Agent/Health"
+
+// afterIdentity holds every call but Health until identified is closed,
+// i.e. the VM has taken the identity of its boot record: the guest reseeds
+// its CRNG and steps its clock (~25 ms under TCG) while the host reads the
+// first answer, and no container, exec or network change comes before.
+func afterIdentity(identified <-chan struct{}) ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, um ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		if info.FullMethod != healthMethod {
+			select {
+			case <-identified:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return m(ctx, um)
+	}
+}
 
 func takeIdentity(rec agentapi.BootRecord) {
 	start := time.Now()

@@ -14,7 +14,7 @@ import (
 
 // service implements agentapi.AgentService: the guest as a whole.
 type service struct {
-	readyNs  int64 // CLOCK_BOOTTIME when the agent started serving
+	readyNs  atomic.Int64 // CLOCK_BOOTTIME when the agent started serving
 	stopping atomic.Bool
 	shutdown func(grace time.Duration)
 }
@@ -27,7 +27,7 @@ func (s *service) Health(ctx context.Context, _ *agentapi.HealthRequest) (*agent
 		st = agentapi.HealthResponse_STOPPING
 	}
 	total, avail := meminfo()
-	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs,
+	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs.Load(),
 		MemoryTotalBytes: total, MemoryAvailableBytes: avail, CpusOnline: uint32(onlineCPUs())}, nil
 }
 

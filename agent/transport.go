@@ -23,7 +23,7 @@ func listen(ctx context.Context, p Params) (net.Listener, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &serialListener{dev: dev, closed: make(chan struct{})}, nil
+		return newSerialListener(dev), nil
 	case "vsock":
 		return listenVsock(p.VsockPort)
 	default:
@@ -41,15 +41,8 @@ func findPort(ctx context.Context, name string) (string, error) {
 			logf(levelWarn, "still waiting for virtio-serial port %q (is the host's agent channel configured?)", name)
 			warned = true
 		}
-		entries, _ := os.ReadDir("/sys/class/virtio-ports")
-		for _, e := range entries {
-			b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", e.Name(), "name"))
-			if err == nil && strings.TrimSpace(string(b)) == name {
-				dev := filepath.Join("/dev", e.Name())
-				if _, err := os.Stat(dev); err == nil {
-					return dev, nil
-				}
-			}
+		if dev, ok := portNow(name); ok {
+			return dev, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -57,6 +50,26 @@ func findPort(ctx context.Context, name string) (string, error) {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// portNow returns the device of the virtio-serial port called name, if
+// the guest has it now.
+func portNow(name string) (string, bool) {
+	entries, _ := os.ReadDir("/sys/class/virtio-ports")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", e.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			dev := filepath.Join("/dev", e.Name())
+			if _, err := os.Stat(dev); err == nil {
+				return dev, true
+			}
+		}
+	}
+	return "", false
+}
+
+func newSerialListener(dev string) *serialListener {
+	return &serialListener{dev: dev, closed: make(chan struct{})}
 }
 
 // serialListener hands out the one virtio-serial port as a connection. When

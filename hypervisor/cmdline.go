@@ -27,10 +27,15 @@ type fds struct {
 //     hardware;
 //   - noreplace-smp cryptomgr.notests mitigations=off: skip work that buys
 //     nothing inside a VM that only runs the agent's containers;
+//   - random.trust_cpu=on: the CRNG is seeded at boot from RDRAND (QEMU's
+//     is the host's getrandom under TCG; the CPU's under KVM), not by
+//     jitter entropy, which under TCG had not finished when a template was
+//     saved, so every restored VM paid for the first seeding. Restored VMs
+//     still reseed with the host's entropy before serving.
 var kernelBase = []string{
 	"console=ttyS0", "panic=-1", "reboot=t",
 	"tsc=reliable", "no_timer_check", "noreplace-smp",
-	"cryptomgr.notests", "mitigations=off",
+	"cryptomgr.notests", "mitigations=off", "random.trust_cpu=on",
 }
 
 // lapicTimerKHz is the input clock of QEMU's emulated local APIC timer
