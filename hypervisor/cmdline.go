@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // fds are the file descriptor numbers QEMU finds its pre-connected sockets
@@ -89,7 +91,7 @@ func args(c *Config, f fds) ([]string, error) {
 		}
 		model := c.CPUModel
 		if model == "" {
-			model = "max"
+			model = vmconfig.DefaultTCGCPU
 		}
 		a = append(a, "-accel", accel, "-cpu", model)
 	}

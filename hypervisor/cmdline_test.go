@@ -34,7 +34,7 @@ func TestArgs(t *testing.T) {
 			cfg:         Config{ID: "a", Machine: "microvm", Accel: TCG, CPUs: 2, MemoryMiB: 256, TBSizeMiB: 32, TSCKHz: 2445430, Ports: []string{"podvm.agent"}, Kernel: "/k", Initramfs: "/i"},
 			fds:         fds{qmp: 3, console: 4, ports: []int{5}},
 			machine:     "microvm,acpi=off,x-option-roms=off",
-			want:        []string{"-accel=tcg,tb-size=32", "-cpu=max", "-smp=2", "-m=256M", "-kernel=/k", "-initrd=/i", "-name=a", "-chardev=socket,id=qmp,fd=3", "-chardev=socket,id=port0,fd=5", "-serial=chardev:console"},
+			want:        []string{"-accel=tcg,tb-size=32", "-cpu=max,-erms,-fsrm", "-smp=2", "-m=256M", "-kernel=/k", "-initrd=/i", "-name=a", "-chardev=socket,id=qmp,fd=3", "-chardev=socket,id=port0,fd=5", "-serial=chardev:console"},
 			wantDevices: []string{"virtio-serial-device,max_ports=2", "virtserialport,chardev=port0,name=podvm.agent"},
 			wantParams:  []string{"console=ttyS0", "acpi=off", "quiet", "tsc_early_khz=2445430", "lapic_timer_khz=1000000", "reboot=t", "panic=-1"},
 		},

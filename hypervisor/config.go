@@ -60,7 +60,7 @@ type Config struct {
 	// Machine is a QEMU machine type: "microvm" (default) or "q35".
 	Machine string
 	Accel   Accel
-	// CPUModel is QEMU's -cpu under TCG ("max" when empty); KVM always
+	// CPUModel is QEMU's -cpu under TCG (vmconfig.DefaultTCGCPU when empty); KVM always
 	// uses "host".
 	CPUModel string
 	CPUs     int

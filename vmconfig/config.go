@@ -17,6 +17,12 @@ import (
 // names another.
 const DefaultPath = "/etc/podvm/config.toml"
 
+// DefaultTCGCPU is the guest CPU under TCG: every feature QEMU emulates but
+// the two that only say "rep movsb is fast". Under TCG a rep movsb copies a
+// byte per step; without them the guest kernel copies with its unrolled
+// loops (measured: ctr run ~10% faster, 100 MiB of stdout ~15%).
+const DefaultTCGCPU = "max,-erms,-fsrm"
+
 // Config is the whole configuration. The TOML keys are the `toml` tags.
 type Config struct {
 	Hypervisor Hypervisor `toml:"hypervisor"`
@@ -140,7 +146,7 @@ func Default() *Config {
 			MemoryMiB:    512,
 			MaxMemoryMiB: 16384,
 			TCGCacheMiB:  32,
-			CPUModel:     "max",
+			CPUModel:     DefaultTCGCPU,
 		},
 		Agent:       Agent{Transport: "auto", VsockPort: 1024},
 		Network:     Network{Model: "tcfilter"},
