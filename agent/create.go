@@ -7,8 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -16,8 +17,6 @@ import (
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/system"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/agent/cinit"
 )
@@ -41,25 +40,36 @@ func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
 func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
 	// Made at boot, concurrently with the first requests.
 	<-s.prep.done
-	std := s.prep.devices.adopt(id, cfg)
-	if std {
-		logf(levelDebug, "container %s: the usual device rules, under %s", id, stdDeviceCgroup)
+	parent := s.prep.devices.adopt(id, cfg)
+	std := parent != nil
+	sp := s.prep.spare.take(cfg, parent)
+	defer s.prep.spare.fill()
+	var init *cinit.Init
+	born := false // init is in the container's cgroup already
+	if sp != nil {
+		logf(levelDebug, "container %s: the spare init", id)
+		init = sp.init
+		if std && sp.cgroup != "" && strings.HasPrefix(sp.cgroup, parent.path+"/") {
+			cfg.Cgroups.Path, born = sp.cgroup, true
+		}
 	}
 	mgr, err := manager.New(cfg.Cgroups)
-	if err != nil {
-		return nil, fmt.Errorf("cgroup: %w", err)
-	}
-	if std {
-		if err = os.Mkdir(mgr.Path(""), 0o755); errors.Is(err, fs.ErrExist) {
-			err = nil
+	if err == nil && !born {
+		if std {
+			if err = os.Mkdir(mgr.Path(""), 0o755); errors.Is(err, fs.ErrExist) {
+				err = nil
+			}
+		} else {
+			err = mgr.Apply(-1)
 		}
-	} else {
-		err = mgr.Apply(-1)
 	}
 	if err != nil {
+		if init != nil {
+			init.Kill()
+			sp.removeCgroup()
+		}
 		return nil, fmt.Errorf("create cgroup: %w", err)
 	}
-	var init *cinit.Init
 	defer func() {
 		if retErr == nil {
 			return
@@ -67,22 +77,36 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 		if init != nil {
 			init.Kill()
 		}
+		if sp != nil && !born {
+			sp.removeCgroup()
+		}
 		_ = mgr.Destroy()
 	}()
-	if err := mgr.Set(cfg.Cgroups.Resources); err != nil {
-		return nil, fmt.Errorf("set cgroup resources: %w", err)
+	if needsSet(cfg.Cgroups.Resources) {
+		if err := mgr.Set(cfg.Cgroups.Resources); err != nil {
+			return nil, fmt.Errorf("set cgroup resources: %w", err)
+		}
 	}
-	init = s.prep.spare.take(cfg)
-	if init != nil {
-		logf(levelDebug, "container %s: the spare init", id)
-	} else {
-		if init, err = cinit.Spawn(cinit.Flags(cfg), s.reaper.Start, s.reaper.Release); err != nil {
+	if init == nil {
+		var dir *os.File
+		if std {
+			// Born in its cgroup: no move into it below.
+			if dir, err = os.Open(mgr.Path("")); err == nil {
+				defer dir.Close()
+				born = true
+			}
+		}
+		if init, err = cinit.Spawn(cinit.Flags(cfg), dir, s.reaper.Start, s.reaper.Release); err != nil {
 			return nil, err
 		}
 	}
-	defer s.prep.spare.fill()
-	if err := cgroups.WriteCgroupProc(mgr.Path(""), init.Pid()); err != nil {
-		return nil, fmt.Errorf("join cgroup: %w", err)
+	if !born {
+		if err := cgroups.WriteCgroupProc(mgr.Path(""), init.Pid()); err != nil {
+			return nil, fmt.Errorf("join cgroup: %w", err)
+		}
+		if sp != nil {
+			sp.removeCgroup()
+		}
 	}
 	if cfg.OomScoreAdj != nil {
 		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", init.Pid()), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
@@ -96,114 +120,29 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 	return &cinitRuntime{id: id, init: init.Process(), mgr: mgr, pending: init, cfg: cfg}, nil
 }
 
-// prepared is what the agent readies for containers before any is asked
-// for: the usual device rules' cgroup and spare inits.
-type prepared struct {
-	done    chan struct{}
-	devices *deviceParent
-	spare   *spare
-}
-
-// prepare starts the preparations; done is closed once they are made.
-func prepare(r *reaper) *prepared {
-	p := &prepared{done: make(chan struct{}), spare: &spare{reaper: r, inits: map[uintptr]*cinit.Init{}, filling: map[uintptr]bool{}}}
-	go func() {
-		defer recoverPanic("prepare")
-		defer close(p.done)
-		t0 := time.Now()
-		dp, err := newDeviceParent()
-		if err != nil {
-			logf(levelWarn, "containers get device programs of their own: %v", err)
-		}
-		p.devices = dp
-		t1 := time.Now()
-		for _, f := range cinit.SpareFlags {
-			p.spare.spawn(f)
-		}
-		logf(levelDebug, "usual device rules attached in %v, spare inits spawned in %v", t1.Sub(t0), time.Since(t1))
-	}()
-	return p
-}
-
-// spare keeps container inits spawned ahead of need, one of each of
-// cinit.SpareFlags, so that a create skips the exec and the namespaces'
-// making. The template VM holds them already, and every VM restored from it.
-//
-// A taken spare is made again only once the VM has had no create for
-// refillDelay: made at once, it took the guest's one vCPU from the
-// container just created (~100 ms of its start under TCG), and a lower
-// scheduling priority would not do, as the spawn holds the reaper's lock.
-// The spare that makes a network namespace is not made again: a VM holds
-// one pod, and only its first container (the sandbox, or ctr's container)
-// makes the pod's network.
-type spare struct {
-	reaper *reaper
-
-	mu      sync.Mutex
-	inits   map[uintptr]*cinit.Init
-	filling map[uintptr]bool
-	refill  *time.Timer
-}
-
-const refillDelay = time.Second
-
-// take hands out a spare init cfg can use.
-func (s *spare) take(cfg *configs.Config) *cinit.Init {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, f := range cinit.SpareFlags {
-		i := s.inits[f]
-		if i == nil || !cinit.Fits(f, cfg) {
+// needsSet reports whether r asks anything of a fresh cgroup: a container
+// without limits (ctr run's default) skips Set, whose first run in a
+// restored VM costs tens of ms under TCG even when it writes nothing.
+func needsSet(r *cgroups.Resources) bool {
+	if r == nil {
+		return false
+	}
+	v := reflect.ValueOf(*r)
+	for i := 0; i < v.NumField(); i++ {
+		switch name := v.Type().Field(i).Name; {
+		case name == "SkipDevices", name == "Devices" && r.SkipDevices:
 			continue
 		}
-		delete(s.inits, f)
-		select {
-		case <-i.Exited():
-			i.Close()
-			return nil
-		default:
-			return i
-		}
-	}
-	return nil
-}
-
-// fill makes the spares there are not, refillDelay after the last call.
-func (s *spare) fill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.refill != nil {
-		s.refill.Reset(refillDelay)
-		return
-	}
-	s.refill = time.AfterFunc(refillDelay, func() {
-		defer recoverPanic("spare init")
-		s.mu.Lock()
-		var missing []uintptr
-		for _, f := range cinit.SpareFlags {
-			if s.inits[f] == nil && !s.filling[f] && f&unix.CLONE_NEWNET == 0 {
-				s.filling[f] = true
-				missing = append(missing, f)
+		f := v.Field(i)
+		if k := f.Kind(); k == reflect.Slice || k == reflect.Map {
+			if f.Len() > 0 {
+				return true
 			}
+		} else if !f.IsZero() {
+			return true
 		}
-		s.mu.Unlock()
-		for _, f := range missing {
-			s.spawn(f)
-		}
-	})
-}
-
-// spawn makes the spare of flags now.
-func (s *spare) spawn(flags uintptr) {
-	i, err := cinit.Spawn(flags, s.reaper.Start, s.reaper.Release)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.filling[flags] = false
-	if err != nil {
-		logf(levelWarn, "spawn a spare container init: %v", err)
-		return
 	}
-	s.inits[flags] = i
+	return false
 }
 
 // cinitProcess is the container's process as cinit takes it.

@@ -161,11 +161,11 @@ func Fits(flags uintptr, cfg *configs.Config) bool {
 	return true
 }
 
-// Spawn starts an init in new namespaces (flags), waiting for its config.
-// start wraps the process's start and registers its PID (the agent's
+// Spawn starts an init in new namespaces (flags), waiting for its config,
+// in the cgroup directory cgroup if not nil. start wraps the process's start and registers its PID (the agent's
 // reaper holds off meanwhile); release hands the PID back once the init
 // has been waited for.
-func Spawn(flags uintptr, start func(func() (int, error)) (int, error), release func(pid int)) (*Init, error) {
+func Spawn(flags uintptr, cgroup *os.File, start func(func() (int, error)) (int, error), release func(pid int)) (*Init, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("cinit sync socket: %w", err)
@@ -176,6 +176,11 @@ func Spawn(flags uintptr, start func(func() (int, error)) (int, error), release 
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Env = []string{"_PODVM_CINIT=3"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags}
+	if cgroup != nil {
+		// Born in it (clone3's CLONE_INTO_CGROUP): no migration later.
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgroup.Fd())
+	}
 	i := &Init{Cmd: cmd, sync: parent, Flags: flags, own: start, release: release,
 		cmdDone: make(chan struct{}), exited: make(chan struct{})}
 	if _, err := start(func() (int, error) {
