@@ -135,9 +135,13 @@ func (r *cinitRuntime) update(merge func(*configs.Config) (*cgroups.Resources, e
 	}
 	if r.lc != nil {
 		// Once loaded, libcontainer sets the cgroup and keeps its state
-		// file the same.
+		// file the same. It starts no process in a container whose
+		// config skips the device rules: those of a container under a
+		// device parent are the parent's, set again on its own cgroup.
 		cfg := r.lc.Config()
-		cfg.Cgroups.Resources = res
+		lcRes := *res
+		lcRes.SkipDevices = false
+		cfg.Cgroups.Resources = &lcRes
 		err = r.lc.Set(cfg)
 	} else {
 		err = r.mgr.Set(res)
