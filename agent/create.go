@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -49,7 +48,7 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 	if sp != nil {
 		logf(levelDebug, "container %s: the spare init", id)
 		init = sp.init
-		if std && sp.cgroup != "" && strings.HasPrefix(sp.cgroup, parent.path+"/") {
+		if std && sp.parent == parent.path {
 			cfg.Cgroups.Path, born = sp.cgroup, true
 		}
 	}

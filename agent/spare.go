@@ -72,6 +72,7 @@ type spareKey struct {
 // deviceParent.spareCgroup), if any.
 type spareInit struct {
 	init   *cinit.Init
+	parent string // its device parent's path
 	cgroup string // libcontainer's path
 	dir    string
 }
@@ -172,7 +173,7 @@ func (s *spare) spawn(k spareKey) {
 		if sp.cgroup, cg, err = d.spareCgroup(); err != nil {
 			logf(levelWarn, "%v", err)
 		} else {
-			sp.dir = cg.Name()
+			sp.parent, sp.dir = d.path, cg.Name()
 			defer cg.Close()
 		}
 	}
