@@ -80,7 +80,7 @@ $(GUEST)/initramfs.cpio: bin/podvm-agent
 ## generate: the protobuf and ttrpc code of api/ (committed)
 generate:
 	protoc -I api -I /usr/include --go_out=. --go_opt=module=$(MODULE) \
-		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto api/agent/v1/containers.proto api/agent/v1/network.proto api/agent/v1/debug.proto
+		--go-ttrpc_out=. --go-ttrpc_opt=module=$(MODULE) api/agent/v1/agent.proto api/agent/v1/containers.proto api/agent/v1/network.proto api/agent/v1/debug.proto api/agent/v1/forward.proto
 
 # The committed generated code must be what `make generate` produces.
 verify-generate: generate

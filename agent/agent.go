@@ -78,6 +78,7 @@ func run() error {
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
 	agentapi.RegisterDebugService(srv, newDebugService(p.DebugConsole, r, cs))
+	agentapi.RegisterForwardService(srv, newForwardService())
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
 	l, rec, err := authenticated(ctx, p, prep.done, func() {

@@ -149,6 +149,9 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 		return nil, err
 	}
 	ph.mark("guest_network")
+	if netns != "" && spec.Annotations[AnnotationContainerType] == "sandbox" {
+		sb.servePortForward(sb.ctx, netns, g)
+	}
 	how := "booted"
 	if g.Template != "" {
 		how = "restored from a template"

@@ -146,17 +146,19 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 		return nil, err
 	}
 	binds := map[int]string{}
+	submounts := map[int][]submount{}
 	for i, m := range spec.Mounts {
 		if !isBind(m) || isPodShm(m) {
 			continue
 		}
-		if err := bindIntoShare(share, m, filepath.Join(c.id, "mounts", fmt.Sprint(i))); err != nil {
+		subs, err := bindIntoShare(share, m, filepath.Join(c.id, "mounts", fmt.Sprint(i)))
+		if err != nil {
 			return nil, err
 		}
-		binds[i] = guestMount(c.id, i)
+		binds[i], submounts[i] = guestMount(c.id, i), subs
 	}
 	ph.mark("rootfs")
-	gs, err := guestSpec(spec, translation{id: c.id, binds: binds, sandboxPid: sb.podPid(c.id, spec.Annotations)})
+	gs, err := guestSpec(spec, translation{id: c.id, binds: binds, submounts: submounts, sandboxPid: sb.podPid(c.id, spec.Annotations)})
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -98,26 +99,100 @@ func createBeneath(root *os.File, rel string, mode uint32) (*os.File, error) {
 // kernel resolves it to that very file.
 func procPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
 
+// bindOptions say how a host path is bound into the share, from the
+// spec's mount options as runc reads them.
+type bindOptions struct {
+	recursive bool // rbind: its submounts come along
+	readonly  bool // ro: its top mount is read-only, submounts as they are
+	rro       bool // rro: every mount of it is read-only
+	// propagation is MS_PRIVATE, MS_SLAVE or MS_UNBINDABLE for the whole
+	// tree; 0 leaves it as the clone has it.
+	propagation uint64
+}
+
+// bindOptionsOf reads a spec bind mount's options. Without a propagation
+// option the bind is a slave, as runc's binds are under its default
+// rslave rootfs: host mounts appear in it, none go back.
+func bindOptionsOf(m specs.Mount) bindOptions {
+	o := bindOptions{recursive: slices.Contains(m.Options, "rbind"), propagation: unix.MS_SLAVE}
+	for _, opt := range m.Options {
+		switch opt {
+		case "ro":
+			o.readonly = true
+		case "rw":
+			o.readonly = false
+		case "rro":
+			o.readonly, o.rro = true, true
+		case "private", "rprivate":
+			o.propagation = unix.MS_PRIVATE
+		case "slave", "rslave":
+			o.propagation = unix.MS_SLAVE
+		case "unbindable", "runbindable":
+			o.propagation = unix.MS_UNBINDABLE
+		}
+	}
+	return o
+}
+
 // attachBind binds src (a host path, resolved as runc would) onto target
-// with the whole tree nosuid and nodev, and read-only recursively (every
-// submount too) when readonly.
-func attachBind(src string, target *os.File, readonly bool) error {
-	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+// with the whole tree nosuid and nodev.
+func attachBind(src string, target *os.File, o bindOptions) error {
+	flags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
+	if o.recursive {
+		flags |= unix.AT_RECURSIVE
+	}
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src, uint(flags))
 	if err != nil {
 		return &os.PathError{Op: "open_tree", Path: src, Err: err}
 	}
 	defer unix.Close(tree)
-	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
-	if readonly {
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Propagation: o.propagation}
+	if o.rro {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
 		return fmt.Errorf("set mount attributes of %s: %w", src, err)
 	}
+	if o.readonly && !o.rro {
+		if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+			return fmt.Errorf("make %s read-only: %w", src, err)
+		}
+	}
 	if err := unix.MoveMount(tree, "", int(target.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("attach %s at %s: %w", src, target.Name(), err)
 	}
 	return nil
+}
+
+// submount is a mount below a bind's source, as the guest must repeat it
+// on top of the bind: the guest sees the share as one mount, so a bind
+// read-only in the guest would make everything under it read-only.
+type submount struct {
+	rel      string // below the source
+	readonly bool
+}
+
+// submountsOf lists the mounts below src (not src itself), parents
+// first.
+func submountsOf(src string) ([]submount, error) {
+	real, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(real))
+	if err != nil {
+		return nil, err
+	}
+	var subs []submount
+	for _, mi := range infos {
+		rel, err := filepath.Rel(real, mi.Mountpoint)
+		if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		subs = append(subs, submount{rel: rel, readonly: slices.Contains(strings.Split(mi.Options, ","), "ro")})
+	}
+	sort.Slice(subs, func(i, j int) bool { return subs[i].rel < subs[j].rel })
+	return slices.CompactFunc(subs, func(a, b submount) bool { return a.rel == b.rel }), nil
 }
 
 // mountRootfs mounts the container's root filesystem at rel below the
@@ -143,19 +218,27 @@ func mountRootfs(share *os.File, rel, bundle string, spec *specs.Spec, rootfs []
 	if !filepath.IsAbs(src) {
 		src = filepath.Join(bundle, src)
 	}
-	if err := attachBind(src, target, false); err != nil {
+	if err := attachBind(src, target, bindOptions{recursive: true}); err != nil {
 		return fmt.Errorf("bind rootfs: %w", err)
 	}
 	return nil
 }
 
 // bindIntoShare exposes a host path the spec binds into the container at
-// rel below the share. A read-only bind is read-only on the host side too,
-// submounts included.
-func bindIntoShare(share *os.File, m specs.Mount, rel string) error {
+// rel below the share, read-only on the host side too where the spec says
+// so, and returns the submounts the guest must repeat: those of a bind
+// that is read-only but not recursively so.
+func bindIntoShare(share *os.File, m specs.Mount, rel string) ([]submount, error) {
 	st, err := os.Stat(m.Source)
 	if err != nil {
-		return fmt.Errorf("bind mount source %s: %w", m.Source, err)
+		return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
+	}
+	o := bindOptionsOf(m)
+	var subs []submount
+	if o.readonly && !o.rro && o.recursive && st.IsDir() {
+		if subs, err = submountsOf(m.Source); err != nil {
+			return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
+		}
 	}
 	var target *os.File
 	if st.IsDir() {
@@ -164,13 +247,13 @@ func bindIntoShare(share *os.File, m specs.Mount, rel string) error {
 		target, err = createBeneath(share, rel, 0o644)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer target.Close()
-	if err := attachBind(m.Source, target, isReadonly(m)); err != nil {
-		return fmt.Errorf("bind %s for %s: %w", m.Source, m.Destination, err)
+	if err := attachBind(m.Source, target, o); err != nil {
+		return nil, fmt.Errorf("bind %s for %s: %w", m.Source, m.Destination, err)
 	}
-	return nil
+	return subs, nil
 }
 
 // unmountTree unmounts everything mounted at or below base/rel and removes

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -27,7 +28,9 @@ const (
 // namespace QEMU will run in and the NICs it gets. A spec that names a
 // namespace (CRI's) is used as it is; one that asks for a new namespace
 // gets a persistent one podvm owns (and removes with the sandbox); one
-// without a network namespace shares the host's, and the guest gets no NIC.
+// without a network namespace shares the host's, and the guest gets no NIC
+// (`ctr run --net-host`). A CRI pod on the node's network is refused: its
+// VM would have none, where Kubernetes expects the node's.
 func (sb *Pod) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec) (netns string, nics []hypervisor.NIC, err error) {
 	var nsSpec *specs.LinuxNamespace
 	if spec.Linux != nil {
@@ -38,6 +41,9 @@ func (sb *Pod) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs
 		}
 	}
 	if nsSpec == nil {
+		if spec.Annotations[AnnotationContainerType] == "sandbox" {
+			return "", nil, fmt.Errorf("pod %s asks for the node's network (hostNetwork: true): a pod in its own VM cannot share the node's network namespace; run it without hostNetwork, or with a runc RuntimeClass: %w", sb.id, errdefs.ErrInvalidArgument)
+		}
 		log.G(ctx).Warn("the spec shares the host's network namespace: the VM gets no network interface")
 		return "", nil, nil
 	}
@@ -141,6 +147,10 @@ func (sb *Pod) rescanNetwork(ctx context.Context, g *vm.Guest) error {
 func (sb *Pod) closeNetwork() error {
 	var errs []error
 	sb.netMu.Lock()
+	if sb.loopback != nil {
+		errs = append(errs, sb.loopback.Close())
+		sb.loopback = nil
+	}
 	if sb.pod != nil {
 		errs = append(errs, sb.pod.Close())
 		sb.pod = nil

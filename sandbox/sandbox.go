@@ -71,6 +71,9 @@ type Pod struct {
 	// stop, which never run alongside it).
 	netMu sync.Mutex
 	pod   *network.Pod
+	// loopback takes the port-forward connections to localhost in the
+	// pod's network namespace (CRI pods).
+	loopback *network.Loopback
 	// cgroup is the pod's host cgroup the shim and QEMU run in; set by the
 	// boot, left by stop.
 	cgroup *podCgroup

@@ -43,6 +43,9 @@ type translation struct {
 	// binds maps the index of a spec mount to its guest source, for the
 	// bind mounts the host exposed through the share.
 	binds map[int]string
+	// submounts are the mounts below a bind's source that the guest
+	// repeats on top of it, by the same index.
+	submounts map[int][]submount
 	// sandboxPid is the guest PID of the pod's first container, whose
 	// namespaces the pod's other containers join; 0 when there is none.
 	sandboxPid uint32
@@ -88,6 +91,20 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 				return nil, fmt.Errorf("bind mount %s of %s was not prepared", m.Destination, t.id)
 			}
 			m.Source = src
+			// The host made the whole tree read-only already, and the
+			// guest sees it as one mount: ro is the same there, and
+			// keeps the create on the fast path.
+			m.Options = slices.Clone(m.Options)
+			for j, o := range m.Options {
+				if o == "rro" {
+					m.Options[j] = "ro"
+				}
+			}
+			mounts = append(mounts, m)
+			for _, sub := range t.submounts[i] {
+				mounts = append(mounts, subBind(m, sub))
+			}
+			continue
 		}
 		mounts = append(mounts, m)
 	}
@@ -118,14 +135,33 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 	return &s, nil
 }
 
+// subBind repeats a submount of a bind's source on top of the bind in the
+// guest, with its own read-only flag and the bind's propagation.
+func subBind(m specs.Mount, sub submount) specs.Mount {
+	opts := []string{"rbind", "rw"}
+	if sub.readonly {
+		opts[1] = "ro"
+	}
+	for _, o := range m.Options {
+		switch o {
+		case "private", "rprivate", "slave", "rslave", "unbindable", "runbindable":
+			opts = append(opts, o)
+		}
+	}
+	return specs.Mount{
+		Destination: path.Join(m.Destination, sub.rel),
+		Type:        "bind",
+		Source:      path.Join(m.Source, sub.rel),
+		Options:     opts,
+	}
+}
+
 func isBind(m specs.Mount) bool {
 	if m.Type == "bind" {
 		return true
 	}
 	return slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
-
-func isReadonly(m specs.Mount) bool { return slices.Contains(m.Options, "ro") }
 
 // nsFile is the /proc/PID/ns entry of a namespace type.
 func nsFile(t specs.LinuxNamespaceType) string {

@@ -72,6 +72,10 @@ func checkMount(id string, m specs.Mount) error {
 		if !path.IsAbs(m.Source) {
 			return fmt.Errorf("bind mount source %q for %s of %s is not an absolute path: %w", truncate(m.Source, 100), m.Destination, id, errdefs.ErrInvalidArgument)
 		}
+		if slices.Contains(m.Options, "shared") || slices.Contains(m.Options, "rshared") {
+			return fmt.Errorf("bind mount of %s at %s of %s asks for shared propagation (Kubernetes' Bidirectional): mounts made inside a VM cannot reach the host; use rslave (HostToContainer), which brings the host's mounts in: %w",
+				truncate(m.Source, 100), truncate(m.Destination, 100), id, errdefs.ErrInvalidArgument)
+		}
 		return nil
 	}
 	if !slices.Contains(guestMountTypes, m.Type) {

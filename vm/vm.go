@@ -82,6 +82,7 @@ type agentClients struct {
 	stdio      agentapi.StdioService
 	network    agentapi.NetworkService
 	debug      agentapi.DebugService
+	forward    agentapi.ForwardService
 }
 
 // life is what the calls need of the VM's process.
@@ -311,6 +312,7 @@ func (g *Guest) attach(c *ttrpc.Client) {
 		stdio:      agentapi.NewStdioClient(c),
 		network:    agentapi.NewNetworkClient(c),
 		debug:      agentapi.NewDebugClient(c),
+		forward:    agentapi.NewForwardClient(c),
 	}
 }
 

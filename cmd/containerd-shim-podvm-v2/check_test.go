@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/podvm/podvm/install"
@@ -76,6 +79,11 @@ func TestContainerdFindings(t *testing.T) {
 	}
 }
 
+// As containerd registers it.
+func init() {
+	typeurl.Register(&features.Features{}, "types.containerd.io", "opencontainers/runtime-spec", "1", "features", "Features")
+}
+
 func TestInfo(t *testing.T) {
 	var out bytes.Buffer
 	if err := runInfo(strings.NewReader("options"), &out); err != nil {
@@ -84,5 +92,11 @@ func TestInfo(t *testing.T) {
 	var info apitypes.RuntimeInfo
 	if err := proto.Unmarshal(out.Bytes(), &info); err != nil || info.Name != RuntimeName || info.Version.GetVersion() == "" {
 		t.Errorf("-info printed %v, %v", &info, err)
+	}
+	// containerd 2.x's CRI reads the features as typeurl gives them.
+	v, err := typeurl.UnmarshalAny(info.Features)
+	f, ok := v.(*features.Features)
+	if err != nil || !ok || !slices.Contains(f.MountOptions, "rro") || slices.Contains(f.MountOptions, "rshared") {
+		t.Errorf("features: %#v, %v", v, err)
 	}
 }

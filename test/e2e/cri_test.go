@@ -180,6 +180,7 @@ func TestCRI(t *testing.T) {
 				out, _ := c.run("logs", client)
 				return strings.Contains(out, "hello from "+handler)
 			})
+			checkPortForward(t, c, pod, podConfig, handler)
 			// The pod's containers share its /dev/shm, a 64 MiB tmpfs.
 			c.must("exec", "-s", server, "sh", "-c", "echo shared-by-"+handler+" > /dev/shm/x")
 			if out := c.must("exec", "-s", client, "cat", "/dev/shm/x"); out != "shared-by-"+handler {
@@ -286,6 +287,24 @@ func TestCRI(t *testing.T) {
 		_, err := c.run("runp", "--runtime", "podvm-broken", cfg)
 		if err == nil || !strings.Contains(err.Error(), harness.BrokenKernel) {
 			t.Errorf("runp with a broken configuration: %v", err)
+		}
+		if out := c.must("pods", "-q"); out != "" {
+			t.Errorf("pods left: %q", out)
+		}
+		checkNoAllocations(t, ctd)
+	})
+
+	// A pod on the node's network cannot be a VM pod: runp says so, names
+	// what to use instead, and leaves nothing.
+	t.Run("host network refused", func(t *testing.T) {
+		c.t = t
+		for _, h := range criHandlers()[1:] {
+			config := c.podConfigLinux(h, nil, map[string]any{
+				"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}})
+			_, err := c.run("runp", "--runtime", h, config)
+			if err == nil || !strings.Contains(err.Error(), "hostNetwork") || !strings.Contains(err.Error(), "runc RuntimeClass") {
+				t.Errorf("%s: runp of a host-network pod: %v", h, err)
+			}
 		}
 		if out := c.must("pods", "-q"); out != "" {
 			t.Errorf("pods left: %q", out)
