@@ -85,23 +85,43 @@ func (c *cri) container(pod, podConfig, name string, cmd ...string) string {
 // limitedContainer is container with CRI's linux.resources.
 func (c *cri) limitedContainer(pod, podConfig, name string, resources map[string]any, cmd ...string) string {
 	c.t.Helper()
-	linux := map[string]any{}
+	extra := map[string]any{}
 	if resources != nil {
-		linux["resources"] = resources
+		extra["linux"] = map[string]any{"resources": resources}
 	}
-	config, err := harness.WriteJSON(c.dir, pod+"-"+name+".json", map[string]any{
+	return c.containerWith(pod, podConfig, name, extra, cmd...)
+}
+
+// containerWith creates and starts a busybox container whose config has
+// the extra fields.
+func (c *cri) containerWith(pod, podConfig, name string, extra map[string]any, cmd ...string) string {
+	c.t.Helper()
+	id, err := c.tryCreate(pod, podConfig, name, extra, cmd...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.must("start", id)
+	return id
+}
+
+// tryCreate creates a busybox container whose config has the extra fields.
+func (c *cri) tryCreate(pod, podConfig, name string, extra map[string]any, cmd ...string) (string, error) {
+	c.t.Helper()
+	cfg := map[string]any{
 		"metadata": map[string]any{"name": name},
 		"image":    map[string]any{"image": harness.BusyboxImage},
 		"command":  cmd,
 		"log_path": name + ".log",
-		"linux":    linux,
-	})
+		"linux":    map[string]any{},
+	}
+	for k, v := range extra {
+		cfg[k] = v
+	}
+	config, err := harness.WriteJSON(c.dir, pod+"-"+name+".json", cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	id := c.must("create", pod, config, podConfig)
-	c.must("start", id)
-	return id
+	return c.run("create", pod, config, podConfig)
 }
 
 func (c *cri) podIP(pod string) string {
@@ -309,6 +329,12 @@ func TestCRI(t *testing.T) {
 		if out := c.must("pods", "-q"); out != "" {
 			t.Errorf("pods left: %q", out)
 		}
+		checkNoAllocations(t, ctd)
+	})
+
+	t.Run("binds", func(t *testing.T) {
+		c.t = t
+		checkBinds(t, c)
 		checkNoAllocations(t, ctd)
 	})
 

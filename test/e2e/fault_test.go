@@ -33,17 +33,11 @@ func shimPid(id string) int { return pidIn(harness.TakeCensus().Shims, " -id "+i
 // create makes a container in a pod without starting it.
 func (c *cri) create(pod, podConfig, name string, cmd ...string) string {
 	c.t.Helper()
-	config, err := harness.WriteJSON(c.dir, pod+"-"+name+".json", map[string]any{
-		"metadata": map[string]any{"name": name},
-		"image":    map[string]any{"image": harness.BusyboxImage},
-		"command":  cmd,
-		"log_path": name + ".log",
-		"linux":    map[string]any{},
-	})
+	id, err := c.tryCreate(pod, podConfig, name, nil, cmd...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return c.must("create", pod, config, podConfig)
+	return id
 }
 
 // remove stops and removes a pod whose VM or shim was hurt: it must go
