@@ -52,7 +52,7 @@ func ListenLoopback(nsPath string) (_ *Loopback, retErr error) {
 			l.Close()
 		}
 	}()
-	if err := inNamespace(ns, func() error {
+	if err := InNamespace(nsPath, func() error {
 		// Plain TCP: a sockmap takes no MPTCP socket, which Go makes
 		// listeners by default.
 		var lc net.ListenConfig
@@ -221,9 +221,15 @@ func lookupProgram(sockets int) asm.Instructions {
 	}
 }
 
-// inNamespace runs fn on a thread in the network namespace ns; sockets
-// made there stay in it. A thread that cannot switch back is never reused.
-func inNamespace(ns *os.File, fn func() error) error {
+// InNamespace runs fn on a thread in the network namespace at nsPath;
+// sockets made there stay in it. A thread that cannot switch back is
+// never reused.
+func InNamespace(nsPath string, fn func() error) error {
+	ns, err := os.Open(nsPath)
+	if err != nil {
+		return fmt.Errorf("open network namespace: %w", err)
+	}
+	defer ns.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -17,13 +16,8 @@ import (
 // dialIn connects to addr from inside the namespace.
 func dialIn(t *testing.T, ns *Namespace, addr string) (net.Conn, error) {
 	t.Helper()
-	f, err := os.Open(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	var c net.Conn
-	err = inNamespace(f, func() error {
+	err := InNamespace(ns.Path, func() error {
 		var err error
 		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
 		return err

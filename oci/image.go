@@ -91,6 +91,10 @@ func WriteImage(path, name, root string, cfg Config) error {
 	return tw.Close()
 }
 
+// WriteLayer writes the tree at root as WriteImage's layer is: an
+// uncompressed tar, owned by root, with zero timestamps.
+func WriteLayer(w io.Writer, root string) error { return tarTree(w, root) }
+
 func digest(b []byte) string {
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])

@@ -1,0 +1,187 @@
+//go:build conformance
+
+package conformance
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/podvm/podvm/network"
+	"github.com/podvm/podvm/oci"
+	"github.com/podvm/podvm/test/harness"
+)
+
+// registryAddr is where the test's registry listens, inside containerd's
+// network namespace: containerd pulls from localhost over plain HTTP.
+const registryAddr = "localhost:5000"
+
+// testImage is one image critest pulls, as cri-tools' images/build makes
+// it, on a busybox root filesystem instead of the busybox image.
+type testImage struct {
+	refs   []string // below registryAddr
+	user   string
+	cmd    []string
+	marker string // a file that makes the image differ from the others
+}
+
+// testImages are the images critest v1.37 asks for on Linux (its
+// registry gcr.io/k8s-staging-cri-tools and the e2e images, under
+// --registry-prefix), except the one it pulls by a digest only its own
+// registry has.
+func testImages() []testImage {
+	const staging = "k8s-staging-cri-tools/"
+	images := []testImage{
+		{refs: []string{"e2e-test-images/busybox:1.29-2"}, cmd: []string{"sh"}},
+		{refs: []string{"pause:3.9"}, cmd: []string{"sleep", "infinity"}, marker: "pause"},
+		// nginx's place: a web server on port 80 (12003 for host
+		// network), from busybox.
+		{refs: []string{"e2e-test-images/nginx:1.14-2"}, cmd: webServer(80), marker: "nginx"},
+		{refs: []string{staging + "hostnet-nginx-amd64:latest"}, cmd: webServer(12003), marker: "hostnet-nginx"},
+		{refs: []string{staging + "test-image-user-uid:latest"}, user: "1002", cmd: []string{"sh"}, marker: "user-uid"},
+		{refs: []string{staging + "test-image-user-username:latest"}, user: "www-data", cmd: []string{"sh"}, marker: "user-username"},
+		{refs: []string{staging + "test-image-user-uid-group:latest"}, user: "1003:1004", cmd: []string{"sh"}, marker: "user-uid-group"},
+		{refs: []string{staging + "test-image-user-username-group:latest"}, user: "www-data:1004", cmd: []string{"sh"}, marker: "user-username-group"},
+		{refs: []string{staging + "test-image-predefined-group:latest"}, user: "1000", cmd: []string{"sh"}, marker: "predefined-group"},
+		{refs: []string{staging + "test-image-tags:1", staging + "test-image-tags:2", staging + "test-image-tags:3"}, cmd: []string{"sh"}, marker: "same-image"},
+		{refs: []string{staging + "test-image-tag:test", staging + "test-image-tag:all"}, cmd: []string{"sh"}, marker: "test-image-tag"},
+	}
+	for _, n := range []string{"test-image-1", "test-image-2", "test-image-3", "test-image-latest"} {
+		images = append(images, testImage{refs: []string{staging + n + ":latest"}, cmd: []string{"sh"}, marker: n})
+	}
+	return images
+}
+
+func webServer(port int) []string {
+	return []string{"sh", "-c", fmt.Sprintf("mkdir -p /www && echo '<h1>Welcome to nginx!</h1>' > /www/index.html && exec httpd -f -p %d -h /www", port)}
+}
+
+// imageRootfs is the busybox root filesystem with the users and groups
+// cri-tools' images have.
+func imageRootfs(dir string) error {
+	if err := harness.BusyboxRootfs(dir); err != nil {
+		return err
+	}
+	files := map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n" +
+			"default-user:x:1000:1000:Linux User,,,:/home/default-user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group": "root:x:0:\nwww-data:x:33:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\nnogroup:x:65534:\n",
+	}
+	for n, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return os.MkdirAll(filepath.Join(dir, "home", "default-user"), 0o755)
+}
+
+// buildImage makes one image: the shared base layer, a layer holding its
+// marker file, and its configuration.
+func buildImage(base v1.Layer, ti testImage) (v1.Image, error) {
+	layers := []v1.Layer{base}
+	if ti.marker != "" {
+		dir, err := os.MkdirTemp("", "podvm-marker-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if err := os.WriteFile(filepath.Join(dir, ti.marker), nil, 0o644); err != nil {
+			return nil, err
+		}
+		l, err := layerOf(dir)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, l)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = ti.cmd
+	cf.Config.User = ti.user
+	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	return mutate.ConfigFile(img, cf)
+}
+
+func layerOf(dir string) (v1.Layer, error) {
+	var buf bytes.Buffer
+	if err := oci.WriteLayer(&buf, dir); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+}
+
+// handlerTransport serves requests with a handler in this process: the
+// test pushes into its registry without a connection into the namespace
+// the registry listens in.
+type handlerTransport struct{ h http.Handler }
+
+func (t handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	t.h.ServeHTTP(rec, r)
+	return rec.Result(), nil
+}
+
+// startRegistry serves an in-memory registry holding testImages on
+// registryAddr inside the network namespace at nsPath, until the test ends.
+func startRegistry(t *testing.T, nsPath string) {
+	t.Helper()
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	root := t.TempDir()
+	if err := imageRootfs(root); err != nil {
+		t.Fatal(err)
+	}
+	base, err := layerOf(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ti := range testImages() {
+		img, err := buildImage(base, ti)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range ti.refs {
+			ref, err := name.ParseReference(registryAddr+"/"+r, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(ref, img, remote.WithTransport(handlerTransport{h})); err != nil {
+				t.Fatalf("push %s: %v", ref, err)
+			}
+		}
+	}
+	var l net.Listener
+	if err := network.InNamespace(nsPath, func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:5000")
+		return err
+	}); err != nil {
+		t.Fatalf("registry: %v", err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+}
