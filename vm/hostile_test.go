@@ -49,6 +49,7 @@ type hostile struct {
 	agentapi.AgentService
 	agentapi.ContainersService
 	agentapi.StdioService
+	agentapi.ForwardService
 	calls atomic.Int64
 
 	health    func(context.Context) (*agentapi.HealthResponse, error)
@@ -60,6 +61,26 @@ type hostile struct {
 	pids      func() (*agentapi.PidsResponse, error)
 	waitOOM   func(context.Context) (*agentapi.OOMEvent, error)
 	pauseFail error
+	fwdRead   func() (*agentapi.ConnReadResponse, error)
+	fwdWrite  func(*agentapi.ConnWriteRequest) (*agentapi.ConnWriteResponse, error)
+}
+
+func (h *hostile) Dial(context.Context, *agentapi.DialRequest) (*agentapi.DialResponse, error) {
+	return &agentapi.DialResponse{Id: 1}, nil
+}
+
+func (h *hostile) Read(context.Context, *agentapi.ConnRequest) (*agentapi.ConnReadResponse, error) {
+	h.calls.Add(1)
+	return h.fwdRead()
+}
+
+func (h *hostile) Write(_ context.Context, r *agentapi.ConnWriteRequest) (*agentapi.ConnWriteResponse, error) {
+	h.calls.Add(1)
+	return h.fwdWrite(r)
+}
+
+func (h *hostile) Close(context.Context, *agentapi.ConnRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
 }
 
 func (h *hostile) Health(ctx context.Context, _ *agentapi.HealthRequest) (*agentapi.HealthResponse, error) {
@@ -129,6 +150,7 @@ func hostileGuest(t *testing.T, h *hostile) *Guest {
 	agentapi.RegisterAgentService(srv, h)
 	agentapi.RegisterContainersService(srv, h)
 	agentapi.RegisterStdioService(srv, h)
+	agentapi.RegisterForwardService(srv, h)
 	l := &oneConn{conn: guest, closed: make(chan struct{})}
 	go srv.Serve(context.Background(), l)
 	life := &fakeLife{done: make(chan struct{}), conn: host}
@@ -245,8 +267,23 @@ func TestHostileEmptyAnswers(t *testing.T) {
 		writeIn: func(*agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
 			return &agentapi.WriteStdinResponse{Written: 0}, nil
 		},
+		fwdRead: func() (*agentapi.ConnReadResponse, error) { return &agentapi.ConnReadResponse{}, nil },
+		fwdWrite: func(*agentapi.ConnWriteRequest) (*agentapi.ConnWriteResponse, error) {
+			return &agentapi.ConnWriteResponse{}, nil
+		},
 	}
 	g := hostileGuest(t, h)
+	forwardConn := func(ctx context.Context) *Conn {
+		c, err := g.DialLoopback(ctx, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		// Its calls end with the caller's context, as a closed
+		// connection's do.
+		go func() { <-ctx.Done(); c.cancel() }()
+		return c
+	}
 	for _, tt := range []struct {
 		name string
 		call func(ctx context.Context) error
@@ -255,13 +292,15 @@ func TestHostileEmptyAnswers(t *testing.T) {
 		{"WaitProcess", func(ctx context.Context) error { _, err := g.Wait(ctx, "c1", ""); return err }},
 		{"WaitOOM", func(ctx context.Context) error { _, err := g.WaitOOM(ctx); return err }},
 		{"WriteStdin", func(ctx context.Context) error { return g.WriteStdin(ctx, "c1", "", []byte("x")) }},
+		{"forwarded Read", func(ctx context.Context) error { _, err := forwardConn(ctx).Read(make([]byte, 10)); return err }},
+		{"forwarded Write", func(ctx context.Context) error { _, err := forwardConn(ctx).Write([]byte("x")); return err }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h.calls.Store(0)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			err := tt.call(ctx)
-			if !errors.Is(err, context.DeadlineExceeded) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				t.Errorf("ended with %v, want the caller's deadline", err)
 			}
 			// Backing off from 10 ms to 1 s: about ten calls in 3 s,
@@ -302,6 +341,12 @@ func TestHostileReplies(t *testing.T) {
 			return &agentapi.HealthResponse{CpusOnline: 100000}, nil
 		},
 		pauseFail: status.Error(codes.NotFound, evil),
+		fwdRead: func() (*agentapi.ConnReadResponse, error) {
+			return &agentapi.ConnReadResponse{Data: make([]byte, 2<<20)}, nil
+		},
+		fwdWrite: func(r *agentapi.ConnWriteRequest) (*agentapi.ConnWriteResponse, error) {
+			return &agentapi.ConnWriteResponse{Written: uint32(len(r.Data)) + 7}, nil
+		},
 	}
 	g := hostileGuest(t, h)
 	ctx := context.Background()
@@ -321,6 +366,15 @@ func TestHostileReplies(t *testing.T) {
 	bad("more written than sent", err, "wrote 10 of 3")
 	_, err = g.WaitOOM(ctx)
 	bad("OOM of a malformed ID", err, `"../x,y"`)
+	conn, err := g.DialLoopback(ctx, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Read(make([]byte, 10))
+	bad("more forwarded data than a chunk", err, "2097152 bytes")
+	_, err = conn.Write([]byte("abc"))
+	bad("more forwarded than sent", err, "wrote 10 of 3")
+	conn.Close()
 	_, err = g.Health(ctx)
 	bad("impossible health", err, "health")
 

@@ -15,18 +15,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/test/harness"
 )
 
 // byDesign are the specs runc passes that a VM pod cannot, and why.
 var byDesign = map[string]string{
-	"[sig-node] Security Context NamespaceOption runtime should support HostNetwork is true": "a pod in a VM cannot share the node's network namespace: podvm refuses host-network pods at RunPodSandbox (use a runc RuntimeClass)",
-	"[sig-node] Streaming runtime should support streaming interfaces runtime should support portforward in host network": "a host-network pod is refused (above)",
+	"[sig-node] Security Context NamespaceOption runtime should support HostNetwork is true":                                                              "a pod in a VM cannot share the node's network namespace: podvm refuses host-network pods at RunPodSandbox (use a runc RuntimeClass)",
+	"[sig-node] Streaming runtime should support streaming interfaces runtime should support portforward in host network":                                 "a host-network pod is refused (above)",
 	"[sig-node] Container runtime should support mount propagation mount with 'rshared' should support propagation from host to container and vice versa": "mounts made inside a VM cannot reach the host: a Bidirectional bind is refused naming the mount (HostToContainer works)",
 }
 
@@ -52,10 +56,6 @@ func (s specResult) name() string {
 // spec's state.
 func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[string]specResult {
 	t.Helper()
-	images := filepath.Join(dir, "images.yaml")
-	if err := os.WriteFile(images, []byte(fmt.Sprintf("defaultTestContainerImage: %[1]s/e2e-test-images/busybox:1.29-2\nwebServerTestImage: %[1]s/e2e-test-images/nginx:1.14-2\n", registryAddr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	report := filepath.Join(dir, handler+".json")
 	endpoint := "unix://" + ctd.Address
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
@@ -64,7 +64,6 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 	// IPs and the streaming server on its loopback.
 	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+ctd.NetNS, critest(),
 		"--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--runtime-handler", handler,
-		"--registry-prefix", registryAddr, "--test-images-file", images,
 		"--ginkgo.json-report", report, "--ginkgo.no-color", "--ginkgo.timeout", "40m")
 	cmd.Env = ctd.Env
 	cmd.Dir = dir
@@ -74,6 +73,7 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 	if err := os.WriteFile(filepath.Join(dir, handler+".log"), out, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	cleanCritestDirs(t)
 	b, rerr := os.ReadFile(report)
 	if rerr != nil {
 		t.Fatalf("critest with %s wrote no report (%v): %s", handler, rerr, tail(string(out), 40))
@@ -93,6 +93,27 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 	return results
 }
 
+// critestDir is a host directory critest's mount specs make (MkdirTemp
+// "test"+pod ID); a spec that fails between its mounts and its cleanup
+// leaves it mounted.
+var critestDir = regexp.MustCompile(`^/tmp/test[0-9a-f]{64}[0-9]+$`)
+
+// cleanCritestDirs unmounts and removes what failed critest specs left.
+func cleanCritestDirs(t *testing.T) {
+	dirs, _ := filepath.Glob("/tmp/test*")
+	for _, d := range dirs {
+		if !critestDir.MatchString(d) {
+			continue
+		}
+		infos, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(d))
+		for i := len(infos) - 1; i >= 0; i-- {
+			_ = unix.Unmount(infos[i].Mountpoint, unix.MNT_DETACH)
+		}
+		t.Logf("critest left %s (%d mounts): removed", d, len(infos))
+		_ = os.RemoveAll(d)
+	}
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
@@ -105,7 +126,7 @@ func TestCritest(t *testing.T) {
 	_, err := os.Stat(critest())
 	harness.Need(t, err == nil, "critest is missing (make deps builds it into build/tools)")
 	harness.WatchLeaks(t)
-	ctd := harness.StartCRI(t)
+	ctd := harness.StartCRI(t, registryConfig(t))
 	startRegistry(t, "/var/run/netns/"+ctd.NetNS)
 	dir := t.TempDir()
 	handlers := []string{"runc", "podvm"}

@@ -9,8 +9,8 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -28,8 +28,35 @@ import (
 )
 
 // registryAddr is where the test's registry listens, inside containerd's
-// network namespace: containerd pulls from localhost over plain HTTP.
+// network namespace: containerd pulls from it over plain HTTP for the
+// registries critest names (mirrors), so every image keeps the name
+// critest expects. (critest's --registry-prefix renames what it pulls but
+// not what it creates containers from.)
 const registryAddr = "localhost:5000"
+
+// mirrored are the registries critest's images come from.
+var mirrored = []string{"registry.k8s.io", "gcr.io", "k8s.gcr.io"}
+
+// registryConfig writes containerd's hosts directory sending mirrored to
+// the test's registry and returns the CRI configuration that uses it.
+func registryConfig(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, r := range mirrored {
+		if err := os.MkdirAll(filepath.Join(dir, r), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+registryAddr, "http://"+registryAddr)
+		if err := os.WriteFile(filepath.Join(dir, r, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	section := `"io.containerd.grpc.v1.cri".registry`
+	if harness.Containerd2() {
+		section = `"io.containerd.cri.v1.images".registry`
+	}
+	return fmt.Sprintf("\n[plugins.%s]\n  config_path = %q\n", section, dir)
+}
 
 // testImage is one image critest pulls, as cri-tools' images/build makes
 // it, on a busybox root filesystem instead of the busybox image.
@@ -38,6 +65,9 @@ type testImage struct {
 	user   string
 	cmd    []string
 	marker string // a file that makes the image differ from the others
+	// nnp: the image holds /nnp, a setuid-root program that prints its
+	// effective UID (cri-tools' nonewprivs image).
+	nnp bool
 }
 
 // testImages are the images critest v1.37 asks for on Linux (its
@@ -52,6 +82,8 @@ func testImages() []testImage {
 		// nginx's place: a web server on port 80 (12003 for host
 		// network), from busybox.
 		{refs: []string{"e2e-test-images/nginx:1.14-2"}, cmd: webServer(80), marker: "nginx"},
+		{refs: []string{"e2e-test-images/httpd:2.4.39-4"}, cmd: webServer(80), marker: "httpd"},
+		{refs: []string{"e2e-test-images/nonewprivs:1.3"}, cmd: []string{"/nnp"}, marker: "nonewprivs", nnp: true},
 		{refs: []string{staging + "hostnet-nginx-amd64:latest"}, cmd: webServer(12003), marker: "hostnet-nginx"},
 		{refs: []string{staging + "test-image-user-uid:latest"}, user: "1002", cmd: []string{"sh"}, marker: "user-uid"},
 		{refs: []string{staging + "test-image-user-username:latest"}, user: "www-data", cmd: []string{"sh"}, marker: "user-username"},
@@ -103,6 +135,11 @@ func buildImage(base v1.Layer, ti testImage) (v1.Image, error) {
 		if err := os.WriteFile(filepath.Join(dir, ti.marker), nil, 0o644); err != nil {
 			return nil, err
 		}
+		if ti.nnp {
+			if err := buildNNP(dir); err != nil {
+				return nil, err
+			}
+		}
 		l, err := layerOf(dir)
 		if err != nil {
 			return nil, err
@@ -125,6 +162,20 @@ func buildImage(base v1.Layer, ti testImage) (v1.Image, error) {
 	return mutate.ConfigFile(img, cf)
 }
 
+// buildNNP compiles /nnp into dir: static, setuid root.
+func buildNNP(dir string) error {
+	src := filepath.Join(dir, "nnp.c")
+	prog := "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"Effective uid: %d\\n\", geteuid()); return 0; }\n"
+	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(src)
+	if out, err := exec.Command("gcc", "-static", "-O2", "-o", filepath.Join(dir, "nnp"), src).CombinedOutput(); err != nil {
+		return fmt.Errorf("gcc: %v: %s", err, out)
+	}
+	return os.Chmod(filepath.Join(dir, "nnp"), 0o4755)
+}
+
 func layerOf(dir string) (v1.Layer, error) {
 	var buf bytes.Buffer
 	if err := oci.WriteLayer(&buf, dir); err != nil {
@@ -132,17 +183,6 @@ func layerOf(dir string) (v1.Layer, error) {
 	}
 	b := buf.Bytes()
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-}
-
-// handlerTransport serves requests with a handler in this process: the
-// test pushes into its registry without a connection into the namespace
-// the registry listens in.
-type handlerTransport struct{ h http.Handler }
-
-func (t handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	rec := httptest.NewRecorder()
-	t.h.ServeHTTP(rec, r)
-	return rec.Result(), nil
 }
 
 // startRegistry serves an in-memory registry holding testImages on
@@ -158,17 +198,26 @@ func startRegistry(t *testing.T, nsPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Pushed over the host's loopback; the registry keeps images by
+	// repository, whatever host name they were pushed under.
+	push, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushSrv := &http.Server{Handler: h}
+	go pushSrv.Serve(push)
+	defer pushSrv.Close()
 	for _, ti := range testImages() {
 		img, err := buildImage(base, ti)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range ti.refs {
-			ref, err := name.ParseReference(registryAddr+"/"+r, name.Insecure)
+			ref, err := name.ParseReference(push.Addr().String()+"/"+r, name.Insecure)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := remote.Write(ref, img, remote.WithTransport(handlerTransport{h})); err != nil {
+			if err := remote.Write(ref, img); err != nil {
 				t.Fatalf("push %s: %v", ref, err)
 			}
 		}

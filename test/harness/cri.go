@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -102,8 +103,9 @@ func WriteCNIConfig(dir string) error {
 	return os.WriteFile(filepath.Join(dir, "net.d", "10-podvm-cri.conflist"), []byte(conf), 0o644)
 }
 
-// StartCRI starts a private containerd with CRI, its CNI network and images.
-func StartCRI(t testing.TB) *Containerd {
+// StartCRI starts a private containerd with CRI, its CNI network and images;
+// extra is appended to its configuration.
+func StartCRI(t testing.TB, extra ...string) *Containerd {
 	t.Helper()
 	_, err := exec.LookPath(Crictl())
 	Need(t, err == nil, "crictl is missing (make deps builds it into build/tools)")
@@ -115,7 +117,7 @@ func StartCRI(t testing.TB) *Containerd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := StartContainerd(t, config)
+	c := StartContainerd(t, config+strings.Join(extra, "\n"))
 	c.CNIDir = dir
 	if err := c.Import(); err != nil {
 		t.Fatal(err)
