@@ -99,8 +99,11 @@ func testImages() []testImage {
 	return images
 }
 
+// webServer serves a page on port as nginx's and httpd's images do for
+// critest: it says so on stdout and leaves its PID in /var/run/nginx.pid.
 func webServer(port int) []string {
-	return []string{"sh", "-c", fmt.Sprintf("mkdir -p /www && echo '<h1>Welcome to nginx!</h1>' > /www/index.html && exec httpd -f -p %d -h /www", port)}
+	return []string{"sh", "-c", fmt.Sprintf("mkdir -p /www /var/run && echo '<h1>Welcome to nginx!</h1>' > /www/index.html && "+
+		"echo $$ > /var/run/nginx.pid && echo 'httpd: serving on port %[1]d' && exec httpd -f -p %[1]d -h /www", port)}
 }
 
 // imageRootfs is the busybox root filesystem with the users and groups
