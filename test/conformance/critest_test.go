@@ -29,8 +29,8 @@ import (
 
 // byDesign are the specs runc passes that a VM pod cannot, and why.
 var byDesign = map[string]string{
-	"[k8s.io] Security Context NamespaceOption runtime should support HostNetwork is true": "a pod in a VM cannot share the node's network namespace: podvm refuses host-network pods at RunPodSandbox (use a runc RuntimeClass)",
-	"[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward in host network": "a host-network pod is refused (above)",
+	"[k8s.io] Security Context NamespaceOption runtime should support HostNetwork is true":                                                                                "a pod in a VM cannot share the node's network namespace: podvm refuses host-network pods at RunPodSandbox (use a runc RuntimeClass)",
+	"[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward in host network":                                                   "a host-network pod is refused (above)",
 	"[k8s.io] Container Mount Propagation runtime should support mount propagation mount with 'rshared' should support propagation from host to container and vice versa": "mounts made inside a VM cannot reach the host: a Bidirectional bind is refused naming the mount (HostToContainer works)",
 }
 
