@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -222,36 +221,17 @@ func lookupProgram(sockets int) asm.Instructions {
 }
 
 // InNamespace runs fn on a thread in the network namespace at nsPath;
-// sockets made there stay in it. A thread that cannot switch back is
-// never reused.
+// sockets made there stay in it.
 func InNamespace(nsPath string, fn func() error) error {
 	ns, err := os.Open(nsPath)
 	if err != nil {
 		return fmt.Errorf("open network namespace: %w", err)
 	}
 	defer ns.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
+	return onThreadIn(func() error {
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter the network namespace: %w", err)
-			return
+			return fmt.Errorf("enter the network namespace: %w", err)
 		}
-		err = fn()
-		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("return to the original network namespace: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+		return nil
+	}, fn)
 }

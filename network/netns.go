@@ -43,6 +43,25 @@ func CreateNS(name string) (*Namespace, error) {
 	}
 	f.Close()
 
+	err = onThreadIn(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("unshare network namespace: %w", err)
+		}
+		return nil
+	}, func() error {
+		return unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+	})
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("create network namespace %s: %w", name, err)
+	}
+	return &Namespace{Path: path, Owned: true}, nil
+}
+
+// onThreadIn runs fn on a locked OS thread that enter moved into another
+// network namespace, then moves the thread back. A thread that cannot
+// switch back is never reused: the runtime ends it with its goroutine.
+func onThreadIn(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -53,26 +72,20 @@ func CreateNS(name string) (*Namespace, error) {
 			return
 		}
 		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			errc <- err
 			return
 		}
-		err = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, "")
+		err = fn()
 		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
-			// Leave the thread locked: the runtime ends it with the
-			// goroutine instead of reusing it in the wrong namespace.
 			errc <- errors.Join(err, fmt.Errorf("return to the original network namespace: %w", serr))
 			return
 		}
 		runtime.UnlockOSThread()
 		errc <- err
 	}()
-	if err := <-errc; err != nil {
-		_ = os.Remove(path)
-		return nil, fmt.Errorf("create network namespace %s: %w", name, err)
-	}
-	return &Namespace{Path: path, Owned: true}, nil
+	return <-errc
 }
 
 // Remove deletes the namespace if podvm owns it: unmounting the nsfs file
