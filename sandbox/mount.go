@@ -164,16 +164,16 @@ func attachBind(src string, target *os.File, o bindOptions) error {
 	return nil
 }
 
-// submount is a mount below a bind's source, as the guest must repeat it
-// on top of the bind: the guest sees the share as one mount, so a bind
-// read-only in the guest would make everything under it read-only.
+// submount is a mount below a bind's source. Each is exposed on its own
+// in the share and the guest mounts it on top of the bind (subBind): see
+// bindIntoShare.
 type submount struct {
 	rel      string // below the source
-	readonly bool
+	readonly bool   // read-only on the host side
 }
 
 // submountsOf lists the mounts below src (not src itself), parents
-// first.
+// first, each once.
 func submountsOf(src string) ([]submount, error) {
 	real, err := filepath.EvalSymlinks(src)
 	if err != nil {
@@ -194,6 +194,10 @@ func submountsOf(src string) ([]submount, error) {
 	sort.Slice(subs, func(i, j int) bool { return subs[i].rel < subs[j].rel })
 	return slices.CompactFunc(subs, func(a, b submount) bool { return a.rel == b.rel }), nil
 }
+
+// subShare is where the i-th submount of the bind at rel is exposed in
+// the share, beside the bind, never inside it.
+func subShare(rel string, i int) string { return fmt.Sprintf("%s.%d", rel, i) }
 
 // mountRootfs mounts the container's root filesystem at rel below the
 // share: containerd's rootfs mounts (an overlay from the snapshotter,
@@ -226,8 +230,14 @@ func mountRootfs(share *os.File, rel, bundle string, spec *specs.Spec, rootfs []
 
 // bindIntoShare exposes a host path the spec binds into the container at
 // rel below the share, read-only on the host side too where the spec says
-// so, and returns the submounts the guest must repeat: those of a bind
-// that is read-only but not recursively so.
+// so, and returns the submounts the guest must mount on top of it. Each
+// mount of the source is cloned on its own: the source's at rel, the i-th
+// submount's (rbind) at subShare(rel, i). Cloned as one tree, a submount's
+// clone would sit on the host's own directory, which the host then could
+// not remove while the pod runs (EBUSY: podvm's clones live in the host's
+// mount namespace, runc's in the container's). The guest sees the share as
+// one 9p mount anyway and rebuilds the tree (guestSpec), which also gives
+// a read-only bind runc's meaning: its top read-only, submounts as they are.
 func bindIntoShare(share *os.File, m specs.Mount, rel string) ([]submount, error) {
 	st, err := os.Stat(m.Source)
 	if err != nil {
@@ -235,25 +245,49 @@ func bindIntoShare(share *os.File, m specs.Mount, rel string) ([]submount, error
 	}
 	o := bindOptionsOf(m)
 	var subs []submount
-	if o.readonly && !o.rro && o.recursive && st.IsDir() {
+	if o.recursive && st.IsDir() {
 		if subs, err = submountsOf(m.Source); err != nil {
 			return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
 		}
 	}
+	top := o
+	top.recursive = false
+	if err := bindOne(share, m.Source, rel, st.IsDir(), top); err != nil {
+		return nil, fmt.Errorf("bind %s for %s: %w", m.Source, m.Destination, err)
+	}
+	var kept []submount
+	for _, sub := range subs {
+		src := filepath.Join(m.Source, sub.rel)
+		sst, err := os.Stat(src)
+		if err != nil {
+			// Hidden by a mount above it: the container would not see
+			// it either.
+			continue
+		}
+		so := bindOptions{readonly: o.rro, rro: o.rro, propagation: o.propagation}
+		if err := bindOne(share, src, subShare(rel, len(kept)), sst.IsDir(), so); err != nil {
+			return nil, fmt.Errorf("bind %s for %s: %w", src, m.Destination, err)
+		}
+		sub.readonly = sub.readonly || o.rro
+		kept = append(kept, sub)
+	}
+	return kept, nil
+}
+
+// bindOne attaches one clone of src at rel below the share.
+func bindOne(share *os.File, src, rel string, dir bool, o bindOptions) error {
 	var target *os.File
-	if st.IsDir() {
+	var err error
+	if dir {
 		target, err = mkdirBeneath(share, rel, 0o755)
 	} else {
 		target, err = createBeneath(share, rel, 0o644)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer target.Close()
-	if err := attachBind(m.Source, target, o); err != nil {
-		return nil, fmt.Errorf("bind %s for %s: %w", m.Source, m.Destination, err)
-	}
-	return subs, nil
+	return attachBind(src, target, o)
 }
 
 // unmountTree unmounts everything mounted at or below base/rel and removes

@@ -48,9 +48,11 @@ func writable(path string) error {
 }
 
 // TestBindIntoShare binds a host directory into a share as runc would
-// bind it into a container: ro leaves its submounts as they are (and says
-// which the guest must repeat), rro makes them read-only too, rslave
-// brings host mounts made later in, rprivate does not.
+// bind it into a container: ro leaves its submounts as they are, rro makes
+// them read-only too, rslave brings host mounts made later in, rprivate
+// does not. Each submount is exposed beside the bind (the guest mounts it
+// on top), so the host can still unmount and remove its own directories
+// while the binds exist, as it can beside runc's containers.
 func TestBindIntoShare(t *testing.T) {
 	harness.NeedRoot(t)
 	base := t.TempDir()
@@ -65,16 +67,18 @@ func TestBindIntoShare(t *testing.T) {
 		}
 	}()
 	src := hostSource(t)
+	tmpfs := []submount{{rel: "tmpfs"}}
 	cases := []struct {
 		opts       []string
 		top, sub   bool // writable
 		subs       []submount
 		propagates bool
 	}{
-		{[]string{"rbind", "rw"}, true, true, nil, true},
-		{[]string{"rbind", "ro"}, false, true, []submount{{rel: "tmpfs"}}, true},
-		{[]string{"rbind", "rro", "rprivate"}, false, false, nil, false},
-		{[]string{"rbind", "ro", "rslave"}, false, true, []submount{{rel: "tmpfs"}}, true},
+		{[]string{"rbind", "rw"}, true, true, tmpfs, true},
+		{[]string{"rbind", "ro"}, false, true, tmpfs, true},
+		{[]string{"rbind", "rro", "rprivate"}, false, false, []submount{{rel: "tmpfs", readonly: true}}, false},
+		{[]string{"rbind", "ro", "rslave"}, false, true, tmpfs, true},
+		{[]string{"bind", "ro"}, false, false, nil, true},
 	}
 	var dirs []string
 	for i, tc := range cases {
@@ -91,8 +95,10 @@ func TestBindIntoShare(t *testing.T) {
 		if err := writable(dir); (err == nil) != tc.top || (err != nil && !errors.Is(err, unix.EROFS)) {
 			t.Errorf("%v: write to the bind: %v, want writable %v", tc.opts, err, tc.top)
 		}
-		if err := writable(filepath.Join(dir, "tmpfs")); (err == nil) != tc.sub || (err != nil && !errors.Is(err, unix.EROFS)) {
-			t.Errorf("%v: write to its submount: %v, want writable %v", tc.opts, err, tc.sub)
+		if len(subs) > 0 {
+			if err := writable(dir + ".0"); (err == nil) != tc.sub || (err != nil && !errors.Is(err, unix.EROFS)) {
+				t.Errorf("%v: write to its submount: %v, want writable %v", tc.opts, err, tc.sub)
+			}
 		}
 	}
 	// A mount the host makes later, below the source.
@@ -103,7 +109,6 @@ func TestBindIntoShare(t *testing.T) {
 	if err := unix.Mount("tmpfs", late, "tmpfs", 0, ""); err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Unmount(late, unix.MNT_DETACH)
 	for i, tc := range cases {
 		var st unix.Statfs_t
 		err := unix.Statfs(filepath.Join(dirs[i], "late"), &st)
@@ -111,10 +116,20 @@ func TestBindIntoShare(t *testing.T) {
 			t.Errorf("%v: a later host mount shows: %v (%v), want %v", tc.opts, got, err, tc.propagates)
 		}
 	}
+	// The host cleans up its own mounts and directories (critest does):
+	// nothing of the share holds them.
+	for _, d := range []string{late, filepath.Join(src, "tmpfs")} {
+		if err := unix.Unmount(d, 0); err != nil {
+			t.Fatalf("unmount %s: %v", d, err)
+		}
+		if err := os.Remove(d); err != nil {
+			t.Errorf("the host cannot remove %s while the share binds its parent: %v", d, err)
+		}
+	}
 }
 
 // TestGuestSpecBinds: the guest gets rro as ro (the host made the tree
-// read-only) and a read-only bind's submounts repeated on top of it.
+// read-only) and a bind's submounts, exposed beside it, mounted on top.
 func TestGuestSpecBinds(t *testing.T) {
 	in := &specs.Spec{
 		Process: &specs.Process{Args: []string{"sh"}},
@@ -134,8 +149,8 @@ func TestGuestSpecBinds(t *testing.T) {
 	want := []specs.Mount{
 		{Destination: "/a", Type: "bind", Source: guestMount("c", 0), Options: []string{"rbind", "ro", "rprivate"}},
 		{Destination: "/b", Type: "bind", Source: guestMount("c", 1), Options: []string{"rbind", "ro", "rslave"}},
-		{Destination: "/b/tmpfs", Type: "bind", Source: guestMount("c", 1) + "/tmpfs", Options: []string{"rbind", "rw", "rslave"}},
-		{Destination: "/b/x/ro", Type: "bind", Source: guestMount("c", 1) + "/x/ro", Options: []string{"rbind", "ro", "rslave"}},
+		{Destination: "/b/tmpfs", Type: "bind", Source: guestMount("c", 1) + ".0", Options: []string{"rbind", "rw", "rslave"}},
+		{Destination: "/b/x/ro", Type: "bind", Source: guestMount("c", 1) + ".1", Options: []string{"rbind", "ro", "rslave"}},
 	}
 	if len(gs.Mounts) != len(want) {
 		t.Fatalf("guest mounts %+v", gs.Mounts)

@@ -101,8 +101,8 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 				}
 			}
 			mounts = append(mounts, m)
-			for _, sub := range t.submounts[i] {
-				mounts = append(mounts, subBind(m, sub))
+			for j, sub := range t.submounts[i] {
+				mounts = append(mounts, subBind(m, j, sub))
 			}
 			continue
 		}
@@ -135,9 +135,10 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 	return &s, nil
 }
 
-// subBind repeats a submount of a bind's source on top of the bind in the
-// guest, with its own read-only flag and the bind's propagation.
-func subBind(m specs.Mount, sub submount) specs.Mount {
+// subBind mounts the j-th submount of a bind's source (exposed beside the
+// bind in the share) on top of the bind in the guest, with its own
+// read-only flag and the bind's propagation.
+func subBind(m specs.Mount, j int, sub submount) specs.Mount {
 	opts := []string{"rbind", "rw"}
 	if sub.readonly {
 		opts[1] = "ro"
@@ -151,7 +152,7 @@ func subBind(m specs.Mount, sub submount) specs.Mount {
 	return specs.Mount{
 		Destination: path.Join(m.Destination, sub.rel),
 		Type:        "bind",
-		Source:      path.Join(m.Source, sub.rel),
+		Source:      fmt.Sprintf("%s.%d", m.Source, j),
 		Options:     opts,
 	}
 }
