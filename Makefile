@@ -120,7 +120,8 @@ deploy-image: build guest
 	rm -rf build/deploy-root
 
 ## test: every test, as root, with real QEMU guests; nothing may be skipped;
-## the end-to-end suites run against Debian's containerd 1.6 and against 2.x
+## the end-to-end suites and CRI conformance run against Debian's
+## containerd 1.6 and against 2.x
 test: build guest verify-generate
 	gofmt_out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 		if [ -n "$$gofmt_out" ]; then echo "gofmt needed:" $$gofmt_out; exit 1; fi
@@ -130,16 +131,18 @@ test: build guest verify-generate
 	@echo "== the end-to-end suites again, against containerd $(CONTAINERD2_VERSION)"
 	PODVM_CONTAINERD=2 PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
 		$(GO) test -count=1 -p 1 -timeout 45m ./test/e2e
+	@$(MAKE) --no-print-directory conformance
 
 ## conformance: cri-tools' critest against containerd 1.6 and 2.x, handlers
 ## runc and podvm side by side (images built here, served from a registry in
 ## the test's namespace); prints the specs runc passes that podvm does not
+CRITEST_RUN = PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+	$(GO) test -tags conformance -count=1 -p 1 -v -run TestCritest -timeout 60m ./test/conformance
 conformance: build guest
-	PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
-		$(GO) test -tags conformance -count=1 -p 1 -v -run TestCritest -timeout 80m ./test/conformance
-	@echo "== critest again, against containerd $(CONTAINERD2_VERSION)"
-	PODVM_CONTAINERD=2 PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
-		$(GO) test -tags conformance -count=1 -p 1 -v -run TestCritest -timeout 80m ./test/conformance
+	@echo "== critest against containerd 1.6"
+	$(CRITEST_RUN)
+	@echo "== critest against containerd $(CONTAINERD2_VERSION)"
+	PODVM_CONTAINERD=2 $(CRITEST_RUN)
 
 ## unit: the tests that need neither root nor QEMU
 unit:

@@ -34,12 +34,6 @@ var byDesign = map[string]string{
 	"[k8s.io] Container Mount Propagation runtime should support mount propagation mount with 'rshared' should support propagation from host to container and vice versa": "mounts made inside a VM cannot reach the host: a Bidirectional bind is refused naming the mount (HostToContainer works)",
 }
 
-// knownGaps are specs runc passes that podvm does not yet, and why: they
-// are reported, not failed, until they are mended.
-var knownGaps = map[string]string{
-	"[k8s.io] Container Mount Readonly runtime should support readonly mounts should support non-recursive readonly mounts": "the container sees what runc's sees; critest's cleanup cannot remove its host directory while the pod runs, because podvm's clone of the bind (with its submount) lives in the host's mount namespace, where runc's is in the container's",
-}
-
 // critest is cri-tools' conformance binary, as `make deps` builds it.
 func critest() string { return filepath.Join(harness.RepoRoot(), "build", "tools", "critest") }
 
@@ -162,9 +156,6 @@ func TestCritest(t *testing.T) {
 		fmt.Fprintf(&summary, "runc passes, %s does not (%d):\n", h, len(names))
 		for _, n := range names {
 			why, ok := byDesign[n]
-			if gap, known := knownGaps[n]; known {
-				why, ok = "NOT YET: "+gap, true
-			}
 			if !ok {
 				why = "UNEXPECTED: " + firstLine(results[h][n].Failure.Message)
 				t.Errorf("%s fails %q, which runc passes: %s", h, n, results[h][n].Failure.Message)
