@@ -155,10 +155,12 @@ func TestGuestRootAdversary(t *testing.T) {
 	})
 
 	t.Run("host mounts of the share", func(t *testing.T) {
-		// A volume with a submount, bound read-only: the container can
-		// write neither, and every host mount of the share is nosuid,
-		// nodev (a setuid binary or device node the guest makes there
-		// is inert on the host).
+		// A volume with a submount, bound read-only: as under runc, ro
+		// makes the bind read-only and leaves its submount as it is,
+		// rro makes the submount read-only too, on the host side as
+		// well (the guest's root cannot undo it); every host mount of
+		// the share is nosuid, nodev (a setuid binary or device node
+		// the guest makes there is inert on the host).
 		vol := filepath.Join(dir, "rovol")
 		sub := filepath.Join(vol, "sub")
 		os.MkdirAll(sub, 0o755)
@@ -166,25 +168,32 @@ func TestGuestRootAdversary(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer syscall.Unmount(sub, syscall.MNT_DETACH)
-		id := s.id(podvm)
-		if r := member(id, "--mount", "type=bind,src="+vol+",dst=/data,options=rbind:ro"); r.code != 0 {
-			t.Fatalf("member with a read-only volume: %+v", r)
-		}
-		for _, path := range []string{"/data/x", "/data/sub/x"} {
+		touch := func(id, path string) bool {
 			r := s.ctr(nil, "task", "exec", "--exec-id", "w"+strings.ReplaceAll(path, "/", ""), id, "touch", path)
-			if r.code == 0 {
-				t.Errorf("wrote %s in a read-only volume", path)
+			return r.code == 0
+		}
+		ro, rro := s.id(podvm), s.id(podvm)
+		for id, opts := range map[string]string{ro: "rbind:ro", rro: "rbind:rro"} {
+			if r := member(id, "--mount", "type=bind,src="+vol+",dst=/data,options="+opts); r.code != 0 {
+				t.Fatalf("member with a %s volume: %+v", opts, r)
 			}
 		}
-		if entries, _ := os.ReadDir(sub); len(entries) != 0 {
-			t.Errorf("the read-only volume's submount was written: %v", entries)
+		if touch(ro, "/data/x") || !touch(ro, "/data/sub/x") {
+			t.Errorf("ro volume: the bind must be read-only and its submount writable, as under runc")
+		}
+		if touch(rro, "/data/y") || touch(rro, "/data/sub/y") {
+			t.Errorf("rro volume: wrote to it or to its submount")
+		}
+		if entries, _ := os.ReadDir(sub); len(entries) != 1 || entries[0].Name() != "x" {
+			t.Errorf("the volume's submount holds %v, want only what the ro container wrote", entries)
 		}
 		for _, line := range mountinfoUnder(stateDir) {
 			if !strings.Contains(line, "nosuid") || !strings.Contains(line, "nodev") {
 				t.Errorf("host mount of the share without nosuid,nodev: %s", line)
 			}
-			if strings.Contains(line, "/sub ") && !strings.Contains(strings.Fields(line)[5], "ro") {
-				t.Errorf("submount of a read-only bind is writable: %s", line)
+			f := strings.Fields(line)
+			if strings.Contains(f[4], "/"+rro+"/mounts/") && !strings.HasPrefix(f[5], "ro") {
+				t.Errorf("a mount of an rro bind is writable on the host: %s", line)
 			}
 		}
 		st, err := os.Stat(filepath.Join(stateDir, "sandboxes", pod))
