@@ -207,18 +207,19 @@ func TestTask(t *testing.T) {
 				b, _ = os.ReadFile(file)
 				return strings.Contains(string(b), "to-file\n") && strings.Contains(string(b), "err-to-file\n")
 			})
-			if r.code != 0 {
+			if r.code != 0 || !strings.Contains(string(b), "err-to-file\n") || !strings.Contains(string(b), "to-file\n") {
 				t.Errorf("%s file://: %+v, file %q", short(rt), r, b)
 			}
 			out := filepath.Join(dir, short(rt)+".bin")
 			r = s.ctr(nil, "run", "--runtime", rt, "--rm", "--log-uri", "binary://"+logger+"?out="+out, harness.BusyboxImage, s.id(rt), "sh", "-c", "echo to-binary; echo err-to-binary >&2")
+			var o, e []byte
 			waitFor(t, func() bool {
-				o, _ := os.ReadFile(out)
-				e, _ := os.ReadFile(out + ".err")
+				o, _ = os.ReadFile(out)
+				e, _ = os.ReadFile(out + ".err")
 				return string(o) == "to-binary\n" && string(e) == "err-to-binary\n"
 			})
-			if r.code != 0 {
-				t.Errorf("%s binary://: %+v", short(rt), r)
+			if r.code != 0 || string(o) != "to-binary\n" || string(e) != "err-to-binary\n" {
+				t.Errorf("%s binary://: %+v, stdout %q, stderr %q", short(rt), r, o, e)
 			}
 		}
 	})
