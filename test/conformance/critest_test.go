@@ -73,7 +73,7 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 	if err := os.WriteFile(filepath.Join(dir, handler+".log"), out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cleanCritestDirs(t)
+	cleanCritestDirs(t, start)
 	b, rerr := os.ReadFile(report)
 	if rerr != nil {
 		t.Fatalf("critest with %s wrote no report (%v): %s", handler, rerr, tail(string(out), 40))
@@ -98,8 +98,16 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 // leaves it mounted.
 var critestDir = regexp.MustCompile(`^/tmp/test[0-9a-f]{64}[0-9]+$`)
 
-// cleanCritestDirs unmounts and removes what failed critest specs left.
-func cleanCritestDirs(t *testing.T) {
+// cleanCritestDirs unmounts and removes what failed critest specs left:
+// their host directories, and the pod log directories (podLogTest*) made
+// since start.
+func cleanCritestDirs(t *testing.T, start time.Time) {
+	logs, _ := filepath.Glob("/tmp/podLogTest*")
+	for _, d := range logs {
+		if st, err := os.Lstat(d); err == nil && st.IsDir() && !st.ModTime().Before(start.Add(-time.Second)) {
+			_ = os.RemoveAll(d)
+		}
+	}
 	dirs, _ := filepath.Glob("/tmp/test*")
 	for _, d := range dirs {
 		if !critestDir.MatchString(d) {
@@ -108,6 +116,10 @@ func cleanCritestDirs(t *testing.T) {
 		infos, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(d))
 		for i := len(infos) - 1; i >= 0; i-- {
 			_ = unix.Unmount(infos[i].Mountpoint, unix.MNT_DETACH)
+		}
+		if left, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(d)); len(left) > 0 {
+			t.Errorf("critest left %s with mounts that do not unmount: %d", d, len(left))
+			continue
 		}
 		t.Logf("critest left %s (%d mounts): removed", d, len(infos))
 		_ = os.RemoveAll(d)
