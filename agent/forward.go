@@ -70,6 +70,11 @@ func (f *forwardService) Dial(ctx context.Context, req *agentapi.DialRequest) (*
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(f.conns) >= maxForwards {
+		// Others were dialled meanwhile.
+		c.Close()
+		return nil, status.Errorf(codes.ResourceExhausted, "%d forwarded connections are open already", maxForwards)
+	}
 	f.next++
 	f.conns[f.next] = &forwardConn{conn: c.(*net.TCPConn)}
 	return &agentapi.DialResponse{Id: f.next}, nil

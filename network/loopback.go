@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -107,6 +108,9 @@ func ListenLoopback(nsPath string) (_ *Loopback, retErr error) {
 	return l, nil
 }
 
+// acceptRetry is the pause after a failed accept.
+const acceptRetry = 50 * time.Millisecond
+
 func (l *Loopback) accept(ln *net.TCPListener) {
 	defer l.wg.Done()
 	for {
@@ -116,11 +120,12 @@ func (l *Loopback) accept(ln *net.TCPListener) {
 				return
 			}
 			// A connection the peer gave up on (ECONNABORTED), or
-			// descriptors running out: neither ends the listener.
+			// descriptors running out: neither ends the listener, and a
+			// lasting one must not spin it.
 			select {
 			case <-l.done:
 				return
-			default:
+			case <-time.After(acceptRetry):
 				continue
 			}
 		}

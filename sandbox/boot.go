@@ -149,7 +149,7 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 		return nil, err
 	}
 	ph.mark("guest_network")
-	if netns != "" && spec.Annotations[AnnotationContainerType] == "sandbox" {
+	if netns != "" && isCRISandbox(spec) {
 		sb.servePortForward(sb.ctx, netns, g)
 	}
 	how := "booted"

@@ -172,13 +172,9 @@ type submount struct {
 	readonly bool   // read-only on the host side
 }
 
-// submountsOf lists the mounts below src (not src itself), parents
-// first, each once.
-func submountsOf(src string) ([]submount, error) {
-	real, err := filepath.EvalSymlinks(src)
-	if err != nil {
-		return nil, err
-	}
+// submountsOf lists the mounts below real (a path without links; not
+// real itself), parents first, each once.
+func submountsOf(real string) ([]submount, error) {
 	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(real))
 	if err != nil {
 		return nil, err
@@ -245,8 +241,14 @@ func bindIntoShare(share *os.File, m specs.Mount, rel string) ([]submount, error
 	}
 	o := bindOptionsOf(m)
 	var subs []submount
+	real := m.Source
 	if o.recursive && st.IsDir() {
-		if subs, err = submountsOf(m.Source); err != nil {
+		// Resolved once: the submounts are found and opened below the
+		// same directory, whatever its links point at meanwhile.
+		if real, err = filepath.EvalSymlinks(m.Source); err != nil {
+			return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
+		}
+		if subs, err = submountsOf(real); err != nil {
 			return nil, fmt.Errorf("bind mount source %s: %w", m.Source, err)
 		}
 	}
@@ -257,7 +259,7 @@ func bindIntoShare(share *os.File, m specs.Mount, rel string) ([]submount, error
 	}
 	var kept []submount
 	for _, sub := range subs {
-		src := filepath.Join(m.Source, sub.rel)
+		src := filepath.Join(real, sub.rel)
 		sst, err := os.Stat(src)
 		if err != nil {
 			// Hidden by a mount above it: the container would not see

@@ -41,7 +41,7 @@ func (sb *Pod) podNetwork(ctx context.Context, cfg *vmconfig.Config, spec *specs
 		}
 	}
 	if nsSpec == nil {
-		if spec.Annotations[AnnotationContainerType] == "sandbox" {
+		if isCRISandbox(spec) {
 			return "", nil, fmt.Errorf("pod %s asks for the node's network (hostNetwork: true): a pod in its own VM cannot share the node's network namespace; run it without hostNetwork, or with a runc RuntimeClass: %w", sb.id, errdefs.ErrInvalidArgument)
 		}
 		log.G(ctx).Warn("the spec shares the host's network namespace: the VM gets no network interface")

@@ -157,6 +157,12 @@ func subBind(m specs.Mount, j int, sub submount) specs.Mount {
 	}
 }
 
+// isCRISandbox says whether spec is a CRI pod's sandbox (its pause
+// container, or the Sandbox API's pod spec).
+func isCRISandbox(spec *specs.Spec) bool {
+	return spec.Annotations[AnnotationContainerType] == "sandbox"
+}
+
 func isBind(m specs.Mount) bool {
 	if m.Type == "bind" {
 		return true

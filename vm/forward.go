@@ -88,33 +88,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 // Write sends p to the guest side; what the guest does not take before a
 // poll's deadline is sent again.
 func (c *Conn) Write(p []byte) (int, error) {
-	var pace pacer
-	done := 0
-	for done < len(p) {
-		chunk := p[done:min(len(p), done+maxWrite)]
-		var n uint32
-		err := c.g.call(c.ctx, poll, "write to "+c.what, func(ctx context.Context) error {
-			r, err := c.g.forward.Write(ctx, &agentapi.ConnWriteRequest{Id: c.id, Data: chunk})
-			if err != nil {
-				return err
-			}
-			if int64(r.Written) > int64(len(chunk)) {
-				return fmt.Errorf("wrote %d of %d bytes: %w", r.Written, len(chunk), ErrBadReply)
-			}
-			n = r.Written
-			return nil
-		})
-		if err != nil && !notYet(err) {
-			return done, err
+	return c.g.writeAll(c.ctx, "write to "+c.what, p, maxWrite, func(ctx context.Context, chunk []byte) (uint32, error) {
+		r, err := c.g.forward.Write(ctx, &agentapi.ConnWriteRequest{Id: c.id, Data: chunk})
+		if err != nil {
+			return 0, err
 		}
-		done += int(n)
-		if n == 0 {
-			pace.wait(c.ctx, c.g.life.Done())
-		} else {
-			pace.reset()
-		}
-	}
-	return done, nil
+		return r.Written, nil
+	})
 }
 
 // CloseWrite tells the guest side that nothing more comes.

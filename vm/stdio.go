@@ -117,31 +117,48 @@ func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s St
 // process takes before the poll's deadline; the rest is sent again, so a
 // process that does not read its input holds up only this call.
 func (g *Guest) WriteStdin(ctx context.Context, containerID, execID string, data []byte) error {
+	_, err := g.writeAll(ctx, "write the stdin of "+processName(containerID, execID), data, len(data), func(ctx context.Context, chunk []byte) (uint32, error) {
+		r, err := g.stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: containerID, ExecId: execID, Data: chunk})
+		if err != nil {
+			return 0, err
+		}
+		return r.Written, nil
+	})
+	return err
+}
+
+// writeAll sends data in chunks of at most max bytes with write, which
+// says how much the guest took before its poll's deadline; the rest is
+// sent again, after a pause when nothing was taken. It returns how much
+// was taken.
+func (g *Guest) writeAll(ctx context.Context, what string, data []byte, max int, write func(context.Context, []byte) (uint32, error)) (int, error) {
 	var pace pacer
-	for len(data) > 0 {
+	done := 0
+	for done < len(data) {
+		chunk := data[done:min(len(data), done+max)]
 		var n uint32
-		err := g.call(ctx, poll, "write the stdin of "+processName(containerID, execID), func(ctx context.Context) error {
-			r, err := g.stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: containerID, ExecId: execID, Data: data})
+		err := g.call(ctx, poll, what, func(ctx context.Context) error {
+			written, err := write(ctx, chunk)
 			if err != nil {
 				return err
 			}
-			if int64(r.Written) > int64(len(data)) {
-				return fmt.Errorf("wrote %d of %d bytes: %w", r.Written, len(data), ErrBadReply)
+			if int64(written) > int64(len(chunk)) {
+				return fmt.Errorf("wrote %d of %d bytes: %w", written, len(chunk), ErrBadReply)
 			}
-			n = r.Written
+			n = written
 			return nil
 		})
 		if err != nil && !notYet(err) {
-			return err
+			return done, err
 		}
-		data = data[n:]
+		done += int(n)
 		if n == 0 {
 			pace.wait(ctx, g.life.Done())
 		} else {
 			pace.reset()
 		}
 	}
-	return nil
+	return done, nil
 }
 
 // CloseStdin delivers EOF to a process's stdin.
