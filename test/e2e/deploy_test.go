@@ -79,23 +79,8 @@ func TestDeploy(t *testing.T) {
 
 	// The image, from the tree's binary and guest assets.
 	dir := t.TempDir()
-	prefix := filepath.Join(dir, "prefix")
-	kernel, initramfs := harness.Assets()
-	sources := map[string]string{
-		"bin/" + install.Binary:           harness.ShimBinary(),
-		"share/podvm/vmlinux":             kernel,
-		"share/podvm/vmlinux.version":     kernel + ".version",
-		"share/podvm/initramfs.cpio":      initramfs,
-		"share/podvm/busybox":             "/bin/busybox",
-		"share/podvm/config.toml.example": filepath.Join(harness.RepoRoot(), "config", "config.toml"),
-	}
-	for dst, src := range sources {
-		if err := copyFile(src, filepath.Join(prefix, dst)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tarball := filepath.Join(dir, "podvm-deploy.tar")
-	if err := install.WriteImage(tarball, prefix); err != nil {
+	tarball, sources, err := harness.WriteDeployImage(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -183,17 +168,6 @@ func TestDeploy(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(node, "etc", "containerd", "config.toml")); string(b) != ctdConfig {
 		t.Errorf("containerd config after uninstall:\n%s", b)
 	}
-}
-
-func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o755)
 }
 
 // runtimeClassOverhead is deploy/runtimeclass.yaml's pod overhead memory in
