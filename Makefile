@@ -20,6 +20,13 @@ CRICTL_VERSION        := v1.37.0
 # containerd 2.x, beside Debian's 1.6: the end-to-end tests run on both.
 CONTAINERD2_VERSION   := v2.4.2
 CONTAINERD2           := $(TOOLS)/containerd-2
+# The Kubernetes node test's programs, pinned by test/k8s/tools/go.mod.
+K8S_TOOLS   := $(TOOLS)/k8s
+K8S_VERSION := $(shell grep -o -m1 'k8s.io/kubernetes v[0-9.]*' test/k8s/tools/go.mod | cut -d' ' -f2)
+K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(subst ., ,$(K8S_VERSION:v%=%))) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION:v%=%))) \
+	-X k8s.io/component-base/version.gitTreeState=clean
 
 APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-plugins \
 	busybox-static protobuf-compiler libprotobuf-dev libseccomp-dev linux-source-6.1 flex bison \
@@ -27,7 +34,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all deps build guest generate verify-generate install uninstall deploy-image test conformance unit bench soak demo check clean \
+.PHONY: all deps k8s-tools build guest generate verify-generate install uninstall deploy-image test conformance k8s-e2e k8s-bench unit bench soak demo check clean \
 	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo $(GUEST)/initramfs.cpio
 
 all: build guest
@@ -59,6 +66,17 @@ deps:
 			github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD2_VERSION) \
 			github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
 	$(GO) mod download
+	@$(MAKE) --no-print-directory k8s-tools
+
+## k8s-tools: etcd, kube-apiserver, kubelet and kubectl for the Kubernetes
+## node test, built from the Go module proxy (~4 minutes the first time)
+k8s-tools:
+	@[ -x $(K8S_TOOLS)/kubelet ] && $(GO) version -m $(K8S_TOOLS)/kubelet | grep -q "k8s.io/kubernetes[[:space:]]*$(K8S_VERSION)[[:space:]]" && \
+		[ -x $(K8S_TOOLS)/etcd ] && [ -x $(K8S_TOOLS)/kube-apiserver ] && [ -x $(K8S_TOOLS)/kubectl ] || { \
+		echo "building Kubernetes $(K8S_VERSION) and etcd into $(K8S_TOOLS)" && mkdir -p $(K8S_TOOLS) && cd test/k8s/tools && \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_TOOLS)/ \
+			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl && \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(K8S_TOOLS)/etcd go.etcd.io/etcd/server/v3; }
 
 ## build: the shim (static, no cgo) and the guest agent (static, cgo)
 build: bin/containerd-shim-podvm-v2 bin/podvm-agent
@@ -132,6 +150,7 @@ test: build guest verify-generate
 	PODVM_CONTAINERD=2 PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
 		$(GO) test -count=1 -p 1 -timeout 45m ./test/e2e
 	@$(MAKE) --no-print-directory conformance
+	@$(MAKE) --no-print-directory k8s-e2e
 
 ## conformance: cri-tools' critest against containerd 1.6 and 2.x, handlers
 ## runc and podvm side by side (images built here, served from a registry in
@@ -143,6 +162,20 @@ conformance: build guest
 	$(CRITEST_RUN)
 	@echo "== critest against containerd $(CONTAINERD2_VERSION)"
 	PODVM_CONTAINERD=2 $(CRITEST_RUN)
+
+## k8s-e2e: a Kubernetes node (etcd, kube-apiserver, kubelet) on the test's
+## containerd 1.6 and 2.x runs pods of RuntimeClass podvm
+K8S_RUN = PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+	$(GO) test -tags k8s -count=1 -p 1 -timeout 30m
+k8s-e2e: build guest k8s-tools
+	@echo "== kubelet $(K8S_VERSION) against containerd 1.6"
+	$(K8S_RUN) -run TestNode ./test/k8s
+	@echo "== kubelet $(K8S_VERSION) against containerd $(CONTAINERD2_VERSION)"
+	PODVM_CONTAINERD=2 $(K8S_RUN) -run TestNode ./test/k8s
+
+## k8s-bench: pod start and delete through kubelet, runc beside podvm
+k8s-bench: build guest k8s-tools
+	PODVM_CONTAINERD_LOG=info $(K8S_RUN) -run '^$$' -bench . -benchtime 1x ./test/k8s
 
 ## unit: the tests that need neither root nor QEMU
 unit:

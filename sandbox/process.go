@@ -142,9 +142,12 @@ func (p *Process) ExecID() string { return p.execID }
 // Stdio is what containerd gave for the process's streams.
 func (p *Process) Stdio() Stdio { return p.stdio }
 
-// CloseStdin ends the process's input (containerd's CloseIO).
+// CloseStdin ends the process's input (containerd's CloseIO): with a stdin
+// FIFO, after what was written to it has been delivered.
 func (p *Process) CloseStdin(ctx context.Context) error {
-	p.io.closeStdin()
+	if p.io.closeStdin() {
+		return nil
+	}
 	return p.guest().CloseStdin(ctx, p.c.id, p.execID)
 }
 

@@ -29,6 +29,7 @@ type Stdio struct {
 // log binary or file) on one side, the agent's Stdio service on the other.
 type hostIO struct {
 	stdin          io.ReadCloser
+	stdinHold      io.Closer // the shim's own writer of the stdin FIFO, until CloseIO
 	stdout, stderr io.WriteCloser
 	logger         *exec.Cmd // a binary:// logger
 
@@ -54,6 +55,16 @@ func openIO(ctx context.Context, id, namespace string, s Stdio) (_ *hostIO, retE
 			return nil, fmt.Errorf("open stdin fifo %s: %w", s.Stdin, err)
 		}
 		h.stdin = f
+		// As runc's shim, hold a writer of the FIFO until CloseIO: the
+		// process sees EOF only after CloseIO and once the client's own
+		// writer is closed, and whatever the client wrote before is
+		// delivered first (containerd 2.x's CRI writes the last of an
+		// exec's stdin and calls CloseIO at once).
+		w, err := fifo.OpenFifo(ctx, s.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin fifo %s: %w", s.Stdin, err)
+		}
+		h.stdinHold = w
 	}
 	u, err := url.Parse(s.Stdout)
 	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
@@ -251,11 +262,15 @@ func (h *hostIO) waitOutput(max time.Duration) bool {
 	}
 }
 
-// closeStdin stops feeding stdin (CloseIO).
-func (h *hostIO) closeStdin() {
-	if h != nil && h.stdin != nil {
-		h.stdin.Close()
+// closeStdin lets stdin end (CloseIO): the copy delivers what is left
+// and then EOF once the client has closed its end. It reports whether
+// there was a stdin FIFO to end.
+func (h *hostIO) closeStdin() bool {
+	if h == nil || h.stdinHold == nil {
+		return false
 	}
+	h.stdinHold.Close()
+	return true
 }
 
 func (h *hostIO) close() {
@@ -263,8 +278,10 @@ func (h *hostIO) close() {
 		return
 	}
 	h.closeOnce.Do(func() {
-		if h.stdin != nil {
-			h.stdin.Close()
+		for _, c := range []io.Closer{h.stdin, h.stdinHold} {
+			if c != nil {
+				c.Close()
+			}
 		}
 		for _, w := range []io.WriteCloser{h.stdout, h.stderr} {
 			if w != nil {

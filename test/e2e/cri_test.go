@@ -219,6 +219,14 @@ func TestCRI(t *testing.T) {
 				out, err = c.run("ps", "-a")
 				t.Logf("ps: %s %v", out, err)
 			}
+			// All of an exec's stdin arrives before its EOF: containerd
+			// 2.x's CRI calls CloseIO as soon as it has written the last.
+			for i := 0; i < 3; i++ {
+				out, errOut, err := ctd.CrictlStdin(context.Background(), []byte("from stdin\n"), "exec", "-i", server, "cat")
+				if err != nil || out != "from stdin\n" {
+					t.Errorf("crictl exec -i cat = %q, %v: %s", out, err, errOut)
+				}
+			}
 			if handler != "runc" {
 				if q := qemuOf(pod); len(q) != 1 {
 					t.Errorf("pod %s has %d QEMU processes, want one: %v", pod, len(q), q)

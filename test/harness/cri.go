@@ -161,13 +161,30 @@ func Crictl() string {
 
 // Crictl runs crictl against this containerd.
 func (c *Containerd) Crictl(ctx context.Context, args ...string) (string, string, error) {
+	return c.crictl(ctx, nil, false, args...)
+}
+
+// CrictlStdin runs a streaming crictl (exec -i, attach) with stdin, in
+// containerd's network namespace, where its streaming server listens.
+func (c *Containerd) CrictlStdin(ctx context.Context, stdin []byte, args ...string) (string, string, error) {
+	return c.crictl(ctx, stdin, true, args...)
+}
+
+func (c *Containerd) crictl(ctx context.Context, stdin []byte, inNetNS bool, args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	endpoint := "unix://" + c.Address
-	cmd := exec.CommandContext(ctx, Crictl(), append([]string{"--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "2m"}, args...)...)
+	argv := append([]string{Crictl(), "--runtime-endpoint", endpoint, "--image-endpoint", endpoint, "--timeout", "2m"}, args...)
+	if inNetNS {
+		argv = append([]string{"nsenter", "--net=/var/run/netns/" + c.NetNS}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = c.Env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	err := cmd.Run()
 	return out.String(), errb.String(), err
 }

@@ -43,7 +43,7 @@ func toolsDir() string { return filepath.Join(harness.RepoRoot(), "build", "tool
 // Node is a one-node cluster: etcd, kube-apiserver and kubelet in the test
 // containerd's network namespace, with kubectl to drive it.
 type Node struct {
-	t          *testing.T
+	t          testing.TB
 	ctd        *harness.Containerd
 	dir        string
 	kubeconfig string
@@ -64,7 +64,7 @@ type process struct {
 // every pod deleted, the programs stopped, kubelet's cgroups, mounts, log
 // links and kernel settings as they were before; what could not be undone
 // fails the test.
-func StartNode(t *testing.T, ctd *harness.Containerd) *Node {
+func StartNode(t testing.TB, ctd *harness.Containerd) *Node {
 	t.Helper()
 	for _, bin := range []string{"etcd", "kube-apiserver", "kubelet", "kubectl"} {
 		_, err := os.Stat(filepath.Join(toolsDir(), bin))

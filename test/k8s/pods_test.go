@@ -163,10 +163,16 @@ func webPod(name, runtimeClass string) string {
 func (n *Node) testKubectl(t *testing.T) {
 	n = n.sub(t)
 	n.apply(pod("talk", "podvm", container("main", []string{"sh", "-c", "echo one; echo two >&2; echo three; exec sleep 3600"})))
+	n.apply(pod("talk-runc", "", container("main", sleeper)))
 	n.apply(webPod("web2", "podvm"))
 	n.waitReady("talk")
-	if out, err := n.kubectlStdin([]byte("from stdin\n"), "exec", "-i", "talk", "--", "cat"); err != nil || out != "from stdin\n" {
-		t.Errorf("kubectl exec -i cat = %q, %v", out, err)
+	n.waitReady("talk-runc")
+	for _, p := range []string{"talk-runc", "talk"} {
+		for i := 0; i < 3; i++ {
+			if out, err := n.kubectlStdin([]byte("from stdin\n"), "exec", "-i", p, "--", "cat"); err != nil || out != "from stdin\n" {
+				t.Errorf("%s: kubectl exec -i cat = %q, %v", p, out, err)
+			}
+		}
 	}
 	if _, err := n.kubectlQuiet("exec", "talk", "--", "sh", "-c", "exit 7"); err == nil || !strings.Contains(err.Error(), "exit status 7") {
 		t.Errorf("kubectl exec of exit 7: %v, want exit status 7", err)
@@ -179,7 +185,7 @@ func (n *Node) testKubectl(t *testing.T) {
 	if err != nil || !strings.HasSuffix(page, "\r\n\r\nok\n") {
 		t.Errorf("kubectl port-forward: %q, %v", page, err)
 	}
-	n.deletePods("talk", "web2")
+	n.deletePods("talk", "talk-runc", "web2")
 }
 
 // testCrashRestart: a crashing container is restarted by kubelet, with

@@ -1,0 +1,110 @@
+//go:build k8s
+
+package k8s
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+// BenchmarkKubelet starts and deletes pods one after the other through the
+// API server, runc's handler beside podvm's: the start as kubelet reports
+// it (podStartSLOduration: API object created -> running containers seen
+// by kubelet, from a creation time of one-second resolution), the start as
+// the client sees it (create -> Ready) and the delete (request -> gone).
+func BenchmarkKubelet(b *testing.B) {
+	harness.NeedRoot(b)
+	ctd := harness.StartCRI(b)
+	n := StartNode(b, ctd)
+	rc, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "runtimeclass.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n.apply(string(rc))
+	// The first podvm pod builds the VM template: outside the samples.
+	n.apply(pod("warm", "podvm", container("main", sleeper)))
+	n.waitReady("warm")
+	n.deletePods("warm")
+
+	// A container that exits on SIGTERM, so that the delete measures the
+	// runtime's teardown, not the grace period.
+	main := container("main", []string{"sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"})
+	samples := 5
+	if v, err := strconv.Atoi(os.Getenv("PODVM_BENCH_N")); err == nil && v > 0 {
+		samples = v
+	}
+	medians := map[string][3]time.Duration{}
+	for _, handler := range []string{"", "podvm"} {
+		var kubelet, ready, del []time.Duration
+		for i := range samples {
+			name := fmt.Sprintf("bench-%s-%d", nameOf(handler), i)
+			start := time.Now()
+			n.apply(pod(name, handler, main))
+			n.waitReadyFast(name)
+			ready = append(ready, time.Since(start))
+			start = time.Now()
+			n.deletePods(name)
+			del = append(del, time.Since(start))
+			d, err := n.kubeletStartup(name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			kubelet = append(kubelet, d)
+		}
+		fmt.Printf("pods through kubelet, handler %s, %d pods one after the other:\n", nameOf(handler), samples)
+		fmt.Printf("  start as kubelet reports it (podStartSLOduration): %s\n", harness.Summary(kubelet))
+		fmt.Printf("  create -> Ready, as kubectl sees it:              %s\n", harness.Summary(ready))
+		fmt.Printf("  delete -> gone, as kubectl sees it:               %s\n", harness.Summary(del))
+		medians[nameOf(handler)] = [3]time.Duration{harness.Median(kubelet), harness.Median(ready), harness.Median(del)}
+	}
+	r, p := medians["runc"], medians["podvm"]
+	fmt.Printf("podvm / runc (medians): kubelet's start %.1fx, create -> Ready %.1fx, delete %.1fx\n",
+		ratio(p[0], r[0]), ratio(p[1], r[1]), ratio(p[2], r[2]))
+}
+
+func nameOf(handler string) string {
+	if handler == "" {
+		return "runc"
+	}
+	return handler
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+// waitReadyFast is waitReady with kubectl's watch, so the time measured is
+// not the poll's.
+func (n *Node) waitReadyFast(name string) {
+	n.t.Helper()
+	if _, err := n.kubectlQuiet("wait", "--for=condition=Ready", "pod/"+name, "--timeout=3m"); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+var startupLine = regexp.MustCompile(`"Observed pod startup duration" pod="default/([^"]+)" podStartSLOduration=([0-9.]+)`)
+
+// kubeletStartup is the start duration kubelet logged for the pod.
+func (n *Node) kubeletStartup(name string) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join(n.dir, "kubelet.log"))
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range startupLine.FindAllStringSubmatch(string(b), -1) {
+		if m[1] == name {
+			s, err := strconv.ParseFloat(m[2], 64)
+			return time.Duration(s * float64(time.Second)), err
+		}
+	}
+	return 0, fmt.Errorf("kubelet logged no startup duration for pod %s", name)
+}
