@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/podvm/podvm/vm"
 )
@@ -29,7 +30,7 @@ type Stdio struct {
 // log binary or file) on one side, the agent's Stdio service on the other.
 type hostIO struct {
 	stdin          io.ReadCloser
-	stdinHold      io.Closer // the shim's own writer of the stdin FIFO, until CloseIO
+	stdinPath      string
 	stdout, stderr io.WriteCloser
 	logger         *exec.Cmd // a binary:// logger
 
@@ -54,17 +55,7 @@ func openIO(ctx context.Context, id, namespace string, s Stdio) (_ *hostIO, retE
 		if err != nil {
 			return nil, fmt.Errorf("open stdin fifo %s: %w", s.Stdin, err)
 		}
-		h.stdin = f
-		// As runc's shim, hold a writer of the FIFO until CloseIO: the
-		// process sees EOF only after CloseIO and once the client's own
-		// writer is closed, and whatever the client wrote before is
-		// delivered first (containerd 2.x's CRI writes the last of an
-		// exec's stdin and calls CloseIO at once).
-		w, err := fifo.OpenFifo(ctx, s.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			return nil, fmt.Errorf("open stdin fifo %s: %w", s.Stdin, err)
-		}
-		h.stdinHold = w
+		h.stdin, h.stdinPath = f, s.Stdin
 	}
 	u, err := url.Parse(s.Stdout)
 	if err == nil && u.Scheme != "" && u.Scheme != "fifo" {
@@ -262,14 +253,22 @@ func (h *hostIO) waitOutput(max time.Duration) bool {
 	}
 }
 
-// closeStdin lets stdin end (CloseIO): the copy delivers what is left
-// and then EOF once the client has closed its end. It reports whether
-// there was a stdin FIFO to end.
+// closeStdin lets stdin end (CloseIO). The FIFO is not closed here: what
+// the client wrote before CloseIO may still be in it (containerd 2.x's CRI
+// writes the last of an exec's stdin and calls CloseIO at once), and the
+// copy delivers that and then EOF, once the client's end is closed: as
+// under runc, whose shim drops its own writer of the FIFO on CloseIO. A
+// client that never opened the FIFO leaves our reader waiting in open: a
+// writer opened and closed at once lets it see EOF. It reports whether
+// there was a stdin FIFO.
 func (h *hostIO) closeStdin() bool {
-	if h == nil || h.stdinHold == nil {
+	if h == nil || h.stdin == nil {
 		return false
 	}
-	h.stdinHold.Close()
+	// ENXIO: no reader any more, the copy has ended.
+	if fd, err := unix.Open(h.stdinPath, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+		unix.Close(fd)
+	}
 	return true
 }
 
@@ -278,10 +277,8 @@ func (h *hostIO) close() {
 		return
 	}
 	h.closeOnce.Do(func() {
-		for _, c := range []io.Closer{h.stdin, h.stdinHold} {
-			if c != nil {
-				c.Close()
-			}
+		if h.stdin != nil {
+			h.stdin.Close()
 		}
 		for _, w := range []io.WriteCloser{h.stdout, h.stderr} {
 			if w != nil {

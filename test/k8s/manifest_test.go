@@ -71,7 +71,7 @@ type ContainerStatus struct {
 	RestartCount int    `json:"restartCount"`
 	ContainerID  string `json:"containerID"`
 	State        struct {
-		Waiting    *struct{ Reason string } `json:"waiting"`
+		Waiting    *struct{ Reason string }    `json:"waiting"`
 		Running    *struct{ StartedAt string } `json:"running"`
 		Terminated *struct {
 			Reason   string `json:"reason"`
