@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,6 +44,10 @@ func BenchmarkKubelet(b *testing.B) {
 	medians := map[string][3]time.Duration{}
 	for _, handler := range []string{"", "podvm"} {
 		var kubelet, ready, del []time.Duration
+		before, err := n.runtimeOperations()
+		if err != nil {
+			b.Fatal(err)
+		}
 		for i := range samples {
 			name := fmt.Sprintf("bench-%s-%d", nameOf(handler), i)
 			start := time.Now()
@@ -62,6 +67,17 @@ func BenchmarkKubelet(b *testing.B) {
 		fmt.Printf("  start as kubelet reports it (podStartSLOduration): %s\n", harness.Summary(kubelet))
 		fmt.Printf("  create -> Ready, as kubectl sees it:              %s\n", harness.Summary(ready))
 		fmt.Printf("  delete -> gone, as kubectl sees it:               %s\n", harness.Summary(del))
+		after, err := n.runtimeOperations()
+		if err != nil {
+			b.Fatal(err)
+		}
+		fmt.Printf("  kubelet's CRI calls, mean:")
+		for _, op := range []string{"run_podsandbox", "create_container", "start_container", "stop_container", "stop_podsandbox", "remove_podsandbox"} {
+			if count := after[op].count - before[op].count; count > 0 {
+				fmt.Printf(" %s %.0f ms,", op, 1000*(after[op].sum-before[op].sum)/count)
+			}
+		}
+		fmt.Println()
 		medians[nameOf(handler)] = [3]time.Duration{harness.Median(kubelet), harness.Median(ready), harness.Median(del)}
 	}
 	r, p := medians["runc"], medians["podvm"]
@@ -90,6 +106,42 @@ func (n *Node) waitReadyFast(name string) {
 	if _, err := n.kubectlQuiet("wait", "--for=condition=Ready", "pod/"+name, "--timeout=3m"); err != nil {
 		n.t.Fatal(err)
 	}
+}
+
+// operation is one of kubelet's runtime operation histograms.
+type operation struct{ sum, count float64 }
+
+var operationLine = regexp.MustCompile(`^kubelet_runtime_operations_duration_seconds_(sum|count)\{operation_type="([a-z_]+)"\} ([0-9.e+-]+)$`)
+
+// runtimeOperations reads kubelet's runtime operation durations (CRI
+// calls, by operation) from its metrics, through the API server.
+func (n *Node) runtimeOperations() (map[string]operation, error) {
+	out, err := n.kubectlQuiet("get", "--raw", "/api/v1/nodes/"+nodeName+"/proxy/metrics")
+	if err != nil {
+		return nil, err
+	}
+	ops := map[string]operation{}
+	for _, line := range strings.Split(out, "\n") {
+		m := operationLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			return nil, fmt.Errorf("kubelet metric %q: %v", line, err)
+		}
+		op := ops[m[2]]
+		if m[1] == "sum" {
+			op.sum = v
+		} else {
+			op.count = v
+		}
+		ops[m[2]] = op
+	}
+	if len(ops) == 0 {
+		return nil, fmt.Errorf("kubelet's metrics have no runtime operation durations")
+	}
+	return ops, nil
 }
 
 var startupLine = regexp.MustCompile(`"Observed pod startup duration" pod="default/([^"]+)" podStartSLOduration=([0-9.]+)`)

@@ -16,10 +16,8 @@ type Pod struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Metadata   struct {
-		Name              string `json:"name"`
-		Namespace         string `json:"namespace,omitempty"`
-		UID               string `json:"uid,omitempty"`
-		CreationTimestamp string `json:"creationTimestamp,omitempty"`
+		Name string `json:"name"`
+		UID  string `json:"uid,omitempty"`
 	} `json:"metadata"`
 	Spec   PodSpec   `json:"spec"`
 	Status PodStatus `json:"status,omitempty"`
@@ -32,7 +30,6 @@ type PodSpec struct {
 	RestartPolicy                 string         `json:"restartPolicy,omitempty"`
 	TerminationGracePeriodSeconds *int           `json:"terminationGracePeriodSeconds,omitempty"`
 	AutomountServiceAccountToken  bool           `json:"automountServiceAccountToken"`
-	HostPID                       bool           `json:"hostPID,omitempty"`
 	Containers                    []Container    `json:"containers"`
 	Volumes                       []any          `json:"volumes,omitempty"`
 	Overhead                      map[string]any `json:"overhead,omitempty"`
@@ -44,22 +41,18 @@ type Container struct {
 	Image           string         `json:"image"`
 	ImagePullPolicy string         `json:"imagePullPolicy"`
 	Command         []string       `json:"command,omitempty"`
-	Args            []string       `json:"args,omitempty"`
 	Resources       map[string]any `json:"resources,omitempty"`
 	LivenessProbe   map[string]any `json:"livenessProbe,omitempty"`
 	ReadinessProbe  map[string]any `json:"readinessProbe,omitempty"`
 	VolumeMounts    []any          `json:"volumeMounts,omitempty"`
-	SecurityContext map[string]any `json:"securityContext,omitempty"`
 }
 
 // PodStatus is what kubelet reports.
 type PodStatus struct {
 	Phase      string `json:"phase"`
-	PodIP      string `json:"podIP"`
 	Conditions []struct {
-		Type               string `json:"type"`
-		Status             string `json:"status"`
-		LastTransitionTime string `json:"lastTransitionTime"`
+		Type   string `json:"type"`
+		Status string `json:"status"`
 	} `json:"conditions"`
 	ContainerStatuses []ContainerStatus `json:"containerStatuses"`
 }
@@ -69,10 +62,8 @@ type ContainerStatus struct {
 	Name         string `json:"name"`
 	Ready        bool   `json:"ready"`
 	RestartCount int    `json:"restartCount"`
-	ContainerID  string `json:"containerID"`
 	State        struct {
-		Waiting    *struct{ Reason string }    `json:"waiting"`
-		Running    *struct{ StartedAt string } `json:"running"`
+		Waiting    *struct{ Reason string } `json:"waiting"`
 		Terminated *struct {
 			Reason   string `json:"reason"`
 			ExitCode int    `json:"exitCode"`
@@ -168,14 +159,4 @@ func (n *Node) waitPod(name, what string, timeout time.Duration, ok func(*Pod) b
 func (n *Node) waitReady(name string) *Pod {
 	n.t.Helper()
 	return n.waitPod(name, "Ready", 3*time.Minute, (*Pod).ready)
-}
-
-// waitUntilOr polls ok, failing after timeout with what describe says.
-func (n *Node) waitUntilOr(what string, timeout time.Duration, ok func() bool, describe func() string) {
-	n.t.Helper()
-	for deadline := time.Now().Add(timeout); !ok(); time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			n.t.Fatalf("%s: not after %v\n%s", what, timeout, strings.TrimSpace(describe()))
-		}
-	}
 }

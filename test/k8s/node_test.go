@@ -112,7 +112,6 @@ func (n *Node) start(name string, args ...string) {
 	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + n.ctd.NetNS, filepath.Join(toolsDir(), name)}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(n.ctd.Dir, "bin")+":"+os.Getenv("PATH"))
 	n.must(cmd.Start())
 	p := &process{cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
@@ -135,23 +134,28 @@ func (n *Node) stop(name string, grace time.Duration) {
 	delete(n.procs, name)
 }
 
-// waitUntil polls ok until it holds, or fails the test naming what, with
-// the log of the program that should have made it hold.
+// waitUntil polls ok until it holds, or fails naming what, with the log
+// of the program that should have made it hold (at once if it exited).
 func (n *Node) waitUntil(what, program string, timeout time.Duration, ok func() bool) {
 	n.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if p := n.procs[program]; p != nil {
-			select {
-			case <-p.done:
-				n.t.Fatalf("%s exited while waiting for %s; its log:\n%s", program, what, tailFile(p.log, 60))
-			default:
-			}
+	p := n.procs[program]
+	n.waitUntilOr(what, timeout, func() bool {
+		select {
+		case <-p.done:
+			n.t.Fatalf("%s exited while waiting for %s; its log:\n%s", program, what, tailFile(p.log, 60))
+		default:
 		}
+		return ok()
+	}, func() string { return program + "'s log:\n" + tailFile(p.log, 60) })
+}
+
+// waitUntilOr polls ok, failing after timeout with what describe says.
+func (n *Node) waitUntilOr(what string, timeout time.Duration, ok func() bool, describe func() string) {
+	n.t.Helper()
+	for deadline := time.Now().Add(timeout); !ok(); time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			n.t.Fatalf("%s: not after %v; %s's log:\n%s", what, timeout, program, tailFile(filepath.Join(n.dir, program+".log"), 60))
+			n.t.Fatalf("%s: not after %v\n%s", what, timeout, strings.TrimSpace(describe()))
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }
 
