@@ -6,9 +6,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -16,14 +14,6 @@ import (
 	"github.com/podvm/podvm/vm"
 	"github.com/podvm/podvm/vmconfig"
 )
-
-// samples is how many times each timed step runs ($PODVM_BENCH_N).
-func samples(def int) int {
-	if n, err := strconv.Atoi(os.Getenv("PODVM_BENCH_N")); err == nil && n > 0 {
-		return n
-	}
-	return def
-}
 
 // BenchmarkBoot times QEMU's exec to the agent's first answer: cold boots
 // of both machines, and restores from a VM template.
@@ -44,7 +34,7 @@ func BenchmarkBoot(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		n := samples(20)
+		n := harness.Samples(20)
 		var host, guest, restore, agent []time.Duration
 		var accel string
 		for i := 0; i < n; i++ {
@@ -89,7 +79,7 @@ func BenchmarkGrow(b *testing.B) {
 		b.Skip("needs a host CPU more than the guest's")
 	}
 	ctx := context.Background()
-	n := samples(10)
+	n := harness.Samples(10)
 	var grow []time.Duration
 	for i := 0; i < n; i++ {
 		g, err := vm.Boot(ctx, cfg, vm.Options{ID: fmt.Sprintf("podvm-bench-grow-%d", i), Console: func(string) {}})

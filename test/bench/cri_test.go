@@ -32,7 +32,7 @@ func BenchmarkCRI(b *testing.B) {
 		}
 		return strings.TrimSpace(out)
 	}
-	n := samples(10)
+	n := harness.Samples(10)
 	start := map[string][]time.Duration{}
 	mbps := map[string][]float64{}
 	for _, handler := range []string{"runc", "podvm"} {

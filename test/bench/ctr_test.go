@@ -37,7 +37,7 @@ func BenchmarkCtr(b *testing.B) {
 		}
 		return d
 	}
-	n := samples(10)
+	n := harness.Samples(10)
 	run := map[string][]time.Duration{}
 	exec := map[string][]time.Duration{}
 	tput := map[string][]time.Duration{}

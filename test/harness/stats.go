@@ -2,9 +2,20 @@ package harness
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"time"
 )
+
+// Samples is how many times each timed step of a benchmark runs:
+// $PODVM_BENCH_N, else def.
+func Samples(def int) int {
+	if n, err := strconv.Atoi(os.Getenv("PODVM_BENCH_N")); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 // Summary renders a sample as median and spread.
 func Summary(d []time.Duration) string {

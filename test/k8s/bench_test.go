@@ -24,11 +24,6 @@ func BenchmarkKubelet(b *testing.B) {
 	harness.NeedRoot(b)
 	ctd := harness.StartCRI(b)
 	n := StartNode(b, ctd)
-	rc, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "runtimeclass.yaml"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	n.apply(string(rc))
 	// The first podvm pod builds the VM template: outside the samples.
 	n.apply(pod("warm", "podvm", container("main", sleeper)))
 	n.waitReady("warm")
@@ -37,10 +32,7 @@ func BenchmarkKubelet(b *testing.B) {
 	// A container that exits on SIGTERM, so that the delete measures the
 	// runtime's teardown, not the grace period.
 	main := container("main", []string{"sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"})
-	samples := 5
-	if v, err := strconv.Atoi(os.Getenv("PODVM_BENCH_N")); err == nil && v > 0 {
-		samples = v
-	}
+	samples := harness.Samples(5)
 	medians := map[string][3]time.Duration{}
 	for _, handler := range []string{"", "podvm"} {
 		var kubelet, ready, del []time.Duration

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 )
 
 // cgroupHierarchies are the host's cgroup v1 hierarchies (and the hybrid
@@ -66,17 +65,9 @@ func podCgroups(root string) []string {
 	return pods
 }
 
-// removeCgroupRoot waits a little for kubelet's pod cgroups to go, then
-// removes root with the QoS cgroups kubelet keeps for the node's life
-// (kubepods, burstable, besteffort). It returns the pod cgroups that were
-// still there.
-func removeCgroupRoot(root string) ([]string, error) {
-	deadline := time.Now().Add(20 * time.Second)
-	left := podCgroups(root)
-	for len(left) > 0 && time.Now().Before(deadline) {
-		time.Sleep(500 * time.Millisecond)
-		left = podCgroups(root)
-	}
+// removeCgroupRoot removes root with what kubelet keeps for the node's
+// life (kubepods and its QoS cgroups), deepest first.
+func removeCgroupRoot(root string) error {
 	var errs []string
 	for _, h := range cgroupHierarchies() {
 		var dirs []string
@@ -86,7 +77,6 @@ func removeCgroupRoot(root string) ([]string, error) {
 			}
 			return nil
 		})
-		// Deepest first: a cgroup goes only without children.
 		slices.Reverse(dirs)
 		for _, d := range dirs {
 			if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
@@ -95,7 +85,7 @@ func removeCgroupRoot(root string) ([]string, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return left, fmt.Errorf("cgroups that would not go (processes left in them?): %s", strings.Join(errs, "; "))
+		return fmt.Errorf("cgroups that would not go (processes left in them?): %s", strings.Join(errs, "; "))
 	}
-	return left, nil
+	return nil
 }

@@ -51,6 +51,10 @@ type Node struct {
 	logsDir    string // kubelet's podLogsDir
 	cgroupRoot string // kubelet's cgroupRoot, below every v1 hierarchy
 	procs      map[string]*process
+	sysctls    map[string][]byte // as they were before kubelet started
+	// hadLogLinks: /var/log/containers, where kubelet links container
+	// logs, was there before.
+	hadLogLinks bool
 }
 
 // process is one of the node's programs.
@@ -60,7 +64,8 @@ type process struct {
 	done chan struct{}
 }
 
-// StartNode starts the cluster against ctd and registers its teardown:
+// StartNode starts the cluster against ctd, with deploy/'s RuntimeClass,
+// and registers its teardown:
 // every pod deleted, the programs stopped, kubelet's cgroups, mounts, log
 // links and kernel settings as they were before; what could not be undone
 // fails the test.
@@ -82,6 +87,9 @@ func StartNode(t testing.TB, ctd *harness.Containerd) *Node {
 	n.startEtcd()
 	n.startAPIServer()
 	n.startKubelet()
+	rc, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "runtimeclass.yaml"))
+	n.must(err)
+	n.apply(string(rc))
 	return n
 }
 
@@ -214,19 +222,14 @@ var kubeSysctls = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/pa
 // startKubelet starts kubelet with containerd as its runtime and waits for
 // the node to be Ready.
 func (n *Node) startKubelet() {
-	saved := map[string][]byte{}
+	n.sysctls = map[string][]byte{}
 	for _, s := range kubeSysctls {
 		b, err := os.ReadFile("/proc/sys/" + s)
 		n.must(err)
-		saved[s] = b
+		n.sysctls[s] = b
 	}
-	n.t.Cleanup(func() {
-		for s, b := range saved {
-			if err := os.WriteFile("/proc/sys/"+s, b, 0o644); err != nil {
-				n.t.Errorf("restoring %s: %v", s, err)
-			}
-		}
-	})
+	_, err := os.Stat("/var/log/containers")
+	n.hadLogLinks = err == nil
 	n.must(makeCgroupRoot(n.cgroupRoot))
 	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -315,6 +318,11 @@ func (n *Node) teardown() {
 		if _, err := n.kubectlQuiet("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--timeout=2m"); err != nil {
 			t.Errorf("deleting the pods: %v", err)
 		}
+		// kubelet removes a deleted pod's cgroup in its housekeeping,
+		// a little after the pod is gone.
+		for deadline := time.Now().Add(30 * time.Second); len(podCgroups(n.cgroupRoot)) > 0 && time.Now().Before(deadline); {
+			time.Sleep(500 * time.Millisecond)
+		}
 	}
 	if t.Failed() {
 		for _, name := range []string{"kubelet", "kube-apiserver", "etcd"} {
@@ -324,6 +332,11 @@ func (n *Node) teardown() {
 	n.stop("kubelet", 30*time.Second)
 	n.stop("kube-apiserver", 30*time.Second)
 	n.stop("etcd", 10*time.Second)
+	for s, b := range n.sysctls {
+		if err := os.WriteFile("/proc/sys/"+s, b, 0o644); err != nil {
+			t.Errorf("restoring %s: %v", s, err)
+		}
+	}
 	// kubelet makes its root directory a shared mount of its own (for
 	// mount propagation into pods) and leaves it: only mounts below it
 	// are leaks.
@@ -342,10 +355,14 @@ func (n *Node) teardown() {
 			os.Remove(l)
 		}
 	}
-	if left, err := removeCgroupRoot(n.cgroupRoot); err != nil {
+	if left := podCgroups(n.cgroupRoot); len(left) > 0 {
+		t.Errorf("leak: kubelet left pod cgroups %v", left)
+	}
+	if err := removeCgroupRoot(n.cgroupRoot); err != nil {
 		t.Errorf("leak: %v", err)
-	} else if len(left) > 0 {
-		t.Errorf("leak: kubelet left cgroups %v", left)
+	}
+	if !n.hadLogLinks {
+		os.Remove("/var/log/containers")
 	}
 	if err := os.RemoveAll(n.dir); err != nil {
 		t.Errorf("removing %s: %v", n.dir, err)

@@ -23,11 +23,6 @@ func TestNode(t *testing.T) {
 	harness.WatchLeaks(t)
 	ctd := harness.StartCRI(t)
 	n := StartNode(t, ctd)
-	rc, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "runtimeclass.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.apply(string(rc))
 
 	t.Run("vm_per_pod", n.testVMPerPod)
 	t.Run("overhead", n.testOverhead)
