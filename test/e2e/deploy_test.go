@@ -79,8 +79,12 @@ func TestDeploy(t *testing.T) {
 
 	// The image, from the tree's binary and guest assets.
 	dir := t.TempDir()
-	tarball, sources, err := harness.WriteDeployImage(dir)
+	prefix, sources, err := harness.DeployPrefix(dir, install.Binary)
 	if err != nil {
+		t.Fatal(err)
+	}
+	tarball := filepath.Join(dir, "podvm-deploy.tar")
+	if err := install.WriteImage(tarball, prefix); err != nil {
 		t.Fatal(err)
 	}
 

@@ -3,19 +3,19 @@ package harness
 import (
 	"os"
 	"path/filepath"
-
-	"github.com/podvm/podvm/install"
 )
 
-// WriteDeployImage writes deploy/'s installer image, as `make
-// deploy-image` would, from the tree's shim and guest assets into dir, and
-// returns the tarball and what it installs (path below the prefix ->
-// source file).
-func WriteDeployImage(dir string) (tarball string, sources map[string]string, err error) {
-	prefix := filepath.Join(dir, "prefix")
+// DeployPrefix lays out what deploy/'s installer image holds, as `make
+// deploy-image` does, from the tree's shim (installed as bin/binary) and
+// guest assets in dir/prefix, for install.WriteImage. It returns the
+// prefix and what it holds (path below the prefix -> source file). (The
+// install package's own tests use the harness: it cannot be imported
+// here.)
+func DeployPrefix(dir, binary string) (prefix string, sources map[string]string, err error) {
+	prefix = filepath.Join(dir, "prefix")
 	kernel, initramfs := Assets()
 	sources = map[string]string{
-		"bin/" + install.Binary:           ShimBinary(),
+		"bin/" + binary:                   ShimBinary(),
 		"share/podvm/vmlinux":             kernel,
 		"share/podvm/vmlinux.version":     kernel + ".version",
 		"share/podvm/initramfs.cpio":      initramfs,
@@ -27,8 +27,7 @@ func WriteDeployImage(dir string) (tarball string, sources map[string]string, er
 			return "", nil, err
 		}
 	}
-	tarball = filepath.Join(dir, "podvm-deploy.tar")
-	return tarball, sources, install.WriteImage(tarball, prefix)
+	return prefix, sources, nil
 }
 
 func copyFile(src, dst string) error {

@@ -32,8 +32,12 @@ import (
 func (n *Node) testInstaller(t *testing.T) {
 	n = n.sub(t)
 	dir := t.TempDir()
-	tarball, sources, err := harness.WriteDeployImage(dir)
+	prefix, sources, err := harness.DeployPrefix(dir, install.Binary)
 	if err != nil {
+		t.Fatal(err)
+	}
+	tarball := filepath.Join(dir, "podvm-deploy.tar")
+	if err := install.WriteImage(tarball, prefix); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
