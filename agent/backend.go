@@ -8,10 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/opencontainers/cgroups"
-	"github.com/opencontainers/cgroups/fscommon"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"golang.org/x/sys/unix"
@@ -34,7 +32,6 @@ type backend interface {
 	// update applies resources merged into the container's own (see
 	// updateResources).
 	update(func(*configs.Config) (*cgroups.Resources, error)) error
-	notifyOOM() (<-chan struct{}, error)
 	// exec starts an exec'd process in the container.
 	exec(lp *libcontainer.Process) error
 	destroy() error
@@ -59,7 +56,6 @@ func (r lcRuntime) processes() ([]int, error)           { return r.lc.Processes(
 func (r lcRuntime) pause() error                        { return r.lc.Pause() }
 func (r lcRuntime) resume() error                       { return r.lc.Resume() }
 func (r lcRuntime) stats() (*libcontainer.Stats, error) { return r.lc.Stats() }
-func (r lcRuntime) notifyOOM() (<-chan struct{}, error) { return r.lc.NotifyOOM() }
 func (r lcRuntime) exec(lp *libcontainer.Process) error { return r.lc.Run(lp) }
 func (r lcRuntime) destroy() error                      { return r.lc.Destroy() }
 func (r lcRuntime) cgroupDir() string {
@@ -192,57 +188,4 @@ func (r *cinitRuntime) destroy() error {
 		err = rerr
 	}
 	return err
-}
-
-// notifyOOM reports each OOM kill in the container's cgroup (a rise of
-// memory.events' oom_kill) until the cgroup empties, as libcontainer's
-// NotifyOOM does on cgroup v2.
-func (r *cinitRuntime) notifyOOM() (<-chan struct{}, error) {
-	dir := r.mgr.Path("")
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("inotify: %w", err)
-	}
-	evWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("watch memory.events: %w", err)
-	}
-	// cgroupfs sends no IN_DELETE: an emptied cgroup.events ends the watch.
-	cgWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "cgroup.events"), unix.IN_MODIFY)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("watch cgroup.events: %w", err)
-	}
-	ch := make(chan struct{})
-	go func() {
-		defer recoverPanic("oom watch")
-		defer close(ch)
-		defer unix.Close(fd)
-		var buf [unix.SizeofInotifyEvent + unix.PathMax + 1]byte
-		for {
-			n, err := unix.Read(fd, buf[:])
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || n < unix.SizeofInotifyEvent {
-				return
-			}
-			for off := 0; off+unix.SizeofInotifyEvent <= n; {
-				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
-				off += unix.SizeofInotifyEvent + int(ev.Len)
-				switch int(ev.Wd) {
-				case evWD:
-					if oom, err := fscommon.GetValueByKey(dir, "memory.events", "oom_kill"); err != nil || oom > 0 {
-						ch <- struct{}{}
-					}
-				case cgWD:
-					if pop, err := fscommon.GetValueByKey(dir, "cgroup.events", "populated"); err != nil || pop == 0 {
-						return
-					}
-				}
-			}
-		}
-	}()
-	return ch, nil
 }

@@ -436,7 +436,7 @@ func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agen
 
 // watchOOM forwards the container's OOM kills to WaitOOM.
 func (s *containerService) watchOOM(c *container) {
-	ch, err := c.rt.notifyOOM()
+	ch, err := notifyOOM(c.rt.cgroupDir())
 	if err != nil {
 		logf(levelWarn, "container %s: no OOM notifications: %v", c.id, err)
 		return

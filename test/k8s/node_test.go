@@ -347,11 +347,12 @@ func (n *Node) teardown() {
 	}
 	harness.UnmountUnder(n.dir)
 	// kubelet links each container's log into /var/log/containers (a
-	// fixed path) and removes the links with the containers.
+	// fixed path) and removes a link when its container-GC (once a
+	// minute) removes the container, which a stopped kubelet no longer
+	// does: the test removes the links into its own log directory.
 	links, _ := filepath.Glob("/var/log/containers/*")
 	for _, l := range links {
 		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, n.logsDir+"/") {
-			t.Errorf("leak: kubelet left the log link %s", l)
 			os.Remove(l)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +33,7 @@ func TestNode(t *testing.T) {
 	t.Run("graceful_delete", n.testGracefulDelete)
 	t.Run("oom", n.testOOM)
 	t.Run("two_containers", n.testTwoContainers)
+	t.Run("vm_killed", n.testVMKilled)
 	t.Run("installer", n.testInstaller)
 }
 
@@ -295,6 +297,36 @@ func (n *Node) testTwoContainers(t *testing.T) {
 		t.Errorf("QEMUs of the two-container pod: %v, want one", vms)
 	}
 	n.deletePods("duo")
+}
+
+// testVMKilled: when a pod's VM dies (QEMU killed, as the OOM killer or
+// an operator might), kubelet sees its containers and sandbox exit and
+// starts the pod again in a new VM; the old VM leaves nothing behind.
+func (n *Node) testVMKilled(t *testing.T) {
+	n = n.sub(t)
+	n.apply(pod("phoenix", "podvm", container("main", sleeper)))
+	p := n.waitReady("phoenix")
+	vms := qemuOf(p.Metadata.UID)
+	if len(vms) != 1 {
+		t.Fatalf("QEMUs of the pod: %v", vms)
+	}
+	if err := syscall.Kill(vms[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p = n.waitPod("phoenix", "Ready again in a new VM", 3*time.Minute, func(p *Pod) bool {
+		after := qemuOf(p.Metadata.UID)
+		return p.ready() && len(after) == 1 && after[0] != vms[0] &&
+			len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1
+	})
+	if out := n.kubectl("exec", "phoenix", "--", "uname", "-r"); !strings.HasSuffix(strings.TrimSpace(out), "-podvm") {
+		t.Errorf("after the restart, uname -r = %q", out)
+	}
+	n.deletePods("phoenix")
+	var left harness.Census
+	n.waitUntilOr("no QEMU or shim once the pod is deleted", time.Minute, func() bool {
+		left = harness.TakeCensus()
+		return len(left.QEMU)+len(left.Shims) == 0
+	}, func() string { return fmt.Sprintf("QEMU %v, shims %v", left.QEMU, left.Shims) })
 }
 
 // qemuOf finds the QEMU processes in the cgroup of the pod with uid.

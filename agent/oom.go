@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"fmt"
+	"path/filepath"
+	"unsafe"
+
+	"github.com/opencontainers/cgroups/fscommon"
+	"golang.org/x/sys/unix"
+)
+
+// notifyOOM reports each OOM kill in the cgroup at dir (a rise of
+// memory.events' oom_kill) until the cgroup empties, for containers
+// libcontainer made and cinit's alike.
+//
+// The kernel rate-limits a cgroup file's notifications (one per 20 ms,
+// later ones deferred by a timer), and the two files' limits are separate:
+// the OOM kill's own memory.events notification can come after
+// cgroup.events reports the cgroup empty, since the victim dies at once.
+// So the count is read once more when the cgroup empties (libcontainer's
+// NotifyOOM stops there and loses such kills: the host then reports a
+// plain exit 137, "Error", where runc's is "OOMKilled").
+func notifyOOM(dir string) (<-chan struct{}, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	evWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch memory.events: %w", err)
+	}
+	// cgroupfs sends no IN_DELETE: an emptied cgroup.events ends the watch.
+	cgWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "cgroup.events"), unix.IN_MODIFY)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch cgroup.events: %w", err)
+	}
+	kills, _ := fscommon.GetValueByKey(dir, "memory.events", "oom_kill")
+	ch := make(chan struct{})
+	// rose reports the kills since the last look.
+	rose := func() {
+		if n, err := fscommon.GetValueByKey(dir, "memory.events", "oom_kill"); err == nil && n > kills {
+			kills = n
+			ch <- struct{}{}
+		}
+	}
+	go func() {
+		defer recoverPanic("oom watch")
+		defer close(ch)
+		defer unix.Close(fd)
+		var buf [unix.SizeofInotifyEvent + unix.PathMax + 1]byte
+		for {
+			n, err := unix.Read(fd, buf[:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n < unix.SizeofInotifyEvent {
+				return
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+				switch int(ev.Wd) {
+				case evWD:
+					rose()
+				case cgWD:
+					if pop, err := fscommon.GetValueByKey(dir, "cgroup.events", "populated"); err != nil || pop == 0 {
+						rose()
+						return
+					}
+				}
+			}
+		}
+	}()
+	return ch, nil
+}
