@@ -76,7 +76,7 @@ func runCritest(t *testing.T, ctd *harness.Containerd, handler, dir string) map[
 	cleanCritestDirs(t, start)
 	b, rerr := os.ReadFile(report)
 	if rerr != nil {
-		t.Fatalf("critest with %s wrote no report (%v): %s", handler, rerr, tail(string(out), 40))
+		t.Fatalf("critest with %s wrote no report (%v): %s", handler, rerr, harness.TailLines(string(out), 40))
 	}
 	var suites []struct{ SpecReports []specResult }
 	if err := json.Unmarshal(b, &suites); err != nil {
@@ -124,11 +124,6 @@ func cleanCritestDirs(t *testing.T, start time.Time) {
 		t.Logf("critest left %s (%d mounts): removed", d, len(infos))
 		_ = os.RemoveAll(d)
 	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // TestCritest: every critest spec runc passes passes with podvm (and, on

@@ -61,7 +61,7 @@ func StartContainerd(t testing.TB, extraConfig string) *Containerd {
 				t.Errorf("leak: %s", leak)
 			}
 			if t.Failed() {
-				t.Logf("containerd log:\n%s", tailLines(c.Log(), 80))
+				t.Logf("containerd log:\n%s", TailLines(c.Log(), 80))
 			}
 			c.Remove()
 		})
@@ -296,7 +296,8 @@ func (c *Containerd) Remove() error {
 	return os.RemoveAll(c.Dir)
 }
 
-func tailLines(s string, n int) string {
+// TailLines is the last n lines of s (a log, for a failure message).
+func TailLines(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]

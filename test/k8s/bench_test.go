@@ -35,7 +35,8 @@ func BenchmarkKubelet(b *testing.B) {
 	samples := harness.Samples(5)
 	medians := map[string][3]time.Duration{}
 	for _, handler := range []string{"", "podvm"} {
-		var kubelet, ready, del []time.Duration
+		var ready, del []time.Duration
+		var names []string
 		before, err := n.runtimeOperations()
 		if err != nil {
 			b.Fatal(err)
@@ -49,11 +50,11 @@ func BenchmarkKubelet(b *testing.B) {
 			start = time.Now()
 			n.deletePods(name)
 			del = append(del, time.Since(start))
-			d, err := n.kubeletStartup(name)
-			if err != nil {
-				b.Fatal(err)
-			}
-			kubelet = append(kubelet, d)
+			names = append(names, name)
+		}
+		kubelet, err := n.kubeletStartups(names)
+		if err != nil {
+			b.Fatal(err)
 		}
 		fmt.Printf("pods through kubelet, handler %s, %d pods one after the other:\n", nameOf(handler), samples)
 		fmt.Printf("  start as kubelet reports it (podStartSLOduration): %s\n", harness.Summary(kubelet))
@@ -138,17 +139,23 @@ func (n *Node) runtimeOperations() (map[string]operation, error) {
 
 var startupLine = regexp.MustCompile(`"Observed pod startup duration" pod="default/([^"]+)" podStartSLOduration=([0-9.]+)`)
 
-// kubeletStartup is the start duration kubelet logged for the pod.
-func (n *Node) kubeletStartup(name string) (time.Duration, error) {
+// kubeletStartups are the start durations kubelet logged for the pods.
+func (n *Node) kubeletStartups(names []string) ([]time.Duration, error) {
 	b, err := os.ReadFile(filepath.Join(n.dir, "kubelet.log"))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	logged := map[string]string{}
 	for _, m := range startupLine.FindAllStringSubmatch(string(b), -1) {
-		if m[1] == name {
-			s, err := strconv.ParseFloat(m[2], 64)
-			return time.Duration(s * float64(time.Second)), err
-		}
+		logged[m[1]] = m[2]
 	}
-	return 0, fmt.Errorf("kubelet logged no startup duration for pod %s", name)
+	var out []time.Duration
+	for _, name := range names {
+		s, err := strconv.ParseFloat(logged[name], 64)
+		if err != nil {
+			return nil, fmt.Errorf("kubelet logged no startup duration for pod %s", name)
+		}
+		out = append(out, time.Duration(s*float64(time.Second)))
+	}
+	return out, nil
 }

@@ -102,11 +102,18 @@ func (n *Node) must(err error) {
 
 // netns runs a command in the node's network namespace.
 func (n *Node) netns(name string, args ...string) error {
-	out, err := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + n.ctd.NetNS, name}, args...)...).CombinedOutput()
+	argv := n.inNetNS(name, args...)
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
 	return nil
+}
+
+// inNetNS is the command line that runs name in the node's network
+// namespace (nsenter, not `ip netns exec`, which hides the cgroups).
+func (n *Node) inNetNS(name string, args ...string) []string {
+	return append([]string{"nsenter", "--net=/var/run/netns/" + n.ctd.NetNS, name}, args...)
 }
 
 // start runs one of the node's programs in the namespace, its output in
@@ -117,7 +124,8 @@ func (n *Node) start(name string, args ...string) {
 	logf, err := os.Create(logPath)
 	n.must(err)
 	defer logf.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + n.ctd.NetNS, filepath.Join(toolsDir(), name)}, args...)...)
+	argv := n.inNetNS(filepath.Join(toolsDir(), name), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	n.must(cmd.Start())
@@ -295,8 +303,8 @@ func (n *Node) kubectlStdin(stdin []byte, args ...string) (string, error) {
 }
 
 func (n *Node) kubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + n.ctd.NetNS,
-		filepath.Join(toolsDir(), "kubectl"), "--kubeconfig", n.kubeconfig}, args...)...)
+	argv := n.inNetNS(filepath.Join(toolsDir(), "kubectl"), append([]string{"--kubeconfig", n.kubeconfig}, args...)...)
+	return exec.CommandContext(ctx, argv[0], argv[1:]...)
 }
 
 // apply creates or updates objects from YAML.
@@ -372,9 +380,5 @@ func (n *Node) teardown() {
 
 func tailFile(path string, lines int) string {
 	b, _ := os.ReadFile(path)
-	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(l) > lines {
-		l = l[len(l)-lines:]
-	}
-	return strings.Join(l, "\n")
+	return harness.TailLines(strings.TrimRight(string(b), "\n"), lines)
 }
