@@ -64,14 +64,17 @@ func run() error {
 		logf(levelWarn, "loopback: %v", err)
 	}
 	r := newReaper()
-	prep := prepare(r)
+	prep := newPrepared(r)
 	// Made before the boot record: a template holds the server ready.
 	identified := make(chan struct{})
 	srv, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(afterIdentity(identified)))
 	if err != nil {
 		return fmt.Errorf("ttrpc server: %w", err)
 	}
-	svc := &service{shutdown: powerOff}
+	svc := &service{shutdown: powerOff, answered: func() {
+		// A cold boot's preparations follow its first answer.
+		time.AfterFunc(prepareDelay, func() { prep.start(false) })
+	}}
 	agentapi.RegisterAgentService(srv, svc)
 	cs := newContainerService(r, prep)
 	agentapi.RegisterContainersService(srv, cs)
@@ -81,7 +84,7 @@ func run() error {
 	agentapi.RegisterForwardService(srv, newForwardService())
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
-	l, rec, err := authenticated(ctx, p, prep.done, func() {
+	l, rec, err := authenticated(ctx, p, func() <-chan struct{} { return prep.start(true) }, func() {
 		settle()
 		warmUp(srv)
 	})
@@ -108,8 +111,9 @@ func run() error {
 
 // authenticated is the listener the agent serves on: the transport's, with
 // every connection authenticated by the VM's secret. A VM that is to be a
-// template says ready only once prepared is closed and it has run beforeSave.
-func authenticated(ctx context.Context, p Params, prepared <-chan struct{}, beforeSave func()) (net.Listener, *agentapi.BootRecord, error) {
+// template says ready only once prepare's channel is closed and it has run
+// beforeSave.
+func authenticated(ctx context.Context, p Params, prepare func() <-chan struct{}, beforeSave func()) (net.Listener, *agentapi.BootRecord, error) {
 	var rec *agentapi.BootRecord
 	var l net.Listener
 	save := func() {
@@ -127,7 +131,7 @@ func authenticated(ctx context.Context, p Params, prepared <-chan struct{}, befo
 	}
 	if p.SecretPort != "" {
 		var err error
-		if rec, err = readSecret(ctx, p.SecretPort, prepared, save); err != nil {
+		if rec, err = readSecret(ctx, p.SecretPort, prepare, save); err != nil {
 			return nil, nil, err
 		}
 	} else if p.Transport == "vsock" {

@@ -27,7 +27,7 @@ import (
 // readSecret reads the VM's boot record from its port, once. A VM saved as a
 // template waits here: the ready byte tells the host it may be saved, and
 // every VM restored from it reads a record of its own.
-func readSecret(ctx context.Context, port string, prepared <-chan struct{}, beforeSave func()) (*agentapi.BootRecord, error) {
+func readSecret(ctx context.Context, port string, prepare func() <-chan struct{}, beforeSave func()) (*agentapi.BootRecord, error) {
 	dev, err := findPort(ctx, port)
 	if err != nil {
 		return nil, err
@@ -42,7 +42,7 @@ func readSecret(ctx context.Context, port string, prepared <-chan struct{}, befo
 	// must be saved with the containers' preparations done.
 	if !readable(f, recordGrace) {
 		select {
-		case <-prepared:
+		case <-prepare():
 		case <-ctx.Done():
 			return nil, fmt.Errorf("prepare for containers: %w", ctx.Err())
 		}

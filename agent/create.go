@@ -37,8 +37,8 @@ func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
 // and configured here, and its init (the spare, when it fits) set up by
 // cinit.c, waiting for start.
 func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *libcontainer.Process) (_ *cinitRuntime, retErr error) {
-	// Made at boot, concurrently with the first requests.
-	<-s.prep.done
+	// Made before a template is saved, or after a cold boot's first answer.
+	<-s.prep.start(false)
 	parent := s.prep.devices.adopt(id, cfg)
 	std := parent != nil
 	sp := s.prep.spare.take(cfg, parent)

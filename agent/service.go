@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,7 +18,14 @@ type service struct {
 	readyNs  atomic.Int64 // CLOCK_BOOTTIME when the agent started serving
 	stopping atomic.Bool
 	shutdown func(grace time.Duration)
+	// answered runs once, at the first Health.
+	answered func()
+	once     sync.Once
 }
+
+// prepareDelay lets a cold boot's first answer reach the host before the
+// preparations for containers take the guest's vCPU.
+const prepareDelay = 5 * time.Millisecond
 
 var _ agentapi.AgentService = (*service)(nil)
 
@@ -25,6 +33,9 @@ func (s *service) Health(ctx context.Context, _ *agentapi.HealthRequest) (*agent
 	st := agentapi.HealthResponse_SERVING
 	if s.stopping.Load() {
 		st = agentapi.HealthResponse_STOPPING
+	}
+	if s.answered != nil {
+		s.once.Do(s.answered)
 	}
 	total, avail := meminfo()
 	return &agentapi.HealthResponse{Status: st, UptimeNs: bootTime(), AgentReadyNs: s.readyNs.Load(),
