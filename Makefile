@@ -34,7 +34,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils containerd runc containernetworking-p
 
 export PATH := $(TOOLS):$(PATH)
 
-.PHONY: all deps k8s-tools build guest generate verify-generate install uninstall deploy-image test conformance k8s-e2e k8s-bench unit bench soak demo check clean \
+.PHONY: all deps k8s-tools build guest generate verify-generate install uninstall deploy-image test conformance k8s-e2e k8s-bench unit bench density soak demo check clean \
 	bin/containerd-shim-podvm-v2 bin/podvm-agent bin/podvm-demo $(GUEST)/initramfs.cpio
 
 all: build guest
@@ -187,6 +187,14 @@ unit:
 bench: build guest
 	PODVM_CONTAINERD_LOG=info PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench
+
+## density: DENSITY_N idle pods started through CRI one after the other;
+## prints the time, each pod's host memory (QEMU + shim PSS) and the host
+## CPU while they idle, then removes them (nothing may be left)
+DENSITY_N ?= 100
+density: build guest
+	PODVM_DENSITY_N=$(DENSITY_N) PODVM_CONTAINERD_LOG=info PODVM_TEST_REQUIRE=1 PODVM_KERNEL=$(GUEST)/vmlinux PODVM_INITRAMFS=$(GUEST)/initramfs.cpio \
+		$(GO) test -count=1 -run '^$$' -bench BenchmarkDensity -benchtime 1x -timeout 60m ./test/bench
 
 ## soak: CRI pods created, exec'd into and removed in a loop with QEMU or
 ## the shim killed at random (N cycles); prints failures and leftovers

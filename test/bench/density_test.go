@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+// BenchmarkDensity starts idle pods through CRI one after the other (each
+// a sandbox and one sleeping container; $PODVM_DENSITY_N of them, 10 by
+// default, `make density` 100), then reports how long that took, what each
+// pod costs the host (PSS of its QEMU and its shim, from smaps_rollup, and
+// MemAvailable's fall) and the host CPU they take while idle; and removes
+// them all (StartCRI's cleanup checks that nothing is left).
+func BenchmarkDensity(b *testing.B) {
+	harness.VMConfig(b)
+	n := 10
+	if s := os.Getenv("PODVM_DENSITY_N"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			b.Fatalf("PODVM_DENSITY_N=%q: want a positive number of pods", s)
+		}
+		n = v
+	}
+	ctd := harness.StartCRI(b)
+	dir := b.TempDir()
+	ctx := context.Background()
+	crictl := func(args ...string) string {
+		out, errOut, err := ctd.Crictl(ctx, args...)
+		if err != nil {
+			b.Fatalf("crictl %v: %v: %s", args, err, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	availBefore := memAvailableMiB(b)
+	var starts []time.Duration
+	var pods []string
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("density-%d", i)
+		podCfg, _ := harness.WriteJSON(dir, name+"-pod.json", map[string]any{
+			"metadata": map[string]any{"name": name, "namespace": "default", "uid": name}, "linux": map[string]any{}})
+		ctrCfg, _ := harness.WriteJSON(dir, name+"-ctr.json", map[string]any{
+			"metadata": map[string]any{"name": "idle"}, "image": map[string]any{"image": harness.BusyboxImage},
+			"command": []string{"sleep", "1000000"}, "linux": map[string]any{}})
+		start := time.Now()
+		pod := crictl("runp", "--runtime", "podvm", podCfg)
+		crictl("start", crictl("create", pod, ctrCfg, podCfg))
+		starts = append(starts, time.Since(start))
+		pods = append(pods, pod)
+	}
+	all := time.Since(t0)
+	defer func() {
+		// Also when a measurement below fails: the pods must go.
+		for _, pod := range pods {
+			ctd.Crictl(ctx, "stopp", pod)
+			ctd.Crictl(ctx, "rmp", pod)
+		}
+	}()
+
+	// The guests settle (spares refilled, the Go runtime's first GCs).
+	time.Sleep(5 * time.Second)
+	c := harness.TakeCensus()
+	var qemu, shim harness.Memory
+	var pids []int
+	for _, pod := range pods {
+		qp, sp := pidIn(c.QEMU, " -name "+pod+" "), pidIn(c.Shims, " -id "+pod+" ")
+		if qp == 0 || sp == 0 {
+			b.Fatalf("pod %s: no QEMU (%d) or shim (%d) in the census", pod, qp, sp)
+		}
+		qm, err := harness.ReadMemory(qp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sm, err := harness.ReadMemory(sp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		qemu.RSS, qemu.PSS, qemu.Anon = qemu.RSS+qm.RSS, qemu.PSS+qm.PSS, qemu.Anon+qm.Anon
+		shim.RSS, shim.PSS, shim.Anon = shim.RSS+sm.RSS, shim.PSS+sm.PSS, shim.Anon+sm.Anon
+		pids = append(pids, qp, sp)
+	}
+	availAfter := memAvailableMiB(b)
+
+	const window = 10 * time.Second
+	busy0, total0 := hostCPU(b)
+	ticks0 := processTicks(pids)
+	time.Sleep(window)
+	busy1, total1 := hostCPU(b)
+	ticks1 := processTicks(pids)
+	hostBusy := float64(busy1-busy0) / float64(total1-total0) * 100
+	// USER_HZ is 100 on Linux: a tick is 10 ms.
+	podsCPU := float64(ticks1-ticks0) * 10 * float64(time.Millisecond) / float64(window) * 100
+
+	start := time.Now()
+	for _, pod := range pods {
+		crictl("stopp", pod)
+		crictl("rmp", pod)
+	}
+	removal := time.Since(start)
+	pods = nil
+
+	f := float64(n)
+	fmt.Printf("density: %d idle podvm pods through CRI, one after the other (TCG, %d host CPUs):\n", n, hostCPUs())
+	fmt.Printf("  started in %v; per pod (runp+create+start): %s\n", all.Round(time.Millisecond), harness.Summary(starts))
+	fmt.Printf("  per pod, MiB:         %8s %8s %8s\n", "RSS", "PSS", "anon")
+	fmt.Printf("    QEMU                %8.1f %8.1f %8.1f\n", qemu.RSS/f, qemu.PSS/f, qemu.Anon/f)
+	fmt.Printf("    shim                %8.1f %8.1f %8.1f\n", shim.RSS/f, shim.PSS/f, shim.Anon/f)
+	fmt.Printf("    QEMU + shim         %8.1f %8.1f %8.1f\n", (qemu.RSS+shim.RSS)/f, (qemu.PSS+shim.PSS)/f, (qemu.Anon+shim.Anon)/f)
+	fmt.Printf("  host MemAvailable fell by %.1f MiB per pod (page cache and the kernel's own included)\n", (availBefore-availAfter)/f)
+	fmt.Printf("  while idle (%v): host CPU busy %.1f%%, the pods' QEMUs and shims %.2f%% of one CPU each\n", window, hostBusy, podsCPU/f)
+	fmt.Printf("  removed in %v (%v per pod)\n", removal.Round(time.Millisecond), (removal / time.Duration(n)).Round(time.Millisecond))
+}
+
+// pidIn returns the PID of the census entry whose command line holds s.
+func pidIn(entries []string, s string) int {
+	for _, e := range entries {
+		if strings.Contains(e+" ", s) {
+			pid, _ := strconv.Atoi(strings.Fields(e)[0])
+			return pid
+		}
+	}
+	return 0
+}
+
+// memAvailableMiB is the host's MemAvailable.
+func memAvailableMiB(b *testing.B) float64 {
+	raw, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	b.Fatal("no MemAvailable in /proc/meminfo")
+	return 0
+}
+
+// hostCPU returns the busy and total ticks of all CPUs (/proc/stat).
+func hostCPU(b *testing.B) (busy, total uint64) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(strings.SplitN(string(raw), "\n", 2)[0])
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseUint(s, 10, 64)
+		total += v
+		// user nice system idle iowait irq softirq steal ...
+		if i != 3 && i != 4 {
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// processTicks sums the user and system ticks of pids.
+func processTicks(pids []int) uint64 {
+	var sum uint64
+	for _, pid := range pids {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(raw)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		// After the command: state is field 3, utime 14 and stime 15.
+		if len(f) > 12 {
+			u, _ := strconv.ParseUint(f[11], 10, 64)
+			st, _ := strconv.ParseUint(f[12], 10, 64)
+			sum += u + st
+		}
+	}
+	return sum
+}
+
+func hostCPUs() int {
+	raw, _ := os.ReadFile("/proc/stat")
+	n := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "cpu") && !strings.HasPrefix(line, "cpu ") {
+			n++
+		}
+	}
+	return n
+}
