@@ -17,6 +17,17 @@ import (
 	"github.com/podvm/podvm/test/harness"
 )
 
+// mustCrictl returns crictl against ctd, ending the benchmark on failure.
+func mustCrictl(b *testing.B, ctd *harness.Containerd) func(args ...string) string {
+	return func(args ...string) string {
+		out, errOut, err := ctd.Crictl(context.Background(), args...)
+		if err != nil {
+			b.Fatalf("crictl %v: %v: %s", args, err, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+}
+
 // BenchmarkCRI measures what a kubelet sees, runc and podvm side by side in
 // one containerd: a pod with one container from runp to started, and TCP
 // throughput from the test's namespace (the CNI bridge's side) into it.
@@ -24,14 +35,7 @@ func BenchmarkCRI(b *testing.B) {
 	harness.VMConfig(b)
 	ctd := harness.StartCRI(b)
 	dir := b.TempDir()
-	ctx := context.Background()
-	crictl := func(args ...string) string {
-		out, errOut, err := ctd.Crictl(ctx, args...)
-		if err != nil {
-			b.Fatalf("crictl %v: %v: %s", args, err, errOut)
-		}
-		return strings.TrimSpace(out)
-	}
+	crictl := mustCrictl(b, ctd)
 	n := harness.Samples(10)
 	start := map[string][]time.Duration{}
 	mbps := map[string][]float64{}

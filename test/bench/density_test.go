@@ -31,13 +31,7 @@ func BenchmarkDensity(b *testing.B) {
 	ctd := harness.StartCRI(b)
 	dir := b.TempDir()
 	ctx := context.Background()
-	crictl := func(args ...string) string {
-		out, errOut, err := ctd.Crictl(ctx, args...)
-		if err != nil {
-			b.Fatalf("crictl %v: %v: %s", args, err, errOut)
-		}
-		return strings.TrimSpace(out)
-	}
+	crictl := mustCrictl(b, ctd)
 	availBefore := memAvailableMiB(b)
 	var starts []time.Duration
 	var pods []string
