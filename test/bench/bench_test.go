@@ -143,7 +143,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 			if err != nil {
 				rerr = err
 			}
-			sum.RSS, sum.PSS, sum.Anon = sum.RSS+m.RSS, sum.PSS+m.PSS, sum.Anon+m.Anon
+			sum = sum.Add(m)
 		}
 		for _, g := range gs {
 			g.Shutdown(ctx)

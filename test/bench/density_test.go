@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,7 +65,7 @@ func BenchmarkDensity(b *testing.B) {
 	var qemu, shim harness.Memory
 	var pids []int
 	for _, pod := range pods {
-		qp, sp := pidIn(c.QEMU, " -name "+pod+" "), pidIn(c.Shims, " -id "+pod+" ")
+		qp, sp := c.QEMUPid(pod), c.ShimPid(pod)
 		if qp == 0 || sp == 0 {
 			b.Fatalf("pod %s: no QEMU (%d) or shim (%d) in the census", pod, qp, sp)
 		}
@@ -76,8 +77,7 @@ func BenchmarkDensity(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		qemu.RSS, qemu.PSS, qemu.Anon = qemu.RSS+qm.RSS, qemu.PSS+qm.PSS, qemu.Anon+qm.Anon
-		shim.RSS, shim.PSS, shim.Anon = shim.RSS+sm.RSS, shim.PSS+sm.PSS, shim.Anon+sm.Anon
+		qemu, shim = qemu.Add(qm), shim.Add(sm)
 		pids = append(pids, qp, sp)
 	}
 	availAfter := memAvailableMiB(b)
@@ -101,26 +101,16 @@ func BenchmarkDensity(b *testing.B) {
 	pods = nil
 
 	f := float64(n)
-	fmt.Printf("density: %d idle podvm pods through CRI, one after the other (TCG, %d host CPUs):\n", n, hostCPUs())
+	fmt.Printf("density: %d idle podvm pods through CRI, one after the other (TCG, %d host CPUs):\n", n, runtime.NumCPU())
 	fmt.Printf("  started in %v; per pod (runp+create+start): %s\n", all.Round(time.Millisecond), harness.Summary(starts))
 	fmt.Printf("  per pod, MiB:         %8s %8s %8s\n", "RSS", "PSS", "anon")
 	fmt.Printf("    QEMU                %8.1f %8.1f %8.1f\n", qemu.RSS/f, qemu.PSS/f, qemu.Anon/f)
 	fmt.Printf("    shim                %8.1f %8.1f %8.1f\n", shim.RSS/f, shim.PSS/f, shim.Anon/f)
-	fmt.Printf("    QEMU + shim         %8.1f %8.1f %8.1f\n", (qemu.RSS+shim.RSS)/f, (qemu.PSS+shim.PSS)/f, (qemu.Anon+shim.Anon)/f)
+	both := qemu.Add(shim)
+	fmt.Printf("    QEMU + shim         %8.1f %8.1f %8.1f\n", both.RSS/f, both.PSS/f, both.Anon/f)
 	fmt.Printf("  host MemAvailable fell by %.1f MiB per pod (page cache and the kernel's own included)\n", (availBefore-availAfter)/f)
 	fmt.Printf("  while idle (%v): host CPU busy %.1f%%, the pods' QEMUs and shims %.2f%% of one CPU each\n", window, hostBusy, podsCPU/f)
 	fmt.Printf("  removed in %v (%v per pod)\n", removal.Round(time.Millisecond), (removal / time.Duration(n)).Round(time.Millisecond))
-}
-
-// pidIn returns the PID of the census entry whose command line holds s.
-func pidIn(entries []string, s string) int {
-	for _, e := range entries {
-		if strings.Contains(e+" ", s) {
-			pid, _ := strconv.Atoi(strings.Fields(e)[0])
-			return pid
-		}
-	}
-	return 0
 }
 
 // memAvailableMiB is the host's MemAvailable.
@@ -175,15 +165,4 @@ func processTicks(pids []int) uint64 {
 		}
 	}
 	return sum
-}
-
-func hostCPUs() int {
-	raw, _ := os.ReadFile("/proc/stat")
-	n := 0
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.HasPrefix(line, "cpu") && !strings.HasPrefix(line, "cpu ") {
-			n++
-		}
-	}
-	return n
 }

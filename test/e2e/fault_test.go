@@ -16,19 +16,8 @@ import (
 
 // pidIn finds the PID of the census entry ("pid cmdline") containing
 // needle.
-func pidIn(entries []string, needle string) int {
-	for _, e := range entries {
-		if strings.Contains(e+" ", needle) {
-			var pid int
-			fmt.Sscan(e, &pid)
-			return pid
-		}
-	}
-	return 0
-}
-
-func qemuPid(id string) int { return pidIn(harness.TakeCensus().QEMU, " -name "+id+" ") }
-func shimPid(id string) int { return pidIn(harness.TakeCensus().Shims, " -id "+id+" ") }
+func qemuPid(id string) int { return harness.TakeCensus().QEMUPid(id) }
+func shimPid(id string) int { return harness.TakeCensus().ShimPid(id) }
 
 // create makes a container in a pod without starting it.
 func (c *cri) create(pod, podConfig, name string, cmd ...string) string {

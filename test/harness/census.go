@@ -86,6 +86,25 @@ func TakeCensus() Census {
 	return c
 }
 
+// QEMUPid is the PID of the QEMU of the VM (or sandbox) called id, 0 if
+// there is none.
+func (c Census) QEMUPid(id string) int { return pidIn(c.QEMU, " -name "+id+" ") }
+
+// ShimPid is the PID of the podvm shim of sandbox id, 0 if there is none.
+func (c Census) ShimPid(id string) int { return pidIn(c.Shims, " -id "+id+" ") }
+
+// pidIn returns the PID of the "pid cmdline" entry whose command line holds
+// needle.
+func pidIn(entries []string, needle string) int {
+	for _, e := range entries {
+		if strings.Contains(e+" ", needle) {
+			pid, _ := strconv.Atoi(strings.Fields(e)[0])
+			return pid
+		}
+	}
+	return 0
+}
+
 // Leaks lists what after has that c had not.
 func (c Census) Leaks(after Census) []string {
 	var leaks []string

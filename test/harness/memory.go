@@ -13,6 +13,11 @@ type Memory struct {
 	RSS, PSS, Anon float64
 }
 
+// Add is m and o together.
+func (m Memory) Add(o Memory) Memory {
+	return Memory{RSS: m.RSS + o.RSS, PSS: m.PSS + o.PSS, Anon: m.Anon + o.Anon}
+}
+
 // ReadMemory reads /proc/PID/smaps_rollup.
 func ReadMemory(pid int) (Memory, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
