@@ -94,6 +94,9 @@ func NewContainerd(extraConfig string) (*Containerd, error) {
 	if err := os.MkdirAll(filepath.Dir(TemplateDir()), 0o700); err != nil {
 		return c, err
 	}
+	if err := shareHostFacts(filepath.Join(dir, "podvm"), sharedStateDir(), false); err != nil {
+		return c, err
+	}
 	cfg := fmt.Sprintf("state_dir = %q\n[hypervisor]\nkernel = %q\ninitramfs = %q\n[template]\ndir = %q\n",
 		filepath.Join(dir, "podvm"), kernel, initramfs, TemplateDir())
 	if err := os.WriteFile(podvmConfig, []byte(cfg), 0o644); err != nil {
@@ -290,6 +293,9 @@ func (c *Containerd) Stop() (leaks []string) {
 // Remove deletes the directory (after Stop), and a CNI directory made by
 // NewCRI.
 func (c *Containerd) Remove() error {
+	// What this containerd's shims measured or probed (anew, when the
+	// shared answer was for other guest assets) is what later ones reuse.
+	_ = shareHostFacts(sharedStateDir(), filepath.Join(c.Dir, "podvm"), true)
 	if strings.HasPrefix(filepath.Base(c.CNIDir), "podvm-cni-") {
 		os.RemoveAll(c.CNIDir)
 	}
@@ -313,4 +319,39 @@ func logLevel() string {
 		return l
 	}
 	return "debug"
+}
+
+// hostFacts are the files in a state directory that describe the host, not
+// a pod: the accelerator probe's answer and the measured TSC rate. Every
+// test's containerd has a state directory of its own (its pods' leftovers
+// are checked there), but a node has one: without sharing these, each test
+// would probe KVM again (up to 10 s) and measure a slightly different TSC
+// rate, which is on the guest's command line, so each test would build a
+// VM template of its own, and a test could not know whether its VM was the
+// one that built the template.
+var hostFacts = []string{"accel.json", "tsc"}
+
+// shareHostFacts copies the host facts from one state directory to another,
+// replacing those already there only if replace is set.
+func shareHostFacts(to, from string, replace bool) error {
+	for _, name := range hostFacts {
+		if _, err := os.Stat(filepath.Join(to, name)); err == nil && !replace {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			continue
+		}
+		if err := os.MkdirAll(to, 0o755); err != nil {
+			return err
+		}
+		tmp := filepath.Join(to, "."+name+".tmp")
+		if err := os.WriteFile(tmp, b, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(to, name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -93,14 +93,20 @@ func VMConfig(t testing.TB) *vmconfig.Config {
 	c.Hypervisor.Initramfs = initramfs
 	// Share the accelerator probe's answer between tests: probing in every
 	// test would multiply its cost.
-	c.StateDir = filepath.Join(os.TempDir(), "podvm-test-state")
+	c.StateDir = sharedStateDir()
 	c.Template.Dir = TemplateDir()
 	return c
+}
+
+// sharedStateDir is the state directory the tests that boot VMs without
+// containerd share (and where the host facts live between tests).
+func sharedStateDir() string {
+	return filepath.Join(os.TempDir(), "podvm-test-state")
 }
 
 // TemplateDir is where the tests keep VM templates: shared by every test
 // of a run, so that each shape is built once, and out of /dev/shm, where
 // the node's own templates live.
 func TemplateDir() string {
-	return filepath.Join(os.TempDir(), "podvm-test-state", "templates")
+	return filepath.Join(sharedStateDir(), "templates")
 }
