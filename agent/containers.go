@@ -220,12 +220,7 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 	if p.pid != 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "process %s already started", req.ExecId)
 	}
-	pid, err := s.reaper.Start(func() (int, error) {
-		if err := c.rt.exec(p.lp); err != nil {
-			return 0, err
-		}
-		return p.lp.Pid()
-	})
+	pid, err := s.startExec(c, p, answerBy(ctx))
 	if err != nil {
 		p.io.close()
 		close(p.exited)
@@ -236,10 +231,36 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 	p.pid = pid
 	go p.wait(s.reaper)
 	if err := p.io.started(); err != nil {
-		_ = p.lp.Signal(syscall.SIGKILL)
+		_ = p.signal(syscall.SIGKILL)
 		return nil, status.Errorf(codes.Internal, "exec process %s console: %v", req.ExecId, err)
 	}
 	return &agentapi.StartProcessResponse{Pid: uint32(pid)}, nil
+}
+
+// startExec starts an exec'd process: through cinit in a container cinit
+// made, unless the process asks for what only libcontainer does.
+func (s *containerService) startExec(c *container, p *process, by time.Time) (int, error) {
+	if cr, ok := c.rt.(*cinitRuntime); ok {
+		why := cr.cinitExecUnsupported(p.lp)
+		if why == nil {
+			if c.init.hasExited() {
+				return 0, errors.New("cannot exec in a stopped container")
+			}
+			init, err := cr.execCinit(p.lp, s.reaper, by)
+			if err != nil {
+				return 0, err
+			}
+			p.cinit = init
+			return init.Pid(), nil
+		}
+		logf(levelDebug, "exec %s in container %s through libcontainer: %v", p.execID, c.id, why)
+	}
+	return s.reaper.Start(func() (int, error) {
+		if err := c.rt.exec(p.lp); err != nil {
+			return 0, err
+		}
+		return p.lp.Pid()
+	})
 }
 
 func (s *containerService) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
@@ -294,7 +315,7 @@ func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.Sign
 	if req.ExecId == "" {
 		err = c.rt.signalInit(sig)
 	} else {
-		err = p.lp.Signal(sig)
+		err = p.signal(sig)
 	}
 	if err != nil {
 		if errors.Is(err, errNotRunning) || errors.Is(err, libcontainer.ErrNotRunning) || errors.Is(err, os.ErrProcessDone) {
@@ -350,7 +371,7 @@ func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.Co
 	c.mu.Lock()
 	for _, p := range c.execs {
 		if p.pid != 0 && !p.hasExited() {
-			_ = p.lp.Signal(syscall.SIGKILL)
+			_ = p.signal(syscall.SIGKILL)
 		}
 		p.io.close()
 	}

@@ -20,7 +20,8 @@ import (
 type process struct {
 	execID string
 	lp     *libcontainer.Process
-	// cinit, when set, is the init cinit made: waited for through it.
+	// cinit, when set, is the process cinit made (the container's init,
+	// or an exec'd process): waited for and signalled through it.
 	cinit *cinit.Init
 	io    *processIO
 	pid   int
@@ -293,6 +294,15 @@ func (p *process) wait(r *reaper) {
 		logf(levelWarn, "wait for pid %d: %v", p.pid, err)
 	}
 	close(p.exited)
+}
+
+// signal sends sig to an exec'd process, through the pidfd its
+// os.Process holds (never a recycled PID).
+func (p *process) signal(sig syscall.Signal) error {
+	if p.cinit != nil {
+		return p.cinit.Process().Signal(sig)
+	}
+	return p.lp.Signal(sig)
 }
 
 func (p *process) hasExited() bool {

@@ -156,6 +156,20 @@ func TestGuestExec(t *testing.T) {
 	if out := readAll(ctx, t, g, "c1", "e1", Stdout); out != "hi\n" {
 		t.Errorf("exec output %q", out)
 	}
+	// Where runc exec puts a process: the init's namespaces and cgroup
+	// (PID 1 is the init, in the container's own PID namespace), the
+	// process's no_new_privs and capabilities, HOME from /etc/passwd.
+	check := `for n in ipc mnt net pid uts cgroup; do [ "$(readlink /proc/self/ns/$n)" = "$(readlink /proc/1/ns/$n)" ] || echo "$n namespace differs"; done
+[ "$(cat /proc/self/cgroup)" = "$(cat /proc/1/cgroup)" ] || echo "cgroup differs"
+grep -E '^(NoNewPrivs|CapEff)' /proc/self/status
+echo "home=$HOME cwd=$(pwd) host=$(hostname) pid1=$(cat /proc/1/cmdline | tr '\0' ' ')"`
+	if err := exec("e3", "sh", "-c", check); err != nil {
+		t.Fatal(err)
+	}
+	want := "CapEff:\t0000000020000420\nNoNewPrivs:\t1\nhome=/root cwd=/ host=" + spec.Hostname + " pid1=sleep 1000 \n"
+	if out := readAll(ctx, t, g, "c1", "e3", Stdout); out != want {
+		t.Errorf("exec'd process reports\n%s\nwant\n%s", out, want)
+	}
 	start := time.Now()
 	err := exec("e2", "/no/such/binary")
 	if err == nil || !strings.Contains(err.Error(), "no such file or directory") {

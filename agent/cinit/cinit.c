@@ -183,34 +183,45 @@ static void read_config(int fd, struct config *c)
 	}
 	if (used != nfds)
 		cinit_fail("cinit: %d descriptors, %d expected", nfds, used);
-	if (!c->root || c->root[0] != '/')
+	// A process exec'd into a running container finds its root in the
+	// container's mount namespace.
+	if (!cinit_find(c, T_EXEC) && (!c->root || c->root[0] != '/'))
 		cinit_fail("cinit: no rootfs");
 	if (c->argc == 0)
 		cinit_fail("cinit: no args");
 }
 
 
-// join_namespaces joins those given by path. A PID namespace applies to
-// children only: the process forks, the child goes on as the container's
-// init and the parent, once the agent has taken the child's PID, exits
-// (the child becomes the agent's, PID 1's).
+// join_namespaces joins those given by path, all opened before any is
+// joined: a path under /proc names a process in the agent's PID namespace,
+// which the container's mount namespace may not show. A PID namespace
+// applies to children only: the process forks, the child goes on as the
+// container's process and the parent, once the agent has taken the
+// child's PID, exits (the child becomes the agent's, PID 1's).
 static void join_namespaces(struct config *c)
 {
-	int pid_joined = 0;
+	int pid_joined = 0, n = 0, fds[MAX_JOINS];
+	char *names[MAX_JOINS], *paths[MAX_JOINS];
 
 	for (int k = 0; k < c->n; k++) {
 		char *f[2];
-		int fd;
 		if (c->r[k].tag != T_JOIN)
 			continue;
+		if (n == MAX_JOINS)
+			cinit_fail("cinit: more than %d namespaces to join", MAX_JOINS);
 		cinit_fields(&c->r[k], f, 2);
-		fd = open(f[1] ? f[1] : "", O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			cinit_fail("open %s namespace %s: %s", f[0], f[1], strerror(errno));
-		if (setns(fd, 0) < 0)
-			cinit_fail("join %s namespace %s: %s", f[0], f[1], strerror(errno));
-		close(fd);
-		if (!strcmp(f[0], "NEWPID"))
+		names[n] = f[0];
+		paths[n] = f[1] ? f[1] : "";
+		fds[n] = open(paths[n], O_RDONLY | O_CLOEXEC);
+		if (fds[n] < 0)
+			cinit_fail("open %s namespace %s: %s", names[n], paths[n], strerror(errno));
+		n++;
+	}
+	for (int k = 0; k < n; k++) {
+		if (setns(fds[k], 0) < 0)
+			cinit_fail("join %s namespace %s: %s", names[k], paths[k], strerror(errno));
+		close(fds[k]);
+		if (!strcmp(names[k], "NEWPID"))
 			pid_joined = 1;
 	}
 	if (pid_joined) {
@@ -273,8 +284,9 @@ static void send_fd(int sock, int fd)
 }
 
 // console makes a pty in the container's own devpts, hands its master to
-// the agent and makes the slave the process's terminal and /dev/console.
-static void console(struct config *c, struct record *r)
+// the agent and makes the slave the process's terminal and, for a
+// container's init (bind set), /dev/console.
+static void console(struct config *c, struct record *r, int bind)
 {
 	char *f[3];
 	char slave[64];
@@ -294,7 +306,7 @@ static void console(struct config *c, struct record *r)
 	ws.ws_row = cinit_num(f[1], "console height");
 	if (ws.ws_col && ws.ws_row)
 		ioctl(master, TIOCSWINSZ, &ws);
-	{
+	if (bind) {
 		int cf = open("/dev/console", O_CREAT | O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
 		if (cf >= 0)
 			close(cf);
@@ -315,13 +327,69 @@ static void console(struct config *c, struct record *r)
 		close(fd);
 }
 
+// make_container builds the container around its init: mounts, devices,
+// the pivot into the rootfs, its terminal, host and domain names, sysctls.
+static void make_container(struct config *c)
+{
+	struct record *r;
+	int sysdir = -1;
+
+	// After the agent moved this process into the container's cgroup,
+	// which becomes the namespace's root.
+	if (cinit_find(c, T_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
+		cinit_fail("new cgroup namespace: %s", strerror(errno));
+	if (cinit_find(c, T_LOOPBACK))
+		loopback_up();
+	r = cinit_find(c, T_PROPAGATION);
+	if (mount(NULL, "/", NULL, r ? cinit_num(r->data, "root propagation") : MS_SLAVE | MS_REC, NULL) < 0)
+		cinit_fail("set the root's propagation: %s", strerror(errno));
+	if (mount(c->root, c->root, NULL, MS_BIND | MS_REC, NULL) < 0)
+		cinit_fail("bind the rootfs %s: %s", c->root, strerror(errno));
+	c->rootfd = open(c->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (c->rootfd < 0)
+		cinit_fail("open the rootfs %s: %s", c->root, strerror(errno));
+	for (int k = 0; k < c->n; k++)
+		if (c->r[k].tag == T_MOUNT)
+			cinit_do_mount(c, &c->r[k]);
+	if (cinit_find(c, T_SETUPDEV)) {
+		cinit_make_devices(c);
+		cinit_dev_links(c);
+	}
+	if ((r = cinit_find(c, T_CWD)) != NULL) {
+		int cwd = cinit_resolve(c, r->data, 1, 0);
+		if (cwd < 0)
+			cinit_fail("create the working directory %s: %s", r->data, strerror(errno));
+		close(cwd);
+	}
+	if (cinit_find(c, T_SYSCTL) && (sysdir = open("/proc/sys", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		cinit_fail("open /proc/sys: %s", strerror(errno));
+	cinit_pivot(c);
+	if ((r = cinit_find(c, T_TERMINAL)) != NULL)
+		console(c, r, 1);
+	cinit_remount_readonly(c);
+	if (cinit_find(c, T_ROFS) && mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
+		cinit_fail("make the rootfs read-only: %s", strerror(errno));
+	if ((r = cinit_find(c, T_HOSTNAME)) != NULL && sethostname(r->data, strlen(r->data)) < 0)
+		cinit_fail("sethostname: %s", strerror(errno));
+	if ((r = cinit_find(c, T_DOMAIN)) != NULL && setdomainname(r->data, strlen(r->data)) < 0)
+		cinit_fail("setdomainname: %s", strerror(errno));
+	if (sysdir >= 0) {
+		cinit_sysctls(c, sysdir);
+		close(sysdir);
+	}
+	cinit_paths(c);
+}
+
+// run sets up the container's init (or, in join mode, a process exec'd
+// into a running container: its namespaces joined by path, nothing
+// mounted), waits for start and execs the program.
 static void run(int fd)
 {
 	struct config c = {0};
 	struct record *r;
 	char exe[PATH_MAX], *prog;
 	char go;
-	int has_home = 0, sysdir;
+	int has_home = 0;
 	uid_t uid = 0;
 
 	sync_fd = fd;
@@ -349,53 +417,12 @@ static void run(int fd)
 	join_namespaces(&c);
 	if (setsid() < 0)
 		cinit_fail("setsid: %s", strerror(errno));
-	// After the agent moved this process into the container's cgroup,
-	// which becomes the namespace's root.
-	if (cinit_find(&c, T_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
-		cinit_fail("new cgroup namespace: %s", strerror(errno));
-	if (cinit_find(&c, T_LOOPBACK))
-		loopback_up();
-	r = cinit_find(&c, T_PROPAGATION);
-	if (mount(NULL, "/", NULL, r ? cinit_num(r->data, "root propagation") : MS_SLAVE | MS_REC, NULL) < 0)
-		cinit_fail("set the root's propagation: %s", strerror(errno));
-	if (mount(c.root, c.root, NULL, MS_BIND | MS_REC, NULL) < 0)
-		cinit_fail("bind the rootfs %s: %s", c.root, strerror(errno));
-	c.rootfd = open(c.root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (c.rootfd < 0)
-		cinit_fail("open the rootfs %s: %s", c.root, strerror(errno));
-	for (int k = 0; k < c.n; k++)
-		if (c.r[k].tag == T_MOUNT)
-			cinit_do_mount(&c, &c.r[k]);
-	if (cinit_find(&c, T_SETUPDEV)) {
-		cinit_make_devices(&c);
-		cinit_dev_links(&c);
-	}
-	if ((r = cinit_find(&c, T_CWD)) != NULL) {
-		int cwd = cinit_resolve(&c, r->data, 1, 0);
-		if (cwd < 0)
-			cinit_fail("create the working directory %s: %s", r->data, strerror(errno));
-		close(cwd);
-	}
-	sysdir = -1;
-	if (cinit_find(&c, T_SYSCTL) && (sysdir = open("/proc/sys", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
-		cinit_fail("open /proc/sys: %s", strerror(errno));
-	cinit_pivot(&c);
-	if ((r = cinit_find(&c, T_TERMINAL)) != NULL)
-		console(&c, r);
-	cinit_remount_readonly(&c);
-	if (cinit_find(&c, T_ROFS) && mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
-		cinit_fail("make the rootfs read-only: %s", strerror(errno));
+	if (!cinit_find(&c, T_EXEC))
+		make_container(&c);
+	else if ((r = cinit_find(&c, T_TERMINAL)) != NULL)
+		console(&c, r, 0);
 	r = cinit_find(&c, T_UMASK);
 	umask(r ? cinit_num(r->data, "umask") : 022);
-	if ((r = cinit_find(&c, T_HOSTNAME)) != NULL && sethostname(r->data, strlen(r->data)) < 0)
-		cinit_fail("sethostname: %s", strerror(errno));
-	if ((r = cinit_find(&c, T_DOMAIN)) != NULL && setdomainname(r->data, strlen(r->data)) < 0)
-		cinit_fail("setdomainname: %s", strerror(errno));
-	if (sysdir >= 0) {
-		cinit_sysctls(&c, sysdir);
-		close(sysdir);
-	}
-	cinit_paths(&c);
 	for (int k = 0; k < c.n; k++) {
 		char *f[3];
 		struct rlimit rl;

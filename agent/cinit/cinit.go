@@ -232,6 +232,26 @@ func (i *Init) Exited() <-chan struct{} { return i.exited }
 // init is killed.
 func (i *Init) Create(id string, cfg *configs.Config, p *Process, timeout time.Duration) error {
 	config, files, err := encode(id, cfg, p, i.Flags)
+	return i.configure(config, files, err, timeout)
+}
+
+// Exec sends an init spawned into no new namespaces (and into the
+// container's cgroup) the process to become in the running container id,
+// whose init is initPid: it joins the init's namespaces and sets the
+// process up as runc exec does, without libcontainer's second Go runtime.
+// It returns once the process waits for Start; on error it is killed.
+func (i *Init) Exec(id string, initPid int, cfg *configs.Config, p *Process, timeout time.Duration) error {
+	if i.Flags != 0 {
+		i.Kill()
+		return errors.New("exec: the process was cloned into new namespaces")
+	}
+	config, files, err := encodeExec(id, initPid, cfg, p)
+	return i.configure(config, files, err, timeout)
+}
+
+// configure sends the init its config (or, when encoding it failed, kills
+// it) and waits until it is ready to exec.
+func (i *Init) configure(config []byte, files []*os.File, err error, timeout time.Duration) error {
 	if err != nil {
 		i.Kill()
 		return fmt.Errorf("container config: %w", err)

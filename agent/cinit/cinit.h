@@ -3,6 +3,7 @@
 #define PODVM_CINIT_H
 
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -40,7 +41,8 @@ enum {
 	T_RLIMIT = 'l', T_CAPS = 'c', T_USER = 'u', T_CWD = 'w', T_ENV = 'e',
 	T_ARG = 'a', T_NONEWPRIVS = 'N', T_ROFS = 'o', T_PROPAGATION = 'p',
 	T_UMASK = 'U', T_TERMINAL = 't', T_KEYRING = 'k', T_LOOPBACK = 'L',
-	T_SETUPDEV = 'v', T_FILES = 'f', T_NEWCGROUP = 'C', T_SECCOMP = 'S', T_END = 'Z',
+	T_SETUPDEV = 'v', T_FILES = 'f', T_NEWCGROUP = 'C', T_SECCOMP = 'S', T_EXEC = 'x',
+	T_END = 'Z',
 };
 
 // The descriptors that come with the config, in this order when present.
@@ -48,6 +50,8 @@ enum { F_STDIN, F_STDOUT, F_STDERR, F_CONSOLE, F_MAX };
 
 #define MAX_CONFIG (4 << 20)
 #define MAX_FIELDS 8
+// More than a container has kinds of namespaces (see join_namespaces).
+#define MAX_JOINS 16
 
 struct record {
 	char tag;

@@ -92,6 +92,43 @@ func TestEncode(t *testing.T) {
 	}
 }
 
+// TestEncodeExec: a process exec'd into a container joins each of the
+// init's namespaces in libcontainer's order (mount after PID: the paths are
+// in the agent's /proc), mounts nothing, and takes the process's own
+// rlimits over the container's.
+func TestEncodeExec(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Rlimits = []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Soft: 1, Hard: 1}}
+	p := &Process{Args: []string{"true"}, Rlimits: []configs.Rlimit{{Type: unix.RLIMIT_NOFILE, Soft: 2, Hard: 2}}}
+	b, files, err := encodeExec("c1", 42, cfg, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 0 {
+		t.Errorf("files %v, want none", files)
+	}
+	r := records(t, b)
+	var joins []string
+	for _, j := range r[tagJoin] {
+		joins = append(joins, j[0]+"="+j[1])
+	}
+	want := "NEWIPC=/proc/42/ns/ipc NEWUTS=/proc/42/ns/uts NEWPID=/proc/42/ns/pid NEWNS=/proc/42/ns/mnt"
+	if got := strings.Join(joins, " "); got != want {
+		t.Errorf("joins %s, want %s", got, want)
+	}
+	for _, tag := range []byte{tagRoot, tagMount, tagSetupDev, tagHostname, tagLoopback, tagNewCgroup} {
+		if _, ok := r[tag]; ok {
+			t.Errorf("record %c in an exec's config", tag)
+		}
+	}
+	if _, ok := r[tagExec]; !ok {
+		t.Error("no exec record")
+	}
+	if got := r[tagRlimit]; len(got) != 1 || got[0][1] != "2" {
+		t.Errorf("rlimits %q, want the process's only", got)
+	}
+}
+
 func TestUnsupported(t *testing.T) {
 	if err := Unsupported(baseConfig()); err != nil {
 		t.Fatalf("the usual config: %v", err)

@@ -133,6 +133,17 @@ const char *cinit_home(uid_t uid)
 	return h;
 }
 
+// go_error is strerror as Go words it (runc's errors come from Go): lower
+// case.
+static const char *go_error(int err)
+{
+	static char msg[128];
+
+	snprintf(msg, sizeof(msg), "%s", strerror(err));
+	msg[0] = tolower((unsigned char)msg[0]);
+	return msg;
+}
+
 // cinit_lookup finds the program the way runc's exec.LookPath does, with the
 // process's own PATH.
 char *cinit_lookup(struct config *c, char *buf, size_t n)
@@ -142,7 +153,9 @@ char *cinit_lookup(struct config *c, char *buf, size_t n)
 	if (strchr(name, '/')) {
 		if (access(name, X_OK) == 0)
 			return (char *)name;
-		cinit_fail("exec: \"%s\": %s", name, strerror(errno));
+		if (errno == ENOENT || errno == ENOTDIR)
+			cinit_fail("exec: \"%s\": stat %s: %s", name, name, go_error(errno));
+		cinit_fail("exec: \"%s\": %s", name, go_error(errno));
 	}
 	for (int k = 0; k < c->envc; k++)
 		if (!strncmp(c->envp[k], "PATH=", 5))

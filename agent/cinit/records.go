@@ -43,6 +43,7 @@ const (
 	tagFiles       = 'f'
 	tagNewCgroup   = 'C'
 	tagSeccomp     = 'S'
+	tagExec        = 'x'
 	tagEnd         = 'Z'
 )
 
@@ -143,10 +144,30 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	if cfg.Readonlyfs {
 		errs = append(errs, add(tagReadonlyFS, ""))
 	}
+	errs = append(errs, e.process(cfg, p, append(append([]configs.Rlimit{}, cfg.Rlimits...), p.Rlimits...))...)
+	config, err := e.finish(errs)
+	return config, p.files(), err
+}
+
+// finish ends the records and frames them with their length, or returns
+// what went wrong writing them.
+func (e *encoder) finish(errs []error) ([]byte, error) {
+	errs = append(errs, e.add(tagEnd, ""))
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return append(binary.LittleEndian.AppendUint32(nil, uint32(len(e.b))), e.b...), nil
+}
+
+// process writes the records of the process's own settings, which a
+// container's init and a process exec'd into it share.
+func (e *encoder) process(cfg *configs.Config, p *Process, rlimits []configs.Rlimit) []error {
+	add := e.add
+	var errs []error
 	if cfg.Umask != nil {
 		errs = append(errs, add(tagUmask, u64(uint64(*cfg.Umask))))
 	}
-	for _, rl := range append(append([]configs.Rlimit{}, cfg.Rlimits...), p.Rlimits...) {
+	for _, rl := range rlimits {
 		errs = append(errs, add(tagRlimit, strconv.Itoa(rl.Type), u64(rl.Soft), u64(rl.Hard)))
 	}
 	if p.NoNewPrivileges {
@@ -155,11 +176,11 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	if cfg.Seccomp != nil {
 		prog, err := seccompProgram(cfg.Seccomp)
 		if err != nil {
-			return nil, nil, err
+			return []error{err}
 		}
 		flags, err := seccompFlags(cfg.Seccomp)
 		if err != nil {
-			return nil, nil, err
+			return []error{err}
 		}
 		errs = append(errs, add(tagSeccomp, u64(uint64(flags)), hex.EncodeToString(prog)))
 	}
@@ -177,11 +198,9 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 		cwd = "/"
 	}
 	errs = append(errs, add(tagCwd, cwd))
-	var files []*os.File
 	sent := []byte("0000")
 	for k, f := range []*os.File{p.Stdin, p.Stdout, p.Stderr, p.ConsoleSocket} {
 		if f != nil {
-			files = append(files, f)
 			sent[k] = '1'
 		}
 	}
@@ -195,11 +214,50 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	for _, v := range p.Env {
 		errs = append(errs, add(tagEnv, v))
 	}
-	errs = append(errs, add(tagEnd, ""))
-	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
+	return errs
+}
+
+// files are the descriptors that go with the config, in the order the
+// files record names them.
+func (p *Process) files() []*os.File {
+	var files []*os.File
+	for _, f := range []*os.File{p.Stdin, p.Stdout, p.Stderr, p.ConsoleSocket} {
+		if f != nil {
+			files = append(files, f)
+		}
 	}
-	return append(binary.LittleEndian.AppendUint32(nil, uint32(len(e.b))), e.b...), files, nil
+	return files
+}
+
+// execNamespaces are the kinds of namespace a process exec'd into a
+// container joins, in libcontainer's order (configs.NamespaceTypes).
+var execNamespaces = []configs.NamespaceType{configs.NEWIPC, configs.NEWUTS, configs.NEWNET, configs.NEWPID, configs.NEWNS, configs.NEWCGROUP}
+
+// encodeExec writes the records for a process exec'd into the running
+// container cfg whose init is initPid: it joins each of the init's
+// namespaces (those the container shares with the agent it is in
+// already), as runc exec does from its state file.
+func encodeExec(id string, initPid int, cfg *configs.Config, p *Process) ([]byte, []*os.File, error) {
+	e := &encoder{}
+	errs := []error{e.add(tagExec, "")}
+	if !cfg.NoNewKeyring {
+		errs = append(errs, e.add(tagKeyring, id))
+	}
+	for _, t := range execNamespaces {
+		if cfg.Namespaces.Contains(t) {
+			ns := configs.Namespace{Type: t}
+			errs = append(errs, e.add(tagJoin, string(t), ns.GetPath(initPid)))
+		}
+	}
+	// libcontainer: the process's rlimits when it has any, else the
+	// container's.
+	rlimits := p.Rlimits
+	if len(rlimits) == 0 {
+		rlimits = cfg.Rlimits
+	}
+	errs = append(errs, e.process(cfg, p, rlimits)...)
+	config, err := e.finish(errs)
+	return config, p.files(), err
 }
 
 // capNumbers maps capability names to numbers; made on first use, not
