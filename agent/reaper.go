@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -42,8 +41,10 @@ func (r *reaper) Start(start func() (int, error)) (int, error) {
 		r.owned[pid] = true
 	}
 	r.mu.Unlock()
-	// A child that exited while reaping was held off sent its SIGCHLD then.
-	r.reap()
+	// A child that exited while reaping was held off sent its SIGCHLD
+	// then: the reaping goroutine took it and waits for the lock. No scan
+	// here (each reads every process's stat: milliseconds under TCG, and
+	// an exec starts two processes).
 	return pid, err
 }
 
@@ -54,12 +55,16 @@ func (r *reaper) Release(pid int) {
 	r.mu.Unlock()
 }
 
-// reap waits for every zombie child of PID 1 that nobody owns.
+// reap waits for every zombie child of PID 1 that nobody owns. wait4(-1)
+// cannot be used: it would reap owned ones too. So each process is tried
+// by PID with WNOHANG: for a process that is not a child, or still runs,
+// that is one quick system call, where reading each one's stat to find
+// the zombies took milliseconds under TCG.
 func (r *reaper) reap() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, pid := range zombieChildren() {
-		if r.owned[pid] {
+	for _, pid := range processes() {
+		if r.owned[pid] || pid == 1 {
 			continue
 		}
 		var ws unix.WaitStatus
@@ -72,31 +77,17 @@ func (r *reaper) reap() {
 	}
 }
 
-// zombieChildren lists this process's children that have exited but not
-// been waited for. wait4(-1) cannot be used: it would reap owned ones too.
-func zombieChildren() []int {
-	self := strconv.Itoa(os.Getpid())
-	entries, err := os.ReadDir("/proc")
+// processes lists the PIDs in /proc.
+func processes() []int {
+	f, err := os.Open("/proc")
 	if err != nil {
 		return nil
 	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[0] == "Z" && f[1] == self {
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	pids := make([]int, 0, len(names))
+	for _, n := range names {
+		if pid, err := strconv.Atoi(n); err == nil {
 			pids = append(pids, pid)
 		}
 	}
