@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -166,63 +165,6 @@ func (r *cinitRuntime) exec(lp *libcontainer.Process) error {
 	lc := r.lc
 	r.mu.Unlock()
 	return lc.Run(lp)
-}
-
-// cinitExecUnsupported says why a process exec'd into the container must
-// go through libcontainer, or nil when cinit can start it.
-func (r *cinitRuntime) cinitExecUnsupported(lp *libcontainer.Process) error {
-	switch {
-	case lp.Scheduler != nil || lp.IOPriority != nil || lp.CPUAffinity != nil:
-		return errors.New("scheduler, I/O priority or CPU affinity")
-	case r.cfg.ExecCPUAffinity != nil:
-		return errors.New("exec CPU affinity")
-	case len(lp.ExtraFiles) > 0 || lp.LogLevel != "" || lp.PidfdSocket != nil:
-		return errors.New("extra files, log level or pidfd socket")
-	}
-	return nil
-}
-
-// execCinit starts lp in the running container through cinit: born in the
-// container's cgroup, it joins the init's namespaces in C and execs, with
-// no Go runtime started in between (libcontainer's runc init starts one,
-// most of an exec's time under TCG). It returns once the program runs, or
-// the error that kept it from running.
-func (r *cinitRuntime) execCinit(lp *libcontainer.Process, rp *reaper, by time.Time) (*cinit.Init, error) {
-	if st, err := r.mgr.GetFreezerState(); err == nil && st == cgroups.Frozen {
-		// runc's words, and for the same reason: the process would
-		// freeze before it ran.
-		return nil, errors.New("cannot exec in a paused container")
-	}
-	dir, err := os.Open(r.mgr.Path(""))
-	if err != nil {
-		return nil, fmt.Errorf("container cgroup: %w", err)
-	}
-	defer dir.Close()
-	init, err := cinit.Spawn(0, dir, rp.Start, rp.Release)
-	if err != nil {
-		return nil, err
-	}
-	// Fields an update does not change; the container's own settings
-	// where the process has none, as libcontainer's exec does.
-	cfg := r.cfg
-	p := cinitProcess(cfg, lp)
-	if p.Capabilities == nil {
-		p.Capabilities = cfg.Capabilities
-	}
-	if cfg.OomScoreAdj != nil {
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", init.Pid()), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
-			init.Kill()
-			return nil, fmt.Errorf("set oom_score_adj: %w", err)
-		}
-	}
-	if err := init.Exec(r.id, r.init.Pid, cfg, p, createTimeout); err != nil {
-		return nil, err
-	}
-	if err := init.Start(by); err != nil {
-		init.Kill()
-		return nil, err
-	}
-	return init, nil
 }
 
 // destroy kills what is left in the cgroup and removes it, as

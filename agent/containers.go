@@ -237,62 +237,6 @@ func (s *containerService) StartProcess(ctx context.Context, req *agentapi.Proce
 	return &agentapi.StartProcessResponse{Pid: uint32(pid)}, nil
 }
 
-// startExec starts an exec'd process: through cinit in a container cinit
-// made, unless the process asks for what only libcontainer does.
-func (s *containerService) startExec(c *container, p *process, by time.Time) (int, error) {
-	if cr, ok := c.rt.(*cinitRuntime); ok {
-		why := cr.cinitExecUnsupported(p.lp)
-		if why == nil {
-			if c.init.hasExited() {
-				return 0, errors.New("cannot exec in a stopped container")
-			}
-			init, err := cr.execCinit(p.lp, s.reaper, by)
-			if err != nil {
-				return 0, err
-			}
-			p.cinit = init
-			return init.Pid(), nil
-		}
-		logf(levelDebug, "exec %s in container %s through libcontainer: %v", p.execID, c.id, why)
-	}
-	return s.reaper.Start(func() (int, error) {
-		if err := c.rt.exec(p.lp); err != nil {
-			return 0, err
-		}
-		return p.lp.Pid()
-	})
-}
-
-func (s *containerService) ExecProcess(ctx context.Context, req *agentapi.ExecProcessRequest) (*emptypb.Empty, error) {
-	c, err := s.get(req.ContainerId)
-	if err != nil {
-		return nil, err
-	}
-	if !validID.MatchString(req.ExecId) {
-		return nil, status.Errorf(codes.InvalidArgument, "invalid exec ID %q", req.ExecId)
-	}
-	spec, err := decodeProcess(req.Process)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	lp, err := newProcess(spec, false)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	pio, err := setupIO(req.Stdio, lp)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "exec %s stdio: %v", req.ExecId, err)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.execs[req.ExecId]; ok {
-		pio.close()
-		return nil, status.Errorf(codes.AlreadyExists, "process %s already exists in container %s", req.ExecId, c.id)
-	}
-	c.execs[req.ExecId] = &process{execID: req.ExecId, lp: lp, io: pio, exited: make(chan struct{})}
-	return &emptypb.Empty{}, nil
-}
-
 func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.SignalProcessRequest) (*emptypb.Empty, error) {
 	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
 	if err != nil {
@@ -339,24 +283,6 @@ func (s *containerService) WaitProcess(ctx context.Context, req *agentapi.Proces
 	case <-pctx.Done():
 		return nil, notYet(pctx)
 	}
-}
-
-func (s *containerService) DeleteProcess(ctx context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
-	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
-	if err != nil {
-		return nil, err
-	}
-	if req.ExecId == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "the init process goes with DeleteContainer")
-	}
-	if p.pid != 0 && !p.hasExited() {
-		return nil, status.Errorf(codes.FailedPrecondition, "process %s is still running", req.ExecId)
-	}
-	p.io.close()
-	c.mu.Lock()
-	delete(c.execs, req.ExecId)
-	c.mu.Unlock()
-	return &emptypb.Empty{}, nil
 }
 
 func (s *containerService) DeleteContainer(ctx context.Context, req *agentapi.ContainerRequest) (*emptypb.Empty, error) {
