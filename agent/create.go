@@ -27,10 +27,31 @@ const createTimeout = 60 * time.Second
 // cinitUnsupported says why a container must go through libcontainer's
 // runc init, or nil when cinit can create it.
 func cinitUnsupported(cfg *configs.Config, lp *libcontainer.Process) error {
+	if err := cinitProcessUnsupported(lp); err != nil {
+		return err
+	}
+	return cinit.Unsupported(cfg)
+}
+
+// cinitProcessUnsupported says why a container's process (its init or an
+// exec'd one) needs libcontainer, or nil.
+func cinitProcessUnsupported(lp *libcontainer.Process) error {
 	if lp.Scheduler != nil || lp.IOPriority != nil || lp.CPUAffinity != nil {
 		return errors.New("scheduler, I/O priority or CPU affinity")
 	}
-	return cinit.Unsupported(cfg)
+	return nil
+}
+
+// setOOMScoreAdj gives a container's process the spec's oom_score_adj, as
+// runc's nsexec does for an init and an exec alike.
+func setOOMScoreAdj(pid int, adj *int) error {
+	if adj == nil {
+		return nil
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(*adj)), 0); err != nil {
+		return fmt.Errorf("set oom_score_adj: %w", err)
+	}
+	return nil
 }
 
 // createWithCinit creates a container through cinit: its cgroup is made
@@ -107,10 +128,8 @@ func (s *containerService) createWithCinit(id string, cfg *configs.Config, lp *l
 			sp.removeCgroup()
 		}
 	}
-	if cfg.OomScoreAdj != nil {
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", init.Pid()), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
-			return nil, fmt.Errorf("set oom_score_adj: %w", err)
-		}
+	if err := setOOMScoreAdj(init.Pid(), cfg.OomScoreAdj); err != nil {
+		return nil, err
 	}
 	if err := init.Create(id, cfg, cinitProcess(cfg, lp), createTimeout); err != nil {
 		init = nil // killed by Create

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/opencontainers/cgroups"
@@ -97,9 +96,10 @@ func (s *containerService) startExec(c *container, p *process, by time.Time) (in
 // cinitExecUnsupported says why a process exec'd into the container must
 // go through libcontainer, or nil when cinit can start it.
 func (r *cinitRuntime) cinitExecUnsupported(lp *libcontainer.Process) error {
+	if err := cinitProcessUnsupported(lp); err != nil {
+		return err
+	}
 	switch {
-	case lp.Scheduler != nil || lp.IOPriority != nil || lp.CPUAffinity != nil:
-		return errors.New("scheduler, I/O priority or CPU affinity")
 	case r.cfg.ExecCPUAffinity != nil:
 		return errors.New("exec CPU affinity")
 	case len(lp.ExtraFiles) > 0 || lp.LogLevel != "" || lp.PidfdSocket != nil:
@@ -135,11 +135,9 @@ func (r *cinitRuntime) execCinit(lp *libcontainer.Process, rp *reaper, by time.T
 	if p.Capabilities == nil {
 		p.Capabilities = cfg.Capabilities
 	}
-	if cfg.OomScoreAdj != nil {
-		if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", init.Pid()), []byte(strconv.Itoa(*cfg.OomScoreAdj)), 0); err != nil {
-			init.Kill()
-			return nil, fmt.Errorf("set oom_score_adj: %w", err)
-		}
+	if err := setOOMScoreAdj(init.Pid(), cfg.OomScoreAdj); err != nil {
+		init.Kill()
+		return nil, err
 	}
 	if err := init.Exec(r.id, r.init.Pid, cfg, p, createTimeout); err != nil {
 		return nil, err

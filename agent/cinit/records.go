@@ -146,7 +146,8 @@ func encode(id string, cfg *configs.Config, p *Process, flags uintptr) ([]byte, 
 	}
 	errs = append(errs, e.process(cfg, p, append(append([]configs.Rlimit{}, cfg.Rlimits...), p.Rlimits...))...)
 	config, err := e.finish(errs)
-	return config, p.files(), err
+	files, _ := p.files()
+	return config, files, err
 }
 
 // finish ends the records and frames them with their length, or returns
@@ -198,13 +199,8 @@ func (e *encoder) process(cfg *configs.Config, p *Process, rlimits []configs.Rli
 		cwd = "/"
 	}
 	errs = append(errs, add(tagCwd, cwd))
-	sent := []byte("0000")
-	for k, f := range []*os.File{p.Stdin, p.Stdout, p.Stderr, p.ConsoleSocket} {
-		if f != nil {
-			sent[k] = '1'
-		}
-	}
-	errs = append(errs, add(tagFiles, string(sent)))
+	_, sent := p.files()
+	errs = append(errs, add(tagFiles, sent))
 	if p.ConsoleSocket != nil {
 		errs = append(errs, add(tagTerminal, u64(uint64(p.ConsoleWidth)), u64(uint64(p.ConsoleHeight))))
 	}
@@ -217,16 +213,19 @@ func (e *encoder) process(cfg *configs.Config, p *Process, rlimits []configs.Rli
 	return errs
 }
 
-// files are the descriptors that go with the config, in the order the
-// files record names them.
-func (p *Process) files() []*os.File {
+// files are the descriptors that go with the config, and the files
+// record that names them: one character per slot (stdin, stdout, stderr,
+// console socket), '1' where one is sent.
+func (p *Process) files() ([]*os.File, string) {
 	var files []*os.File
-	for _, f := range []*os.File{p.Stdin, p.Stdout, p.Stderr, p.ConsoleSocket} {
+	sent := []byte("0000")
+	for k, f := range []*os.File{p.Stdin, p.Stdout, p.Stderr, p.ConsoleSocket} {
 		if f != nil {
 			files = append(files, f)
+			sent[k] = '1'
 		}
 	}
-	return files
+	return files, string(sent)
 }
 
 // execNamespaces are the kinds of namespace a process exec'd into a
@@ -257,7 +256,8 @@ func encodeExec(id string, initPid int, cfg *configs.Config, p *Process) ([]byte
 	}
 	errs = append(errs, e.process(cfg, p, rlimits)...)
 	config, err := e.finish(errs)
-	return config, p.files(), err
+	files, _ := p.files()
+	return config, files, err
 }
 
 // capNumbers maps capability names to numbers; made on first use, not

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -59,6 +60,7 @@ func TestLogs(t *testing.T) {
 // line of that shim must name its sandbox.
 func shimLog(t *testing.T, log, id string) (lines, kernel, agent int) {
 	t.Helper()
+	names := regexp.MustCompile(`\b(sandbox|container)=` + regexp.QuoteMeta(id) + `( |$)`)
 	for _, line := range strings.Split(log, "\n") {
 		// containerd 2.x names the runtime in some lines of its own.
 		if !strings.Contains(line, "runtime="+podvm) || strings.Contains(line, `msg="creating task"`) {
@@ -68,8 +70,7 @@ func shimLog(t *testing.T, log, id string) (lines, kernel, agent int) {
 			t.Errorf("shim log line without the sandbox's ID: %s", line)
 			continue
 		}
-		if !strings.Contains(line, "sandbox="+id+" ") && !strings.Contains(line, "container="+id+" ") &&
-			!strings.HasSuffix(line, "sandbox="+id) && !strings.HasSuffix(line, "container="+id) {
+		if !names.MatchString(line) {
 			continue // the other run's shim
 		}
 		lines++
