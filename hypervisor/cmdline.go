@@ -18,6 +18,9 @@ type fds struct {
 	ports []int
 	// nics holds the fd number of each NIC's TAP.
 	nics []int
+	// virtiofs holds the fd number of each share's connected virtiofsd
+	// socket (virtio-fs only).
+	virtiofs []int
 }
 
 // kernelBase is the guest kernel command line every VM gets. Each option
@@ -110,7 +113,8 @@ func args(c *Config, f fds) ([]string, error) {
 		// the CRNG without it.
 	)
 	a = append(a, m.extraArgs()...)
-	if c.Memory != nil {
+	switch {
+	case c.Memory != nil:
 		// The machine's RAM is this backend (machine option
 		// memory-backend); a restored VM must have the template's.
 		share := "off"
@@ -119,6 +123,10 @@ func args(c *Config, f fds) ([]string, error) {
 		}
 		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s",
 			memoryBackendID, c.MemoryMiB, qemuEscape(c.Memory.Path), share))
+	case c.virtioFS():
+		// virtiofsd reads and writes the guest's buffers in its RAM.
+		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=%s,size=%dM,share=on", memoryBackendID, c.MemoryMiB))
+		a = append(a, m.vhostUserArgs()...)
 	}
 	if c.Incoming {
 		a = append(a, "-incoming", "defer")
@@ -141,6 +149,13 @@ func args(c *Config, f fds) ([]string, error) {
 		)
 	}
 	for i, sh := range c.Shares {
+		if c.virtioFS() {
+			a = append(a,
+				"-chardev", fmt.Sprintf("socket,id=vfs%d,fd=%d", i, f.virtiofs[i]),
+				"-device", fmt.Sprintf("%s,chardev=vfs%d,tag=%s,queue-size=1024", m.virtio("fs"), i, sh.Tag),
+			)
+			continue
+		}
 		// passthrough keeps owners and modes as they are on the host; the
 		// shim runs as root, as containerd's shims do. The share holds many
 		// filesystems (each container's overlay, bind mounts): remap keeps
@@ -175,7 +190,7 @@ func args(c *Config, f fds) ([]string, error) {
 const memoryBackendID = "ram"
 
 func machineArg(c *Config, m machine) string {
-	if c.Memory != nil {
+	if c.Memory != nil || c.virtioFS() {
 		return m.machineArg(c) + ",memory-backend=" + memoryBackendID
 	}
 	return m.machineArg(c)

@@ -110,10 +110,19 @@ type Config struct {
 	// NICs are the guest's network cards, each backed by a TAP or macvtap
 	// file that QEMU inherits.
 	NICs []NIC
-	// Shares are host directories the guest mounts over 9p. Shares cannot
-	// be added later on microvm, so the sandbox's shared directory is
-	// given at start and containers' files are mounted under it.
+	// Shares are host directories the guest mounts (over 9p, or virtio-fs:
+	// SharedFS). Shares cannot be added later on microvm, so the sandbox's
+	// shared directory is given at start and containers' files are
+	// mounted under it.
 	Shares []Share
+	// SharedFS is how the shares are served: FS9P (the default) or
+	// FSVirtio, with a Virtiofsd daemon per share in cache mode
+	// VirtioFSCache, whose socket is made in SocketDir (a directory only
+	// root can enter).
+	SharedFS      string
+	Virtiofsd     string
+	VirtioFSCache string
+	SocketDir     string
 	// Memory backs the guest's boot RAM with a file: a VM template's,
 	// shared while the template is built, private (copy-on-write) in each
 	// VM restored from it. Nil gives anonymous RAM.
@@ -139,11 +148,22 @@ type NIC struct {
 	MTU  int
 }
 
-// Share is a host directory exported to the guest under a 9p mount tag.
+// Share is a host directory exported to the guest under a mount tag.
 type Share struct {
 	Tag  string
 	Path string
 }
+
+// sharedFS is c.SharedFS, or the default.
+func (c *Config) sharedFS() string {
+	if c.SharedFS == "" {
+		return FS9P
+	}
+	return c.SharedFS
+}
+
+// virtioFS says whether the shares are served by virtiofsd.
+func (c *Config) virtioFS() bool { return c.sharedFS() == FSVirtio && len(c.Shares) > 0 }
 
 // Machines lists the supported QEMU machine types.
 func Machines() []string {
@@ -198,8 +218,17 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("shared directory %s for tag %q is not a directory", sh.Path, sh.Tag))
 		}
 		if sh.Tag == "" || len(sh.Tag) > 31 || strings.ContainsAny(sh.Tag, ", =") {
-			errs = append(errs, fmt.Errorf("invalid 9p mount tag %q", sh.Tag))
+			errs = append(errs, fmt.Errorf("invalid mount tag %q", sh.Tag))
 		}
+	}
+	switch c.sharedFS() {
+	case FS9P:
+	case FSVirtio:
+		if len(c.Shares) > 0 {
+			errs = append(errs, c.checkVirtioFS()...)
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown shared filesystem %q: use %s or %s", c.SharedFS, FS9P, FSVirtio))
 	}
 	if c.Memory != nil && !filepath.IsAbs(c.Memory.Path) {
 		errs = append(errs, fmt.Errorf("memory file %q must be an absolute path", c.Memory.Path))

@@ -16,6 +16,9 @@ type machine interface {
 	extraArgs() []string
 	// resizable says whether CPUs and memory can be hot-plugged (ACPI).
 	resizable() bool
+	// vhostUserArgs are the options a vhost-user device (virtio-fs)
+	// needs on this machine.
+	vhostUserArgs() []string
 }
 
 var machines = map[string]machine{
@@ -50,6 +53,12 @@ func (microvm) extraArgs() []string { return nil }
 
 func (microvm) resizable() bool { return false }
 
+// virtio-mmio devices are legacy (virtio 0.9) by default on microvm, and
+// vhost-user daemons (libvhost-user) refuse legacy devices.
+func (microvm) vhostUserArgs() []string {
+	return []string{"-global", "virtio-mmio.force-legacy=false"}
+}
+
 // q35 is a PC with PCIe: slower to boot than microvm, but with ACPI and
 // PCI hot-plug.
 type q35 struct{}
@@ -65,6 +74,9 @@ func (q35) virtio(kind string) string {
 func (q35) kernelParams(*Config) []string { return nil }
 
 func (q35) resizable() bool { return true }
+
+// vhost-user-fs-pci is a modern virtio device already.
+func (q35) vhostUserArgs() []string { return nil }
 
 // PCIe devices plug into root ports, which must exist when QEMU starts.
 func (q35) hotplugSlots() int { return q35HotplugPorts }

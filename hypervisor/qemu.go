@@ -35,6 +35,8 @@ type VM struct {
 	console *tail
 	stderr  *tail
 	closers []io.Closer // host-side files to close once QEMU is gone
+	// daemons serve the shares over virtio-fs; they live as long as QEMU.
+	daemons []*virtiofsd
 
 	done    chan struct{}
 	exitErr error // how QEMU ended; valid once done is closed
@@ -68,6 +70,9 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		}
 		if err != nil {
 			vm.closeHostEnds()
+			for _, d := range vm.daemons {
+				d.listener.Close()
+			}
 		}
 	}()
 	pair := func() (host net.Conn, guest *os.File, err error) {
@@ -119,6 +124,17 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		vm.ports[name] = host
 	}
 
+	if vm.cfg.virtioFS() {
+		for i, sh := range vm.cfg.Shares {
+			d, qemuEnd, err := newVirtiofsd(&vm.cfg, i, sh)
+			if err != nil {
+				return err
+			}
+			vm.daemons = append(vm.daemons, d)
+			f.virtiofs = append(f.virtiofs, 3+len(guestEnds))
+			guestEnds = append(guestEnds, qemuEnd)
+		}
+	}
 	next := 3 + len(guestEnds)
 	for _, n := range vm.cfg.NICs {
 		// After the other inherited fds, in order.
@@ -153,7 +169,7 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		Pdeathsig: syscall.SIGKILL,
 		Setpgid:   true,
 	}
-	err = vm.run(cmd)
+	err = vm.run(cmd, outW)
 	// QEMU has its copies now; ours would keep the output pipe from ever
 	// reaching EOF.
 	for _, f := range guestEnds {
@@ -178,12 +194,13 @@ func (vm *VM) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// run starts QEMU on a goroutine locked to its OS thread, which stays until
-// QEMU exits: Pdeathsig fires when the starting *thread* ends, so the thread
-// must live as long as the process. QEMU inherits the thread's network
-// namespace: the thread enters the pod's and is never given back to the
-// runtime (it ends with the goroutine).
-func (vm *VM) run(cmd *exec.Cmd) error {
+// run starts QEMU (after its virtio-fs daemons, whose output also goes to
+// out) on a goroutine locked to its OS thread, which stays until QEMU and
+// the daemons exit: Pdeathsig fires when the starting *thread* ends, so the
+// thread must live as long as the processes. QEMU inherits the thread's
+// network namespace: the thread enters the pod's and is never given back to
+// the runtime (it ends with the goroutine).
+func (vm *VM) run(cmd *exec.Cmd, out *os.File) error {
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -194,13 +211,30 @@ func (vm *VM) run(cmd *exec.Cmd) error {
 			return
 		}
 		vm.started = time.Now()
+		// The daemons exit once QEMU's end of their sockets closes (the
+		// caller closes its copy when run returns); their output shares
+		// QEMU's pipe, which ends when they have.
+		waitDaemons := func() {
+			for _, d := range vm.daemons {
+				d.wait()
+			}
+		}
+		for _, d := range vm.daemons {
+			if err := d.start(out); err != nil {
+				started <- err
+				waitDaemons()
+				return
+			}
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
+			waitDaemons()
 			return
 		}
 		vm.pid = cmd.Process.Pid
 		started <- nil
 		err := cmd.Wait()
+		waitDaemons()
 		// Output readers end when QEMU's copy of the pipe closes.
 		<-vm.stderr.done
 		vm.mu.Lock()

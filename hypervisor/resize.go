@@ -119,6 +119,10 @@ func (vm *VM) AddMemory(ctx context.Context, want int) (int, error) {
 	}
 	id := fmt.Sprintf("dimm%d", vm.res.dimms)
 	backend := map[string]any{"qom-type": "memory-backend-ram", "id": id + "-mem", "size": uint64(size) << 20}
+	if vm.cfg.virtioFS() {
+		// virtiofsd must reach every page of the guest's RAM.
+		backend["qom-type"], backend["share"] = "memory-backend-memfd", true
+	}
 	if err := vm.qmp.Execute(ctx, "object-add", backend, nil); err != nil {
 		return vm.res.memoryMiB, fmt.Errorf("object-add %d MiB: %w", size, err)
 	}

@@ -118,6 +118,7 @@ func (sb *Pod) boot(ctx context.Context, cfg *vmconfig.Config, spec *specs.Spec)
 	opts := vm.Options{
 		ID:          sb.id,
 		Shares:      []hypervisor.Share{{Tag: shareTag, Path: sb.shareDir}},
+		SocketDir:   sb.dir,
 		Console:     func(line string) { logger.Debug("guest: " + line) },
 		NetNS:       netns,
 		NICs:        nics,

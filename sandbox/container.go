@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvm/podvm/hypervisor"
 	"github.com/podvm/podvm/vm"
 )
 
@@ -37,12 +38,19 @@ type Container struct {
 	reserved map[string]bool
 }
 
-// shareStorage is the guest mount of the sandbox's shared directory.
-var shareStorage = vm.Storage{
-	Source: shareTag, Target: guestShareRoot, Type: "9p",
-	// mmap caching lets the guest execute binaries from the share and map
-	// files; msize is the largest message the virtio transport takes.
-	Options: []string{"trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"},
+// shareStorage is the guest mount of the sandbox's shared directory, over
+// the filesystem the pod's VM serves it with.
+func (sb *Pod) shareStorage() vm.Storage {
+	if sb.config().Hypervisor.SharedFS == hypervisor.FSVirtio {
+		return vm.Storage{Source: shareTag, Target: guestShareRoot, Type: "virtiofs"}
+	}
+	return vm.Storage{
+		Source: shareTag, Target: guestShareRoot, Type: "9p",
+		// mmap caching lets the guest execute binaries from the share
+		// and map files; msize is the largest message the virtio
+		// transport takes.
+		Options: []string{"trans=virtio", "version=9p2000.L", "msize=512000", "cache=mmap"},
+	}
 }
 
 // maxSpec bounds a spec read from a bundle.
@@ -193,7 +201,7 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 	if err != nil {
 		return nil, err
 	}
-	storages := []vm.Storage{shareStorage}
+	storages := []vm.Storage{sb.shareStorage()}
 	if podShm {
 		storages = append(storages, podShmStorage)
 	}

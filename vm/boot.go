@@ -56,14 +56,17 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 		MemoryMiB: h.MemoryMiB,
 		// Room to grow on machines that can (q35): Update hot-plugs up
 		// to these.
-		MaxCPUs:      vmconfig.MaxVCPUs(),
-		MaxMemoryMiB: h.MaxMemoryMiB,
-		TBSizeMiB:    h.TCGCacheMiB,
-		CPUModel:     h.CPUModel,
-		TSCKHz:       hypervisor.CachedHostTSCKHz(c.StateDir),
-		Vsock:        b.vsock,
-		Debug:        c.Debug,
-		ProbeMarker:  agentapi.ProbeMarker,
+		MaxCPUs:       vmconfig.MaxVCPUs(),
+		MaxMemoryMiB:  h.MaxMemoryMiB,
+		TBSizeMiB:     h.TCGCacheMiB,
+		CPUModel:      h.CPUModel,
+		TSCKHz:        hypervisor.CachedHostTSCKHz(c.StateDir),
+		Vsock:         b.vsock,
+		SharedFS:      h.SharedFS,
+		Virtiofsd:     h.VirtioFSDaemon,
+		VirtioFSCache: h.VirtioFSCache,
+		Debug:         c.Debug,
+		ProbeMarker:   agentapi.ProbeMarker,
 	}
 	// The secret travels on a port of its own, which only the agent
 	// reads, once.

@@ -64,6 +64,11 @@ func templateUsable(c *vmconfig.Config, b bootPlan) string {
 	case b.vsock:
 		// A vhost-vsock device's context ID is the VM's own.
 		return "the vsock agent transport does not restore from templates"
+	case c.Hypervisor.SharedFS == hypervisor.FSVirtio:
+		// virtiofsd maps the guest's RAM shared; a restored VM's is the
+		// template's file mapped private. QEMU 7.2 cannot migrate a
+		// vhost-user-fs device either.
+		return "virtio-fs VMs do not restore from templates (hypervisor.shared_fs)"
 	}
 	return ""
 }

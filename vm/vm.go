@@ -100,8 +100,12 @@ type Options struct {
 	// second; the rest are counted and dropped); by default they go to the
 	// context's logger at debug level, prefixed.
 	Console func(line string)
-	// Shares are host directories exported to the guest over 9p.
+	// Shares are host directories exported to the guest (over the
+	// configuration's shared filesystem).
 	Shares []hypervisor.Share
+	// SocketDir is a directory only root can enter, where a virtio-fs
+	// daemon's socket is made (and unlinked at once).
+	SocketDir string
 	// NetNS is the network namespace QEMU runs in; NICs its network cards.
 	NetNS string
 	NICs  []hypervisor.NIC
@@ -160,6 +164,7 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 // withOptions is hc with what opts add to the configuration.
 func withOptions(hc hypervisor.Config, opts Options) hypervisor.Config {
 	hc.Shares = opts.Shares
+	hc.SocketDir = opts.SocketDir
 	hc.NetNS = opts.NetNS
 	hc.NICs = opts.NICs
 	hc.CPUPlug = opts.CPUPlug

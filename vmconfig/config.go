@@ -69,6 +69,15 @@ type Hypervisor struct {
 	TCGCacheMiB int `toml:"tcg_cache_mib"`
 	// KernelParams are appended to the guest kernel command line.
 	KernelParams string `toml:"kernel_params"`
+	// SharedFS is how containers' files reach the guest: "9p" (QEMU
+	// serves them: no process per pod, and VMs restore from templates) or
+	// "virtio-fs" (a virtiofsd per pod; the guest's RAM is then shared
+	// with it, so these VMs always boot).
+	SharedFS string `toml:"shared_fs"`
+	// VirtioFSDaemon is the virtiofsd binary, VirtioFSCache its cache
+	// mode ("auto", "always" or "none").
+	VirtioFSDaemon string `toml:"virtio_fs_daemon"`
+	VirtioFSCache  string `toml:"virtio_fs_cache"`
 }
 
 // Agent is the [agent] table: the channel to the guest agent.
@@ -137,16 +146,19 @@ func Default() *Config {
 	share := assetDir()
 	return &Config{
 		Hypervisor: Hypervisor{
-			Path:         "qemu-system-x86_64",
-			Kernel:       filepath.Join(share, "vmlinux"),
-			Initramfs:    filepath.Join(share, "initramfs.cpio"),
-			Machine:      "microvm",
-			Accelerator:  "auto",
-			VCPUs:        1,
-			MemoryMiB:    512,
-			MaxMemoryMiB: 16384,
-			TCGCacheMiB:  32,
-			CPUModel:     DefaultTCGCPU,
+			Path:           "qemu-system-x86_64",
+			Kernel:         filepath.Join(share, "vmlinux"),
+			Initramfs:      filepath.Join(share, "initramfs.cpio"),
+			Machine:        "microvm",
+			Accelerator:    "auto",
+			VCPUs:          1,
+			MemoryMiB:      512,
+			MaxMemoryMiB:   16384,
+			TCGCacheMiB:    32,
+			CPUModel:       DefaultTCGCPU,
+			SharedFS:       "9p",
+			VirtioFSDaemon: "/usr/lib/qemu/virtiofsd",
+			VirtioFSCache:  "auto",
 		},
 		Agent:       Agent{Transport: "auto", VsockPort: 1024},
 		Network:     Network{Model: "tcfilter"},

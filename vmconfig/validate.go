@@ -49,6 +49,19 @@ func (c *Config) Validate() error {
 	if h.TCGCacheMiB < 0 || h.TCGCacheMiB > MaxTCGCacheMiB {
 		bad("hypervisor.tcg_cache_mib", "%d is outside 0..%d (0 means QEMU's default)", h.TCGCacheMiB, MaxTCGCacheMiB)
 	}
+	switch h.SharedFS {
+	case "9p", "virtio-fs":
+	default:
+		bad("hypervisor.shared_fs", "%q is not 9p or virtio-fs", h.SharedFS)
+	}
+	if !filepath.IsAbs(h.VirtioFSDaemon) {
+		bad("hypervisor.virtio_fs_daemon", "must be an absolute path, not %q", h.VirtioFSDaemon)
+	}
+	switch h.VirtioFSCache {
+	case "auto", "always", "none":
+	default:
+		bad("hypervisor.virtio_fs_cache", "%q is not auto, always or none", h.VirtioFSCache)
+	}
 	switch c.Agent.Transport {
 	case "auto", "serial", "vsock":
 	default:

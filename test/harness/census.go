@@ -17,6 +17,7 @@ import (
 type Census struct {
 	QEMU        []string // "pid cmdline" of every QEMU on the host
 	Shims       []string // "pid cmdline" of every podvm shim
+	Virtiofsd   []string // "pid cmdline" of every virtio-fs daemon
 	NetNS       []string // entries of /var/run/netns
 	ShimSockets []string // shim sockets in /run/containerd/s
 	Mounts      []string // mounts below /run/podvm and the temp directory
@@ -44,6 +45,8 @@ func TakeCensus() Census {
 				c.QEMU = append(c.QEMU, desc)
 			case base == "containerd-shim-podvm-v2":
 				c.Shims = append(c.Shims, desc)
+			case base == "virtiofsd":
+				c.Virtiofsd = append(c.Virtiofsd, desc)
 			}
 		}
 		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
@@ -93,6 +96,10 @@ func (c Census) QEMUPid(id string) int { return pidIn(c.QEMU, " -name "+id+" ") 
 // ShimPid is the PID of the podvm shim of sandbox id, 0 if there is none.
 func (c Census) ShimPid(id string) int { return pidIn(c.Shims, " -id "+id+" ") }
 
+// VirtiofsdPid is the PID of the virtio-fs daemon serving dir, 0 if there
+// is none.
+func (c Census) VirtiofsdPid(dir string) int { return pidIn(c.Virtiofsd, " source="+dir+" ") }
+
 // pidIn returns the PID of the "pid cmdline" entry whose command line holds
 // needle.
 func pidIn(entries []string, needle string) int {
@@ -116,6 +123,11 @@ func (c Census) Leaks(after Census) []string {
 	for _, q := range after.Shims {
 		if !slices.Contains(c.Shims, q) {
 			leaks = append(leaks, "shim still running: "+q)
+		}
+	}
+	for _, q := range after.Virtiofsd {
+		if !slices.Contains(c.Virtiofsd, q) {
+			leaks = append(leaks, "virtiofsd still running: "+q)
 		}
 	}
 	for _, n := range after.NetNS {

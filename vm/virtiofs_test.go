@@ -1,0 +1,97 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer/specconv"
+
+	"github.com/podvm/podvm/hypervisor"
+	"github.com/podvm/podvm/test/harness"
+)
+
+// TestGuestVirtioFS: a container whose rootfs reaches the guest over
+// virtio-fs. The VM boots (no template), the guest's root is virtiofs, a
+// file written in the container lands in the host's directory, a link the
+// host left in the rootfs pointing outside it is resolved in the guest (the
+// daemon never follows it on the host), and the daemon is gone with QEMU.
+func TestGuestVirtioFS(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	cfg.Hypervisor.SharedFS = hypervisor.FSVirtio
+	share := t.TempDir()
+	rootfs := filepath.Join(share, "c1", "rootfs")
+	if err := harness.BusyboxRootfs(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	// A secret of the host's, outside the share, and a link to it inside.
+	secret := filepath.Join(t.TempDir(), "host-secret")
+	if err := os.WriteFile(secret, []byte("host only\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(rootfs, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	sockets := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-virtiofs", SocketDir: sockets,
+		Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+	if g.Template != "" {
+		t.Errorf("a virtio-fs VM was restored from template %s", g.Template)
+	}
+	daemon := harness.TakeCensus().VirtiofsdPid(share)
+	if daemon == 0 {
+		t.Fatalf("no virtiofsd serving %s", share)
+	}
+	if entries, _ := os.ReadDir(sockets); len(entries) != 0 {
+		t.Errorf("socket directory not empty after the start: %v", entries)
+	}
+
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Root.Readonly = false
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"sh", "-c", `awk '$2 == "/" { print $3 }' /proc/mounts; echo written > /from-guest; cat /escape 2>&1; true`}
+	b, _ := json.Marshal(spec)
+	storage := Storage{Source: "podvm", Target: "/run/podvm/shared", Type: "virtiofs"}
+	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{storage}, Streams: Streams{Stdout: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	out := readAll(ctx, t, g, "c1", "", Stdout)
+	if status, err := g.Wait(ctx, "c1", ""); err != nil || status != 0 {
+		t.Fatalf("wait = %d, %v", status, err)
+	}
+	lines := strings.SplitN(out, "\n", 2)
+	if lines[0] != "virtiofs" {
+		t.Errorf("the container's root is %q, want virtiofs (output %q)", lines[0], out)
+	}
+	if strings.Contains(out, "host only") {
+		t.Errorf("the guest read a host file outside the share through a link: %q", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(rootfs, "from-guest")); err != nil || string(b) != "written\n" {
+		t.Errorf("file written in the guest: %q, %v", b, err)
+	}
+	if err := g.DeleteContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(daemon))); err == nil {
+		t.Errorf("virtiofsd %d still there after the VM stopped", daemon)
+	}
+}
