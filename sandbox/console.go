@@ -138,7 +138,7 @@ func (cs *consoleServer) relay(conn net.Conn) {
 	id, err := g.StartConsole(ctx, vm.ConsoleShell{
 		Busybox: busybox, Terminal: hello.Terminal, Term: hello.Term,
 		Width: uint32(hello.Size.Width), Height: uint32(hello.Size.Height),
-		Storages: []vm.Storage{cs.sb.shareStorage()},
+		Storages: []vm.Storage{shareStorage(g)},
 	})
 	if err != nil {
 		fail(err)

@@ -39,9 +39,9 @@ type Container struct {
 }
 
 // shareStorage is the guest mount of the sandbox's shared directory, over
-// the filesystem the pod's VM serves it with.
-func (sb *Pod) shareStorage() vm.Storage {
-	if sb.config().Hypervisor.SharedFS == hypervisor.FSVirtio {
+// the filesystem g serves it with.
+func shareStorage(g *vm.Guest) vm.Storage {
+	if g.SharedFS == hypervisor.FSVirtio {
 		return vm.Storage{Source: shareTag, Target: guestShareRoot, Type: "virtiofs"}
 	}
 	return vm.Storage{
@@ -201,7 +201,7 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 	if err != nil {
 		return nil, err
 	}
-	storages := []vm.Storage{sb.shareStorage()}
+	storages := []vm.Storage{shareStorage(g)}
 	if podShm {
 		storages = append(storages, podShmStorage)
 	}

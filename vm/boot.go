@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"time"
 
@@ -62,7 +63,7 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 		CPUModel:      h.CPUModel,
 		TSCKHz:        hypervisor.CachedHostTSCKHz(c.StateDir),
 		Vsock:         b.vsock,
-		SharedFS:      h.SharedFS,
+		SharedFS:      sharedFS(c, b.vsock),
 		Virtiofsd:     h.VirtioFSDaemon,
 		VirtioFSCache: h.VirtioFSCache,
 		Debug:         c.Debug,
@@ -88,6 +89,25 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 	hc.KernelParams = append(params, operatorParams(h)...)
 	b.hypervisor, b.accel = hc, choice
 	return b, nil
+}
+
+// sharedFS resolves hypervisor.shared_fs. "auto" keeps 9p where a template
+// will serve the VM: a restore is several times faster than a boot, and
+// idle pods share the template's pages, neither of which virtio-fs allows
+// (virtiofsd shares the guest's RAM). Where the VM boots anyway, virtio-fs
+// is free and several times faster on small files and metadata.
+func sharedFS(c *vmconfig.Config, vsock bool) string {
+	switch c.Hypervisor.SharedFS {
+	case hypervisor.FS9P, hypervisor.FSVirtio:
+		return c.Hypervisor.SharedFS
+	}
+	if c.Template.Enabled && !vsock {
+		return hypervisor.FS9P
+	}
+	if _, err := exec.LookPath(c.Hypervisor.VirtioFSDaemon); err != nil {
+		return hypervisor.FS9P
+	}
+	return hypervisor.FSVirtio
 }
 
 // agentParams are what the agent reads from the kernel command line: the

@@ -64,7 +64,7 @@ func templateUsable(c *vmconfig.Config, b bootPlan) string {
 	case b.vsock:
 		// A vhost-vsock device's context ID is the VM's own.
 		return "the vsock agent transport does not restore from templates"
-	case c.Hypervisor.SharedFS == hypervisor.FSVirtio:
+	case b.hypervisor.SharedFS == hypervisor.FSVirtio:
 		// virtiofsd maps the guest's RAM shared; a restored VM's is the
 		// template's file mapped private. QEMU 7.2 cannot migrate a
 		// vhost-user-fs device either.

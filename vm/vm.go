@@ -39,6 +39,9 @@ type Guest struct {
 	// Template names the template the VM was restored from; empty for a
 	// VM that booted.
 	Template string
+	// SharedFS is how the VM serves its shares: hypervisor.FS9P or
+	// hypervisor.FSVirtio.
+	SharedFS string
 	// Timings are the parts of BootTime.
 	Timings BootTimings
 	// macs maps the MAC a NIC was asked for to the one it has in a
@@ -245,7 +248,7 @@ func restore(ctx context.Context, c *vmconfig.Config, b bootPlan, hc hypervisor.
 
 func newGuest(c *vmconfig.Config, opts Options, v *hypervisor.VM, b bootPlan) *Guest {
 	return &Guest{
-		ID: opts.ID, VM: v, life: v, Accel: b.accel,
+		ID: opts.ID, VM: v, life: v, Accel: b.accel, SharedFS: b.hypervisor.SharedFS,
 		requestTimeout:  c.Timeouts.Request.Duration,
 		aliveTimeout:    c.Timeouts.Agent.Duration,
 		shutdownTimeout: c.Timeouts.Shutdown.Duration,

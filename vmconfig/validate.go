@@ -50,9 +50,9 @@ func (c *Config) Validate() error {
 		bad("hypervisor.tcg_cache_mib", "%d is outside 0..%d (0 means QEMU's default)", h.TCGCacheMiB, MaxTCGCacheMiB)
 	}
 	switch h.SharedFS {
-	case "9p", "virtio-fs":
+	case "auto", "9p", "virtio-fs":
 	default:
-		bad("hypervisor.shared_fs", "%q is not 9p or virtio-fs", h.SharedFS)
+		bad("hypervisor.shared_fs", "%q is not auto, 9p or virtio-fs", h.SharedFS)
 	}
 	if !filepath.IsAbs(h.VirtioFSDaemon) {
 		bad("hypervisor.virtio_fs_daemon", "must be an absolute path, not %q", h.VirtioFSDaemon)

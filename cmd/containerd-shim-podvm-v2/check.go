@@ -141,6 +141,7 @@ func check(ctx context.Context, configPath string) []finding {
 	if qemuOK && kernelOK && initOK {
 		fds = append(fds, bootFindings(ctx, cfg)...)
 	}
+	add(sharedFSFinding(cfg))
 	if hypervisor.VsockAvailable() {
 		add(finding{"ok", "vhost-vsock", "available: the agent channel can use vsock", ""})
 	} else {
@@ -159,6 +160,25 @@ func check(ctx context.Context, configPath string) []finding {
 	}
 	add(cgroupFinding())
 	return fds
+}
+
+// sharedFSFinding says how containers' files will reach the guests, and
+// whether the virtio-fs daemon the configuration may need is there.
+func sharedFSFinding(cfg *vmconfig.Config) finding {
+	h := cfg.Hypervisor
+	_, err := exec.LookPath(h.VirtioFSDaemon)
+	switch {
+	case h.SharedFS == hypervisor.FS9P:
+		return finding{"ok", "shared filesystem", "9p", ""}
+	case h.SharedFS == hypervisor.FSVirtio && err != nil:
+		return finding{"FAIL", "shared filesystem", "virtio-fs, but " + h.VirtioFSDaemon + " is missing",
+			"apt-get install qemu-system-common, or set hypervisor.virtio_fs_daemon, or hypervisor.shared_fs = \"9p\""}
+	case h.SharedFS == hypervisor.FSVirtio:
+		return finding{"ok", "shared filesystem", "virtio-fs (" + h.VirtioFSDaemon + "); VMs boot, templates do not apply", ""}
+	case err != nil:
+		return finding{"info", "shared filesystem", "9p (auto; no virtio-fs daemon at " + h.VirtioFSDaemon + ")", ""}
+	}
+	return finding{"ok", "shared filesystem", "auto: 9p for VMs restored from templates, virtio-fs (" + h.VirtioFSDaemon + ") for VMs that boot", ""}
 }
 
 func assetFinding(add func(finding), what, path, version string) bool {
