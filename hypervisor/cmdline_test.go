@@ -57,6 +57,32 @@ func TestArgs(t *testing.T) {
 			wantParams: []string{"maxcpus=1"},
 		},
 		{
+			// virtiofsd shares the guest's RAM, and refuses legacy
+			// virtio-mmio devices.
+			name:        "microvm virtio-fs",
+			cfg:         Config{ID: "e", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 256, SharedFS: FSVirtio, Shares: []Share{{Tag: "podvm", Path: "/s"}}},
+			fds:         fds{qmp: 3, console: 4, virtiofs: []int{5}},
+			machine:     "microvm,acpi=off,x-option-roms=off,memory-backend=ram",
+			want:        []string{"-object=memory-backend-memfd,id=ram,size=256M,share=on", "-global=virtio-mmio.force-legacy=false", "-chardev=socket,id=vfs0,fd=5"},
+			wantDevices: []string{"vhost-user-fs-device,chardev=vfs0,tag=podvm,queue-size=1024"},
+		},
+		{
+			name:        "q35 virtio-fs",
+			cfg:         Config{ID: "f", Machine: "q35", Accel: TCG, CPUs: 1, MemoryMiB: 256, SharedFS: FSVirtio, Shares: []Share{{Tag: "podvm", Path: "/s"}}},
+			fds:         fds{qmp: 3, console: 4, virtiofs: []int{5}},
+			machine:     "q35,vmport=off,smbus=off,sata=off,memory-backend=ram",
+			want:        []string{"-object=memory-backend-memfd,id=ram,size=256M,share=on", "-chardev=socket,id=vfs0,fd=5"},
+			wantDevices: []string{"vhost-user-fs-pci,chardev=vfs0,tag=podvm,queue-size=1024"},
+		},
+		{
+			name:        "microvm 9p",
+			cfg:         Config{ID: "g", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 256, Shares: []Share{{Tag: "podvm", Path: "/s,x"}}},
+			fds:         fds{qmp: 3, console: 4},
+			machine:     "microvm,acpi=off,x-option-roms=off",
+			want:        []string{"-fsdev=local,id=fs0,path=/s,,x,security_model=passthrough,multidevs=remap"},
+			wantDevices: []string{"virtio-9p-device,fsdev=fs0,mount_tag=podvm"},
+		},
+		{
 			name:    "default TCG cache, no serial ports",
 			cfg:     Config{ID: "c", Machine: "microvm", Accel: TCG, CPUs: 1, MemoryMiB: 128, MaxCPUs: 2, MaxMemoryMiB: 4096},
 			fds:     fds{qmp: 3, console: 4},
