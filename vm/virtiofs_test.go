@@ -22,9 +22,17 @@ import (
 // host left in the rootfs pointing outside it is resolved in the guest (the
 // daemon never follows it on the host), and the daemon is gone with QEMU.
 func TestGuestVirtioFS(t *testing.T) {
+	for _, machine := range []string{"microvm", "q35"} {
+		t.Run(machine, func(t *testing.T) { testGuestVirtioFS(t, machine) })
+	}
+}
+
+func testGuestVirtioFS(t *testing.T, machine string) {
 	cfg := harness.VMConfig(t)
 	harness.WatchLeaks(t)
 	cfg.Hypervisor.SharedFS = hypervisor.FSVirtio
+	cfg.Hypervisor.Machine = machine
+	cfg.Hypervisor.MaxMemoryMiB = 2048
 	share := t.TempDir()
 	rootfs := filepath.Join(share, "c1", "rootfs")
 	if err := harness.BusyboxRootfs(rootfs); err != nil {
@@ -41,7 +49,7 @@ func TestGuestVirtioFS(t *testing.T) {
 	sockets := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-virtiofs", SocketDir: sockets,
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-virtiofs-" + machine, SocketDir: sockets,
 		Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
 	if err != nil {
 		t.Fatal(err)
@@ -58,11 +66,18 @@ func TestGuestVirtioFS(t *testing.T) {
 		t.Errorf("socket directory not empty after the start: %v", entries)
 	}
 
+	if machine == "q35" {
+		// Hot-plugged RAM must be shared with virtiofsd too, or QEMU
+		// cannot hand it the new memory table.
+		if err := g.Grow(ctx, 1, cfg.Hypervisor.MemoryMiB+256); err != nil {
+			t.Fatal(err)
+		}
+	}
 	spec := specconv.Example()
 	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
 	spec.Root.Readonly = false
 	spec.Process.Terminal = false
-	spec.Process.Args = []string{"sh", "-c", `awk '$2 == "/" { print $3 }' /proc/mounts; echo written > /from-guest; cat /escape 2>&1; true`}
+	spec.Process.Args = []string{"sh", "-c", `awk '$2 == "/" { print $3 }' /proc/mounts; echo written > /from-guest; cat /escape 2>&1; dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; true`}
 	b, _ := json.Marshal(spec)
 	storage := Storage{Source: "podvm", Target: "/run/podvm/shared", Type: "virtiofs"}
 	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{storage}, Streams: Streams{Stdout: true}}); err != nil {
@@ -84,6 +99,9 @@ func TestGuestVirtioFS(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(rootfs, "from-guest")); err != nil || string(b) != "written\n" {
 		t.Errorf("file written in the guest: %q, %v", b, err)
+	}
+	if st, err := os.Stat(filepath.Join(rootfs, "big")); err != nil || st.Size() != 64<<20 {
+		t.Errorf("64 MiB written in the guest: %v", err)
 	}
 	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)
