@@ -2,13 +2,16 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"debug/elf"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,9 +35,9 @@ type consoleServer struct {
 	wg    sync.WaitGroup
 }
 
-// consoleShareDir holds the staged busybox in the share; the leading dot
-// keeps it apart from containers' directories (containerd's IDs cannot
-// start with one).
+// consoleShareDir starts the names of the directories the busybox is
+// staged in (one per console, see stage); the leading dot keeps them apart
+// from containers' directories (containerd's IDs cannot start with one).
 const consoleShareDir = ".debug-console"
 
 // hostBusybox is used when none is installed beside the guest kernel
@@ -237,10 +240,11 @@ func (cs *consoleServer) stageBusybox() (string, error) {
 	if err := checkStatic(src); err != nil {
 		return "", fmt.Errorf("no busybox for the debug console: %w; install a static busybox beside the guest kernel (%s) or Debian's busybox-static", err, filepath.Dir(cs.sb.config().Hypervisor.Kernel))
 	}
-	if err := cs.stage(src); err != nil {
+	dir, err := cs.stage(src)
+	if err != nil {
 		return "", fmt.Errorf("stage busybox: %w", err)
 	}
-	return guestShareRoot + "/" + consoleShareDir + "/busybox", nil
+	return guestShareRoot + "/" + dir + "/busybox", nil
 }
 
 // checkStatic makes sure path is an executable the guest can run: it has
@@ -260,45 +264,73 @@ func checkStatic(path string) error {
 	return nil
 }
 
-// stage copies src into the share's console directory. The guest may have
-// put anything there (a link to a host file, say): what is at the name is
-// removed, never followed, and the copy is a new file.
-func (cs *consoleServer) stage(src string) error {
+// stage copies src into a directory of the share made for this console,
+// under a name nobody can guess, and removes those of earlier consoles; it
+// returns the directory's name. The guest may have put anything where an
+// earlier copy was (a link to a host file, say), and over virtio-fs it
+// keeps what it looked up for a second: a name of its own keeps the
+// host from writing through the guest's doing and the guest from finding
+// its stale entry instead of the new copy.
+func (cs *consoleServer) stage(src string) (string, error) {
 	share, err := openDir(cs.sb.shareDir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer share.Close()
-	// Anything but a directory at the name (a link, say) is the guest's
-	// doing: drop it and make the directory again.
-	var st unix.Stat_t
-	if err := unix.Fstatat(int(share.Fd()), consoleShareDir, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		if err := unix.Unlinkat(int(share.Fd()), consoleShareDir, 0); err != nil {
-			return &os.PathError{Op: "remove", Path: filepath.Join(share.Name(), consoleShareDir), Err: err}
-		}
+	var suffix [8]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return "", err
 	}
-	dir, err := mkdirBeneath(share, consoleShareDir, 0o755)
+	name := consoleShareDir + "-" + hex.EncodeToString(suffix[:])
+	if err := unix.Mkdirat(int(share.Fd()), name, 0o755); err != nil {
+		return "", &os.PathError{Op: "mkdir", Path: filepath.Join(share.Name(), name), Err: err}
+	}
+	if err := removeOtherConsoles(cs.sb.shareDir, name); err != nil {
+		return "", err
+	}
+	// An O_PATH handle cannot be written through: open the directory.
+	d, err := openBeneath(share, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
-		return err
+		return "", err
 	}
-	dir.Close()
-	// An O_PATH handle cannot be written through: reopen the directory.
-	d, err := openBeneath(share, consoleShareDir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	defer d.Close()
+	out, err := openBeneath(d, "busybox", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o755)
+	if err != nil {
+		return "", err
+	}
+	return name, copyInto(out, src)
+}
+
+// copyInto copies src into out and closes out.
+// removeOtherConsoles removes the console directories of share but keep.
+// The guest may fill the share with names: they are read a batch at a
+// time, never all at once.
+func removeOtherConsoles(share, keep string) error {
+	d, err := os.Open(share)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	if err := unix.Unlinkat(int(d.Fd()), "busybox", 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "remove", Path: filepath.Join(d.Name(), "busybox"), Err: err}
+	for {
+		names, err := d.Readdirnames(256)
+		for _, n := range names {
+			// RemoveAll removes a link, never what it points to, and
+			// opens each directory below without following links.
+			if strings.HasPrefix(n, consoleShareDir) && n != keep {
+				if err := os.RemoveAll(filepath.Join(share, n)); err != nil {
+					return err
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
-	out, err := openBeneath(d, "busybox", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o755)
-	if err != nil {
-		return err
-	}
-	return copyInto(out, src)
 }
 
-// copyInto copies src into out and closes out.
 func copyInto(out *os.File, src string) error {
 	in, err := os.Open(src)
 	if err != nil {

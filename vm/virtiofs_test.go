@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,6 +63,7 @@ func testGuestVirtioFS(t *testing.T, machine string) {
 	if daemon == 0 {
 		t.Fatalf("no virtiofsd serving %s", share)
 	}
+	checkDaemonSandbox(t, daemon, share)
 	if entries, _ := os.ReadDir(sockets); len(entries) != 0 {
 		t.Errorf("socket directory not empty after the start: %v", entries)
 	}
@@ -111,5 +113,39 @@ func testGuestVirtioFS(t *testing.T, machine string) {
 	}
 	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(daemon))); err == nil {
 		t.Errorf("virtiofsd %d still there after the VM stopped", daemon)
+	}
+}
+
+// checkDaemonSandbox: the daemon a hostile guest talks to is confined: its
+// root is the share, a seccomp filter is on, and of root's capabilities it
+// keeps none that could reach beyond files (no CAP_SYS_ADMIN, no
+// CAP_SYS_PTRACE, no CAP_NET_ADMIN...).
+func checkDaemonSandbox(t *testing.T, pid int, share string) {
+	t.Helper()
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err != nil || root != share {
+		t.Errorf("virtiofsd's root is %q (%v), want the share %s", root, err, share)
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, l := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	if fields["Seccomp"] != "2" {
+		t.Errorf("virtiofsd runs without a seccomp filter (Seccomp: %s)", fields["Seccomp"])
+	}
+	eff, err := strconv.ParseUint(fields["CapEff"], 16, 64)
+	if err != nil {
+		t.Fatalf("CapEff %q: %v", fields["CapEff"], err)
+	}
+	// chown, dac_override, fowner, fsetid, setgid, setuid, mknod, setfcap:
+	// what serving files as their owners takes.
+	const allowed = 1<<0 | 1<<1 | 1<<3 | 1<<4 | 1<<6 | 1<<7 | 1<<27 | 1<<31
+	if extra := eff &^ allowed; extra != 0 {
+		t.Errorf("virtiofsd keeps capabilities beyond file ownership: CapEff %016x (extra %016x)", eff, extra)
 	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,13 +20,22 @@ import (
 // files, and races the host while containers come and go. The host's file
 // system must stay untouched, every host-side mount of the share must be
 // nosuid and nodev, read-only binds must be read-only in every submount,
-// and nothing may be left.
+// and nothing may be left. The same attacks run over each shared
+// filesystem (over virtio-fs, the guest's requests go to a virtiofsd
+// instead of QEMU).
 func TestGuestRootAdversary(t *testing.T) {
 	s := newSuite(t)
+	for _, fs := range []string{"9p", "virtio-fs"} {
+		t.Run(fs, func(t *testing.T) { testGuestRootAdversary(t, s, fs) })
+	}
+}
+
+func testGuestRootAdversary(t *testing.T, s *suite, sharedFS string) {
 	stateDir := filepath.Join(s.ctd.Dir, "podvm")
 	dir := t.TempDir()
 	withConsole := filepath.Join(dir, "console.toml")
-	if err := os.WriteFile(withConsole, []byte("debug_console = true\n"), 0o644); err != nil {
+	conf := fmt.Sprintf("debug_console = true\n[hypervisor]\nshared_fs = %q\n", sharedFS)
+	if err := os.WriteFile(withConsole, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// What the guest aims at on the host.
@@ -91,18 +101,19 @@ func TestGuestRootAdversary(t *testing.T) {
 	t.Run("console busybox", func(t *testing.T) {
 		// The staged busybox replaced by a link to a host file, then the
 		// whole console directory by a link to a host directory: the
-		// next consoles must write neither.
-		guest("rm -f $S/.debug-console/busybox; ln -s " + canary + " $S/.debug-console/busybox 2>&1; ls -l $S/.debug-console")
+		// next consoles must write neither (and, over virtio-fs, must
+		// not find the guest's links in its cache either).
+		guest("for d in $S/.debug-console*; do rm -f $d/busybox; ln -s " + canary + " $d/busybox 2>&1; ls -l $d; done")
 		if out := guest("echo console-$((40+2))"); !strings.Contains(out, "console-42") {
 			t.Errorf("console after the link was planted: %q", out)
 		}
 		untouched("after a console with a planted busybox link")
-		guest("rm -rf $S/.debug-console; ln -s " + victim + " $S/.debug-console")
+		guest("for d in $S/.debug-console*; do rm -rf $d; ln -s " + victim + " $d; done")
 		if out := guest("echo console-$((40+3))"); !strings.Contains(out, "console-43") {
 			t.Errorf("console after its directory was linked away: %q", out)
 		}
 		untouched("after a console with a planted directory link")
-		guest("rm -f $S/.debug-console")
+		guest("rm -f $S/.debug-console*")
 	})
 
 	t.Run("planted container directory", func(t *testing.T) {
