@@ -18,9 +18,12 @@ import (
 // and the whole sandbox directory, are removed. The directory, which holds
 // the records of what to undo, goes last and only once the rest is undone,
 // so that a failed cleanup can be run again.
-func Cleanup(dir, sandboxID, containerID string) error {
+func Cleanup(dir, sandboxID, containerID, shareDir string) error {
 	if containerID != sandboxID {
-		return unmountTree(dir, filepath.Join("shared", containerID))
+		if shareDir == "" {
+			shareDir = containerID
+		}
+		return unmountTree(dir, filepath.Join("shared", shareDir))
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, qemuPidFile)); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {

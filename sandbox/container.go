@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 // through the share, its init process and its exec processes.
 type Container struct {
 	id     string
+	dir    string // its directory in the share (shareDirName)
 	bundle string
 	sb     *Pod
 	guest  *vm.Guest // the VM the container lives in
@@ -103,14 +106,18 @@ func (sb *Pod) Create(ctx context.Context, r CreateRequest) (*Container, error) 
 	if err := checkSpec(r.ID, r.Spec, len(r.Rootfs)); err != nil {
 		return nil, err
 	}
+	dir, err := shareDirName(r.ID)
+	if err != nil {
+		return nil, err
+	}
 	// Before anything is made: `delete` finds it all from here.
-	if err := WriteRecord(r.Bundle, Record{SandboxID: sb.id, SandboxDir: sb.dir}); err != nil {
+	if err := WriteRecord(r.Bundle, Record{SandboxID: sb.id, SandboxDir: sb.dir, ShareDir: dir}); err != nil {
 		return nil, err
 	}
 	if err := sb.Boot(ctx, r.Spec); err != nil {
 		return nil, fmt.Errorf("boot the VM for %s: %w", r.ID, err)
 	}
-	c, err := sb.createContainer(ctx, r)
+	c, err := sb.createContainer(ctx, r, dir)
 	if err != nil {
 		if sb.Empty() && !sb.Held() {
 			// Nothing else needs the VM just booted for it.
@@ -122,25 +129,39 @@ func (sb *Pod) Create(ctx context.Context, r CreateRequest) (*Container, error) 
 	return c, nil
 }
 
-// createContainer prepares the container's files on the host and creates
-// it in the guest. On failure nothing it made is left.
-func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Container, retErr error) {
+// shareDirName names a container's directory in the share: its ID and a
+// random suffix, new for every container. A name the guest has never
+// looked up is one no guest cache holds: over virtio-fs the guest trusts
+// its lookups for a second, and a container ID used again in the pod
+// would otherwise find the last one's files. Nor can the guest guess it
+// and prepare something there.
+func shareDirName(id string) (string, error) {
+	var suffix [6]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return "", err
+	}
+	return id + "." + hex.EncodeToString(suffix[:]), nil
+}
+
+// createContainer prepares the container's files on the host, in the
+// share's directory dir, and creates it in the guest. On failure nothing
+// it made is left.
+func (sb *Pod) createContainer(ctx context.Context, r CreateRequest, dir string) (_ *Container, retErr error) {
 	spec := r.Spec
 	g := sb.Guest()
 	if g == nil {
 		return nil, fmt.Errorf("create %s: the sandbox's VM is not running: %w", r.ID, errdefs.ErrFailedPrecondition)
 	}
-	c := &Container{id: r.ID, bundle: r.Bundle, sb: sb, guest: g, spec: spec, execs: map[string]*Process{}, reserved: map[string]bool{}}
+	c := &Container{id: r.ID, dir: dir, bundle: r.Bundle, sb: sb, guest: g, spec: spec, execs: map[string]*Process{}, reserved: map[string]bool{}}
 	share, err := openDir(sb.shareDir)
 	if err != nil {
 		return nil, err
 	}
 	defer share.Close()
-	// The guest can write the share: whatever it put at the container's
-	// name, the host neither follows nor reuses it.
-	var st unix.Stat_t
-	if err := unix.Fstatat(int(share.Fd()), c.id, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
+	// The guest can write the share: whatever it put at the directory's
+	// name (had it guessed it), the host neither follows nor reuses it.
+	if err := unix.Mkdirat(int(share.Fd()), dir, 0o755); err != nil {
+		return nil, fmt.Errorf("container %s: directory %s in the share: %w", r.ID, dir, err)
 	}
 	ph := newPhases(sb.metrics)
 	defer func() {
@@ -150,7 +171,7 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 			}
 		}
 	}()
-	if err := mountRootfs(share, filepath.Join(c.id, "rootfs"), r.Bundle, spec, append([]mount.Mount(nil), r.Rootfs...)); err != nil {
+	if err := mountRootfs(share, filepath.Join(dir, "rootfs"), r.Bundle, spec, append([]mount.Mount(nil), r.Rootfs...)); err != nil {
 		return nil, err
 	}
 	binds := map[int]string{}
@@ -159,14 +180,14 @@ func (sb *Pod) createContainer(ctx context.Context, r CreateRequest) (_ *Contain
 		if !isBind(m) || isPodShm(m) {
 			continue
 		}
-		subs, err := bindIntoShare(share, m, filepath.Join(c.id, "mounts", fmt.Sprint(i)))
+		subs, err := bindIntoShare(share, m, filepath.Join(dir, "mounts", fmt.Sprint(i)))
 		if err != nil {
 			return nil, err
 		}
-		binds[i], submounts[i] = guestMount(c.id, i), subs
+		binds[i], submounts[i] = guestMount(dir, i), subs
 	}
 	ph.mark("rootfs")
-	gs, err := guestSpec(spec, translation{id: c.id, binds: binds, submounts: submounts, sandboxPid: sb.podPid(c.id, spec.Annotations)})
+	gs, err := guestSpec(spec, translation{id: c.id, dir: dir, binds: binds, submounts: submounts, sandboxPid: sb.podPid(c.id, spec.Annotations)})
 	if err != nil {
 		return nil, err
 	}
@@ -375,7 +396,7 @@ func (c *Container) closeIO() {
 
 // unmount removes the container's files from the share.
 func (c *Container) unmount() error {
-	return unmountTree(c.sb.dir, filepath.Join(filepath.Base(c.sb.shareDir), c.id))
+	return unmountTree(c.sb.dir, filepath.Join(filepath.Base(c.sb.shareDir), c.dir))
 }
 
 // Update applies new limits to the container: the VM first (it grows where

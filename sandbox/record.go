@@ -15,6 +15,10 @@ import (
 type Record struct {
 	SandboxID  string `json:"sandbox_id"`
 	SandboxDir string `json:"sandbox_dir"`
+	// ShareDir is the container's directory in the sandbox's share
+	// (see shareDirName); empty in records written before it existed,
+	// when it was the container's ID.
+	ShareDir string `json:"share_dir,omitempty"`
 }
 
 // RecordName is the record's file in a bundle.
@@ -46,6 +50,9 @@ func ReadRecord(bundle string) (Record, error) {
 	}
 	if err := CheckID("sandbox ID", r.SandboxID); err != nil || !filepath.IsAbs(r.SandboxDir) || filepath.Base(r.SandboxDir) != r.SandboxID {
 		return r, fmt.Errorf("%s names no valid sandbox: %+v", RecordName, r)
+	}
+	if r.ShareDir != "" && (r.ShareDir != filepath.Base(r.ShareDir) || r.ShareDir == "." || r.ShareDir == "..") {
+		return r, fmt.Errorf("%s names no valid directory in the share: %+v", RecordName, r)
 	}
 	return r, nil
 }

@@ -29,17 +29,20 @@ var podShmStorage = vm.Storage{Source: "shm", Target: guestPodShm, Type: "tmpfs"
 // isPodShm says whether m is CRI's bind of the sandbox's /dev/shm.
 func isPodShm(m specs.Mount) bool { return isBind(m) && m.Destination == "/dev/shm" }
 
-// guestRootfs is the container's root filesystem as the guest sees it.
-func guestRootfs(id string) string { return path.Join(guestShareRoot, id, "rootfs") }
+// guestRootfs is the root filesystem, as the guest sees it, of the
+// container whose directory in the share is dir.
+func guestRootfs(dir string) string { return path.Join(guestShareRoot, dir, "rootfs") }
 
-// guestMount is the guest path of the i-th host bind mount of a container.
-func guestMount(id string, i int) string {
-	return path.Join(guestShareRoot, id, "mounts", fmt.Sprint(i))
+// guestMount is the guest path of the i-th host bind mount of the
+// container whose directory in the share is dir.
+func guestMount(dir string, i int) string {
+	return path.Join(guestShareRoot, dir, "mounts", fmt.Sprint(i))
 }
 
 // translation says how the host prepared a container, for guestSpec.
 type translation struct {
-	id string
+	id  string
+	dir string // the container's directory in the share
 	// binds maps the index of a spec mount to its guest source, for the
 	// bind mounts the host exposed through the share.
 	binds map[int]string
@@ -71,7 +74,7 @@ func guestSpec(in *specs.Spec, t translation) (*specs.Spec, error) {
 	if s.Root == nil {
 		s.Root = &specs.Root{}
 	}
-	s.Root.Path = guestRootfs(t.id)
+	s.Root.Path = guestRootfs(t.dir)
 	// OCI hooks name host binaries; they cannot run in the guest.
 	s.Hooks = nil
 	s.Process.ApparmorProfile = ""

@@ -201,7 +201,7 @@ func (manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithField("sandbox", rec.SandboxID).Info("the sandbox's shim still answers; leaving the cleanup to it")
 		return status, nil
 	}
-	if err := sandbox.Cleanup(rec.SandboxDir, rec.SandboxID, id); err != nil {
+	if err := sandbox.Cleanup(rec.SandboxDir, rec.SandboxID, id, rec.ShareDir); err != nil {
 		return shim.StopStatus{}, fmt.Errorf("clean up sandbox %s after its shim (run delete again once fixed): %w", rec.SandboxID, err)
 	}
 	// A killed shim leaves its socket.

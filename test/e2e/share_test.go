@@ -117,27 +117,32 @@ func testGuestRootAdversary(t *testing.T, s *suite, sharedFS string) {
 	})
 
 	t.Run("planted container directory", func(t *testing.T) {
-		// The guest guesses the next container's name and prepares a
-		// directory whose rootfs is a link to the host's victim.
+		// The guest guesses the next container's ID and prepares a
+		// directory of that name whose rootfs is a link to the host's
+		// victim. The host puts each container in a directory of a name
+		// nobody can guess (the ID and a random suffix): the planted
+		// one is left as it is, and the container runs.
 		id := s.id(podvm)
 		guest("mkdir $S/" + id + "; ln -s " + victim + " $S/" + id + "/rootfs")
-		r := member(id)
-		if r.code == 0 || !strings.Contains(r.stderr, "already exists") {
-			t.Errorf("a container whose directory the guest planted: %+v", r)
+		if r := member(id); r.code != 0 {
+			t.Errorf("a container whose ID the guest planted a directory for: %+v", r)
 		}
 		untouched("after the planted container directory")
-		s.ctr(nil, "container", "delete", id)
+		if out := guest("ls -l $S/" + id + "/rootfs"); !strings.Contains(out, "-> "+victim) {
+			t.Errorf("the planted directory was touched: %q", out)
+		}
 		guest("rm -rf $S/" + id)
 	})
 
 	t.Run("racing links", func(t *testing.T) {
 		// While the host creates a container with a bind mount, the
 		// guest keeps planting links where the host is about to make
-		// directories. Whoever wins, nothing lands on the host.
+		// directories, in the container's directory as soon as it sees
+		// it. Whoever wins, nothing lands on the host.
 		id := s.id(podvm)
 		src := filepath.Join(dir, "volume")
 		os.MkdirAll(src, 0o755)
-		guest("(for i in $(seq 4000); do ln -s " + victim + " $S/" + id + "/mounts 2>/dev/null; ln -s " + victim + " $S/" + id + "/rootfs 2>/dev/null; done) >/dev/null 2>&1 &")
+		guest("(for i in $(seq 2000); do for d in $S/" + id + "*; do ln -s " + victim + " $d/mounts 2>/dev/null; ln -s " + victim + " $d/rootfs 2>/dev/null; done; done) >/dev/null 2>&1 &")
 		r := member(id, "--mount", "type=bind,src="+src+",dst=/data,options=rbind")
 		t.Logf("container created while the guest raced: exit %d %s", r.code, strings.TrimSpace(r.stderr))
 		if r.code != 0 {
@@ -155,7 +160,7 @@ func testGuestRootAdversary(t *testing.T, s *suite, sharedFS string) {
 		if r := member(id); r.code != 0 {
 			t.Fatalf("member: %+v", r)
 		}
-		guest("mv $S/" + id + " $S/" + id + ".moved; ln -s " + victim + " $S/" + id)
+		guest("for d in $S/" + id + ".*; do mv $d $d.moved; ln -s " + victim + " $d; done")
 		s.ctr(nil, "task", "kill", "-s", "KILL", id)
 		waitFor(t, func() bool { return strings.Contains(s.ctr(nil, "task", "ls").stdout, "STOPPED") })
 		if r := s.ctr(nil, "task", "delete", id); r.code != 0 {

@@ -38,6 +38,29 @@ func TestVirtioFS(t *testing.T) {
 		t.Errorf("file written through the bind mount: %q, %v", b, err)
 	}
 
+	t.Run("container ID used again at once", func(t *testing.T) {
+		// The guest trusts its lookups in the share for a second; a
+		// container whose ID was just deleted must still see its own
+		// files, not an empty or stale directory.
+		pod := s.id(podvm)
+		if r := s.ctr(nil, "run", "-d", "--runtime", podvm, "--runtime-config-path", conf, harness.BusyboxImage, pod, "sleep", "100000"); r.code != 0 {
+			t.Fatalf("ctr run -d: %+v", r)
+		}
+		defer func() {
+			s.ctr(nil, "task", "kill", "-s", "KILL", pod)
+			waitFor(t, func() bool { return !strings.Contains(s.ctr(nil, "task", "ls").stdout, "RUNNING") })
+			s.ctr(nil, "task", "delete", pod)
+			s.ctr(nil, "container", "delete", pod)
+		}()
+		member := s.id(podvm)
+		for i := 0; i < 3; i++ {
+			r := s.ctr(nil, "run", "--rm", "--runtime", podvm, "--annotation", "io.podvm.group="+pod, harness.BusyboxImage, member, "sh", "-c", "ls /bin/sh /etc/passwd")
+			if r.code != 0 || r.stdout != "/bin/sh\n/etc/passwd\n" {
+				t.Errorf("run %d of container %s in one pod: %+v", i, member, r)
+			}
+		}
+	})
+
 	t.Run("shim killed", func(t *testing.T) {
 		id := s.id(podvm)
 		if r := s.ctr(nil, "run", "-d", "--runtime", podvm, "--runtime-config-path", conf, harness.BusyboxImage, id, "sleep", "100000"); r.code != 0 {
