@@ -71,6 +71,23 @@ func TestValidate(t *testing.T) {
 		{"bad port name", func(c *Config) { c.Ports = []string{"a,b"} }, `invalid or repeated virtio-serial port name "a,b"`},
 		{"option in the name", func(c *Config) { c.ID = "a,debug-threads=on" }, `invalid VM name "a,debug-threads=on"`},
 		{"kernel parameter with a space", func(c *Config) { c.KernelParams = []string{"a b"} }, `kernel parameter "a b": parameters are words`},
+		{"unknown shared filesystem", func(c *Config) { c.SharedFS = "nfs" }, `unknown shared filesystem "nfs"`},
+		{"virtio-fs without its daemon", func(c *Config) {
+			c.SharedFS, c.Virtiofsd, c.VirtioFSCache, c.SocketDir = FSVirtio, "/nonexistent/virtiofsd", "auto", dir
+			c.Shares = []Share{{Tag: "podvm", Path: dir}}
+		}, "apt-get install qemu-system-common"},
+		{"virtio-fs with a template's RAM", func(c *Config) {
+			c.SharedFS, c.Virtiofsd, c.VirtioFSCache, c.SocketDir = FSVirtio, "sh", "auto", dir
+			c.Shares, c.Memory = []Share{{Tag: "podvm", Path: dir}}, &MemoryFile{Path: "/dev/shm/t/ram"}
+		}, "virtiofsd must share it"},
+		{"virtio-fs share with a comma", func(c *Config) {
+			c.SharedFS, c.Virtiofsd, c.VirtioFSCache, c.SocketDir = FSVirtio, "sh", "auto", dir
+			c.Shares = []Share{{Tag: "podvm", Path: dir + "/a,b"}}
+		}, "the path has a comma"},
+		{"virtio-fs without a socket directory", func(c *Config) {
+			c.SharedFS, c.Virtiofsd, c.VirtioFSCache = FSVirtio, "sh", "auto"
+			c.Shares = []Share{{Tag: "podvm", Path: dir}}
+		}, "private directory for its sockets"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -150,6 +151,12 @@ func (c *Config) checkVirtioFS() []error {
 	}
 	if c.Memory != nil {
 		errs = append(errs, errors.New("a VM with virtio-fs cannot have its RAM in a template's file: virtiofsd must share it"))
+	}
+	for _, sh := range c.Shares {
+		// virtiofsd splits its -o options at commas.
+		if strings.Contains(sh.Path, ",") {
+			errs = append(errs, fmt.Errorf("virtio-fs cannot share %s: the path has a comma (move state_dir, or use hypervisor.shared_fs = \"9p\")", sh.Path))
+		}
 	}
 	return errs
 }

@@ -31,7 +31,7 @@ func TestExampleMatchesDefaults(t *testing.T) {
 	}
 	// Every key of Config appears in the example, commented or not.
 	for _, key := range []string{"debug", "state_dir", "path", "kernel", "initramfs", "machine", "accelerator",
-		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed", "max_vcpus", "request", "agent", "enabled", "max", "dir"} {
+		"vcpus", "memory_mib", "tcg_cache_mib", "cpu_model", "kernel_params", "transport", "vsock_port", "boot", "shutdown", "model", "max_memory_mib", "allowed", "max_vcpus", "request", "agent", "enabled", "max", "dir", "shared_fs", "virtio_fs_daemon", "virtio_fs_cache"} {
 		if !strings.Contains(string(b), key+" = ") {
 			t.Errorf("example config does not document %s", key)
 		}
@@ -81,6 +81,9 @@ func TestParseRejects(t *testing.T) {
 		{"[hypervisor]\naccelerator = \"hvf\"\n", []string{"hypervisor.accelerator", `"hvf"`}},
 		{"[hypervisor]\nkernel = \"vmlinux\"\n", []string{"hypervisor.kernel", "absolute path"}},
 		{"[hypervisor]\ntcg_cache_mib = -1\n", []string{"hypervisor.tcg_cache_mib"}},
+		{"[hypervisor]\nshared_fs = \"nfs\"\n", []string{"hypervisor.shared_fs", `"nfs"`}},
+		{"[hypervisor]\nvirtio_fs_cache = \"forever\"\n", []string{"hypervisor.virtio_fs_cache", `"forever"`}},
+		{"[hypervisor]\nvirtio_fs_daemon = \"virtiofsd\"\n", []string{"hypervisor.virtio_fs_daemon", "absolute path"}},
 		{"[agent]\ntransport = \"pigeon\"\n", []string{"agent.transport", `"pigeon"`}},
 		{"[network]\nmodel = \"ipvlan\"\n", []string{"network.model", `"ipvlan"`}},
 		{"[timeouts]\nboot = \"soon\"\n", []string{"timeouts.boot", "not a duration"}},

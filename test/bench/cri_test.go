@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -62,13 +61,7 @@ func BenchmarkCRI(b *testing.B) {
 				m[handler] = append(m[handler], time.Since(t0))
 			}
 			if i < 3 {
-				var st struct {
-					Status struct {
-						Network struct{ IP string } `json:"network"`
-					} `json:"status"`
-				}
-				json.Unmarshal([]byte(crictl("inspectp", "-o", "json", pod)), &st)
-				mb, err := throughput(ctd.NetNS, st.Status.Network.IP+":5001", 64<<20)
+				mb, err := throughput(ctd.NetNS, podIP(crictl, pod)+":5001", 64<<20)
 				if err != nil {
 					b.Fatalf("%s: %v", handler, err)
 				}

@@ -45,7 +45,15 @@ func CRIConfig(dir string) (string, error) {
       runtime_type = "io.containerd.podvm.v2"
       [plugins.%[1]s.containerd.runtimes.podvm-q35.options]
         ConfigPath = %[3]q
-`, plugin, filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"))
+    [plugins.%[1]s.containerd.runtimes.podvm-macvtap]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins.%[1]s.containerd.runtimes.podvm-macvtap.options]
+        ConfigPath = %[4]q
+    [plugins.%[1]s.containerd.runtimes.podvm-bridge]
+      runtime_type = "io.containerd.podvm.v2"
+      [plugins.%[1]s.containerd.runtimes.podvm-bridge.options]
+        ConfigPath = %[5]q
+`, plugin, filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"), filepath.Join(dir, "macvtap.toml"), filepath.Join(dir, "bridge.toml"))
 	if Containerd2() {
 		sandboxer, err := READMEBlock("toml", plugin+".containerd.runtimes.podvm-sandbox]")
 		if err != nil {
@@ -86,7 +94,8 @@ func CRIConfig(dir string) (string, error) {
 const BrokenKernel = "/nonexistent/podvm/vmlinux"
 
 // WriteCNIConfig writes the bridge network CRIConfig points at, and the
-// podvm-broken and podvm-q35 handlers' configurations.
+// configurations of the podvm-broken, podvm-q35, podvm-macvtap and
+// podvm-bridge handlers (the last two: the other network models).
 func WriteCNIConfig(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
 		return err
@@ -96,6 +105,11 @@ func WriteCNIConfig(dir string) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "q35.toml"), []byte("[hypervisor]\nmachine = \"q35\"\nvcpus = 1\nmemory_mib = 512\n"), 0o644); err != nil {
 		return err
+	}
+	for _, model := range []string{"macvtap", "bridge"} {
+		if err := os.WriteFile(filepath.Join(dir, model+".toml"), []byte(fmt.Sprintf("[network]\nmodel = %q\n", model)), 0o644); err != nil {
+			return err
+		}
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"podvm-cri","plugins":[{"type":"bridge","bridge":"podvmcri0","isGateway":true,"ipMasq":false,
 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
