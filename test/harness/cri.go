@@ -35,25 +35,18 @@ func CRIConfig(dir string) (string, error) {
 		return "", err
 	}
 	runtimes := fmt.Sprintf(`
-    [plugins.%[1]s.containerd.runtimes.runc]
+    [plugins.%s.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins.%[1]s.containerd.runtimes.podvm-broken]
+`, plugin)
+	// podvm-NAME runs podvm with NAME.toml (WriteCNIConfig) over the
+	// node's configuration.
+	for _, name := range podvmVariants {
+		runtimes += fmt.Sprintf(`    [plugins.%[1]s.containerd.runtimes.podvm-%[2]s]
       runtime_type = "io.containerd.podvm.v2"
-      [plugins.%[1]s.containerd.runtimes.podvm-broken.options]
-        ConfigPath = %[2]q
-    [plugins.%[1]s.containerd.runtimes.podvm-q35]
-      runtime_type = "io.containerd.podvm.v2"
-      [plugins.%[1]s.containerd.runtimes.podvm-q35.options]
+      [plugins.%[1]s.containerd.runtimes.podvm-%[2]s.options]
         ConfigPath = %[3]q
-    [plugins.%[1]s.containerd.runtimes.podvm-macvtap]
-      runtime_type = "io.containerd.podvm.v2"
-      [plugins.%[1]s.containerd.runtimes.podvm-macvtap.options]
-        ConfigPath = %[4]q
-    [plugins.%[1]s.containerd.runtimes.podvm-bridge]
-      runtime_type = "io.containerd.podvm.v2"
-      [plugins.%[1]s.containerd.runtimes.podvm-bridge.options]
-        ConfigPath = %[5]q
-`, plugin, filepath.Join(dir, "broken.toml"), filepath.Join(dir, "q35.toml"), filepath.Join(dir, "macvtap.toml"), filepath.Join(dir, "bridge.toml"))
+`, plugin, name, filepath.Join(dir, name+".toml"))
+	}
 	if Containerd2() {
 		sandboxer, err := READMEBlock("toml", plugin+".containerd.runtimes.podvm-sandbox]")
 		if err != nil {
@@ -93,21 +86,30 @@ func CRIConfig(dir string) (string, error) {
 // names: it does not exist, so its pods fail to start.
 const BrokenKernel = "/nonexistent/podvm/vmlinux"
 
+// podvmVariants name the CRI handlers podvm-NAME beside podvm, each with
+// its configuration file: a guest that cannot boot, the q35 machine, the
+// other two network models.
+var podvmVariants = []string{"broken", "q35", "macvtap", "bridge"}
+
+// variantConfig is the configuration of handler podvm-name.
+func variantConfig(name string) string {
+	switch name {
+	case "broken":
+		return fmt.Sprintf("[hypervisor]\nkernel = %q\n", BrokenKernel)
+	case "q35":
+		return "[hypervisor]\nmachine = \"q35\"\nvcpus = 1\nmemory_mib = 512\n"
+	}
+	return fmt.Sprintf("[network]\nmodel = %q\n", name)
+}
+
 // WriteCNIConfig writes the bridge network CRIConfig points at, and the
-// configurations of the podvm-broken, podvm-q35, podvm-macvtap and
-// podvm-bridge handlers (the last two: the other network models).
+// configurations of the podvm-NAME handlers.
 func WriteCNIConfig(dir string) error {
 	if err := os.MkdirAll(filepath.Join(dir, "net.d"), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "broken.toml"), []byte(fmt.Sprintf("[hypervisor]\nkernel = %q\n", BrokenKernel)), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "q35.toml"), []byte("[hypervisor]\nmachine = \"q35\"\nvcpus = 1\nmemory_mib = 512\n"), 0o644); err != nil {
-		return err
-	}
-	for _, model := range []string{"macvtap", "bridge"} {
-		if err := os.WriteFile(filepath.Join(dir, model+".toml"), []byte(fmt.Sprintf("[network]\nmodel = %q\n", model)), 0o644); err != nil {
+	for _, name := range podvmVariants {
+		if err := os.WriteFile(filepath.Join(dir, name+".toml"), []byte(variantConfig(name)), 0o644); err != nil {
 			return err
 		}
 	}
