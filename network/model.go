@@ -184,11 +184,8 @@ func (macvtap) join(h *netlink.Handle, nsPath string, pod netlink.Link, e *endpo
 		_ = macvtap{}.leave(h, e)
 		return nil, fmt.Errorf("set %s up: %w", e.Device, err)
 	}
-	// The character device /dev/tapN (N the ifindex) carries the frames.
-	// It appears in the host's /dev whichever namespace the link is in;
-	// devtmpfs may lag, so make the node if it is missing.
-	dev := fmt.Sprintf("/dev/tap%d", l.Attrs().Index)
-	f, err := openMacvtap(dev, nsPath, e.Device)
+	// The link's character device carries the frames.
+	f, err := openMacvtap(nsPath, l)
 	if err != nil {
 		_ = h.LinkDel(l)
 		return nil, err

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -77,7 +79,13 @@ func TestNamespaceLifecycle(t *testing.T) {
 // a peer namespace) has an address and a default route.
 func podWithVeth(t *testing.T) (pod, peer *Namespace, h *netlink.Handle) {
 	t.Helper()
-	pod, peer = testNS(t, "pod"), testNS(t, "peer")
+	return podWithVethNamed(t, "")
+}
+
+// podWithVethNamed is podWithVeth for one of several pods of a test.
+func podWithVethNamed(t *testing.T, name string) (pod, peer *Namespace, h *netlink.Handle) {
+	t.Helper()
+	pod, peer = testNS(t, "pod"+name), testNS(t, "peer"+name)
 	var err error
 	h, err = handleAt(pod.Path)
 	if err != nil {
@@ -193,6 +201,55 @@ func TestModels(t *testing.T) {
 				t.Errorf("second Close: %v", err)
 			}
 		})
+	}
+}
+
+// TestMacvtapPerPod: two pods' macvtaps with the same interface index
+// (each namespace numbers its own) each get their own device. Through the
+// node /dev/tap<index>, which devtmpfs makes once for both, the second
+// pod's QEMU got the first pod's frames.
+func TestMacvtapPerPod(t *testing.T) {
+	harness.NeedRoot(t)
+	harness.WatchLeaks(t)
+	var index []int
+	for _, name := range []string{"a", "b"} {
+		pod, _, h := podWithVethNamed(t, name)
+		p, err := OpenPod(pod.Path, MacVTap, filepath.Join(t.TempDir(), "network.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps, err := p.Attach()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			eps[0].File.Close()
+			if err := p.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+		dev, err := h.LinkByName("podvm0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		index = append(index, dev.Attrs().Index)
+		// The device as the kernel names it in the pod's namespace
+		// (ip netns exec mounts that namespace's sysfs).
+		out, err := exec.Command("ip", "netns", "exec", filepath.Base(pod.Path), "cat",
+			fmt.Sprintf("/sys/class/net/podvm0/macvtap/tap%d/dev", dev.Attrs().Index)).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(eps[0].File.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)), strings.TrimSpace(string(out)); got != want {
+			t.Errorf("pod %s: QEMU's file is device %s, the pod's macvtap is %s", name, got, want)
+		}
+	}
+	if index[0] != index[1] {
+		t.Fatalf("the macvtaps have indexes %v: the test needs them equal", index)
 	}
 }
 
