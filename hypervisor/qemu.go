@@ -20,6 +20,7 @@ import (
 type VM struct {
 	cfg     Config
 	pid     int
+	proc    *os.Process
 	started time.Time
 	qmp     *QMP
 
@@ -38,6 +39,9 @@ type VM struct {
 	// daemons serve the shares over virtio-fs; they live as long as QEMU.
 	daemons []*virtiofsd
 
+	// exited is closed as soon as QEMU is reaped (its PID may be reused
+	// from then on); done once its daemons and output have ended too.
+	exited  chan struct{}
 	done    chan struct{}
 	exitErr error // how QEMU ended; valid once done is closed
 	killed  bool  // Stop or Kill ended it, so an exit by signal is expected
@@ -52,7 +56,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
 	}
-	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), done: make(chan struct{}), ports: map[string]net.Conn{}}
+	vm := &VM{cfg: cfg, console: newTail(40), stderr: newTail(20), exited: make(chan struct{}), done: make(chan struct{}), ports: map[string]net.Conn{}}
 	vm.res.cpus, vm.res.memoryMiB = cfg.CPUs, cfg.MemoryMiB
 	if err := vm.start(ctx); err != nil {
 		return nil, fmt.Errorf("start VM %s: %w", cfg.ID, err)
@@ -231,9 +235,13 @@ func (vm *VM) run(cmd *exec.Cmd, out *os.File) error {
 			waitDaemons()
 			return
 		}
-		vm.pid = cmd.Process.Pid
+		vm.pid, vm.proc = cmd.Process.Pid, cmd.Process
 		started <- nil
+		for _, d := range vm.daemons {
+			go vm.watchDaemon(d)
+		}
 		err := cmd.Wait()
+		close(vm.exited)
 		waitDaemons()
 		// Output readers end when QEMU's copy of the pipe closes.
 		<-vm.stderr.done
@@ -359,9 +367,11 @@ func (vm *VM) Kill() {
 	vm.killed = true
 	vm.mu.Unlock()
 	select {
-	case <-vm.done:
+	case <-vm.exited:
 	default:
-		_ = unix.Kill(vm.pid, unix.SIGKILL)
+		// Through the process (a pidfd), never a bare PID: one reaped
+		// meanwhile may be another process's now.
+		_ = vm.proc.Signal(syscall.SIGKILL)
 	}
 }
 

@@ -30,6 +30,8 @@ type virtiofsd struct {
 	// listener is the daemon's vhost-user socket (its --fd), until the
 	// daemon has its copy.
 	listener *os.File
+	done     chan struct{} // closed once the started daemon is reaped
+	exit     error         // how it ended; valid once done is closed
 }
 
 // virtiofsdExitGrace is how long a daemon has to notice QEMU is gone (its
@@ -111,25 +113,43 @@ func (d *virtiofsd) start(out *os.File) error {
 	if err != nil {
 		return fmt.Errorf("exec %s: %w", d.cmd.Path, err)
 	}
+	d.done = make(chan struct{})
+	go func() {
+		d.exit = d.cmd.Wait()
+		close(d.done)
+	}()
 	return nil
 }
 
 // wait reaps a started daemon once QEMU has exited: it normally exits when
 // its socket closes; one that does not is killed.
 func (d *virtiofsd) wait() {
-	if d.cmd.Process == nil {
+	if d.done == nil {
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = d.cmd.Wait()
-		close(done)
-	}()
 	select {
-	case <-done:
+	case <-d.done:
 	case <-time.After(virtiofsdExitGrace):
 		_ = d.cmd.Process.Kill()
-		<-done
+		<-d.done
+	}
+}
+
+// watchDaemon stops the VM when a virtio-fs daemon ends before QEMU does:
+// the guest's files are gone, and every process touching them would hang
+// (Kata stops the sandbox too). The daemon's end is in QEMU's exit error.
+func (vm *VM) watchDaemon(d *virtiofsd) {
+	select {
+	case <-vm.exited:
+	case <-d.done:
+		select {
+		case <-vm.exited:
+			// QEMU went first; the daemon followed, as it should.
+			return
+		default:
+		}
+		vm.stderr.add(fmt.Sprintf("virtiofsd (pid %d) ended (%v) while the VM ran: the VM is stopped, its shared files are gone", d.cmd.Process.Pid, d.exit))
+		vm.Kill()
 	}
 }
 

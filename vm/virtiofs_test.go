@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,5 +148,38 @@ func checkDaemonSandbox(t *testing.T, pid int, share string) {
 	const allowed = 1<<0 | 1<<1 | 1<<3 | 1<<4 | 1<<6 | 1<<7 | 1<<27 | 1<<31
 	if extra := eff &^ allowed; extra != 0 {
 		t.Errorf("virtiofsd keeps capabilities beyond file ownership: CapEff %016x (extra %016x)", eff, extra)
+	}
+}
+
+// TestVirtioFSDaemonDies: a VM whose virtio-fs daemon ends is stopped (its
+// processes would hang on their files forever), and QEMU's exit error says
+// why.
+func TestVirtioFSDaemonDies(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	cfg.Hypervisor.SharedFS = hypervisor.FSVirtio
+	share := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	g, err := Boot(ctx, cfg, Options{ID: "podvm-test-virtiofs-dies", SocketDir: t.TempDir(),
+		Shares: []hypervisor.Share{{Tag: "podvm", Path: share}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown(context.Background())
+	daemon := harness.TakeCensus().VirtiofsdPid(share)
+	if daemon == 0 {
+		t.Fatalf("no virtiofsd serving %s", share)
+	}
+	if err := syscall.Kill(daemon, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.VM.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the VM still runs 20 s after its virtio-fs daemon was killed")
+	}
+	if err := g.VM.Err(); err == nil || !strings.Contains(err.Error(), "virtiofsd") {
+		t.Errorf("QEMU's exit error %v does not say the daemon ended", err)
 	}
 }

@@ -270,10 +270,17 @@ func testDetached(t *testing.T, s *suite, rt string) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
+	if !eventually(cond) {
+		t.Error("condition not met within 30 s")
+	}
+}
+
+// eventually says whether cond became true within 30 s.
+func eventually(cond func() bool) bool {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if cond() {
-			return
+			return true
 		}
 	}
-	t.Error("condition not met within 30 s")
+	return false
 }
