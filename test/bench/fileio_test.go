@@ -117,7 +117,7 @@ func BenchmarkFileIO(b *testing.B) {
 	for f, fl := range flavours {
 		line := fmt.Sprintf("  %-16s ctr run --rm true: %s", fl.name, harness.Summary(starts[f]))
 		if f > 0 {
-			line += fmt.Sprintf("; one idle pod alone: %.1f MiB PSS (QEMU, shim, virtiofsd)", mem[f].PSS)
+			line += fmt.Sprintf("; one idle pod alone: %.1f MiB PSS (QEMU and shim, and virtiofsd where there is one)", mem[f].PSS)
 		}
 		fmt.Println(line)
 	}
