@@ -2,9 +2,7 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
 	"debug/elf"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -277,11 +275,10 @@ func (cs *consoleServer) stage(src string) (string, error) {
 		return "", err
 	}
 	defer share.Close()
-	var suffix [8]byte
-	if _, err := rand.Read(suffix[:]); err != nil {
+	name, err := unguessable(consoleShareDir + "-")
+	if err != nil {
 		return "", err
 	}
-	name := consoleShareDir + "-" + hex.EncodeToString(suffix[:])
 	if err := unix.Mkdirat(int(share.Fd()), name, 0o755); err != nil {
 		return "", &os.PathError{Op: "mkdir", Path: filepath.Join(share.Name(), name), Err: err}
 	}

@@ -135,12 +135,16 @@ func (sb *Pod) Create(ctx context.Context, r CreateRequest) (*Container, error) 
 // its lookups for a second, and a container ID used again in the pod
 // would otherwise find the last one's files. Nor can the guest guess it
 // and prepare something there.
-func shareDirName(id string) (string, error) {
+func shareDirName(id string) (string, error) { return unguessable(id + ".") }
+
+// unguessable is prefix followed by random hex: a name in the share that
+// neither the guest nor its caches can know before the host makes it.
+func unguessable(prefix string) (string, error) {
 	var suffix [6]byte
 	if _, err := rand.Read(suffix[:]); err != nil {
 		return "", err
 	}
-	return id + "." + hex.EncodeToString(suffix[:]), nil
+	return prefix + hex.EncodeToString(suffix[:]), nil
 }
 
 // createContainer prepares the container's files on the host, in the

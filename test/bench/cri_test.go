@@ -42,16 +42,8 @@ func BenchmarkCRI(b *testing.B) {
 	mbps := map[string][]float64{}
 	for _, handler := range []string{"runc", "podvm"} {
 		for i := 0; i < n; i++ {
-			name := fmt.Sprintf("%s-%d", handler, i)
-			podCfg, _ := harness.WriteJSON(dir, name+"-pod.json", map[string]any{
-				"metadata": map[string]any{"name": name, "namespace": "default", "uid": name}, "linux": map[string]any{}})
-			ctrCfg, _ := harness.WriteJSON(dir, name+"-ctr.json", map[string]any{
-				"metadata": map[string]any{"name": "sink"}, "image": map[string]any{"image": harness.BusyboxImage},
-				"command": []string{"nc", "-ll", "-p", "5001", "-e", "cat"}, "linux": map[string]any{}})
 			t0 := time.Now()
-			pod := crictl("runp", "--runtime", handler, podCfg)
-			c := crictl("create", pod, ctrCfg, podCfg)
-			crictl("start", c)
+			pod, c := startPod(crictl, dir, handler, fmt.Sprintf("%s-%d", handler, i), "nc", "-ll", "-p", "5001", "-e", "cat")
 			start[handler] = append(start[handler], time.Since(t0))
 			// The first exec into a VM runs code its TCG cache has not
 			// seen; a kubelet's probes exec again and again.

@@ -31,8 +31,9 @@ func BenchmarkNetwork(b *testing.B) {
 	for _, h := range handlers {
 		// An echo server on 5001, a sink that answers with the byte count
 		// on 5002.
-		server, _, ip := startPod(crictl, dir, h, h+"-server", "sh", "-c", "nc -ll -p 5001 -e cat & exec nc -ll -p 5002 -e wc -c")
-		client, c, _ := startPod(crictl, dir, h, h+"-client", "sleep", "100000")
+		server, _ := startPod(crictl, dir, h, h+"-server", "sh", "-c", "nc -ll -p 5001 -e cat & exec nc -ll -p 5002 -e wc -c")
+		ip := podIP(crictl, server)
+		client, c := startPod(crictl, dir, h, h+"-client", "sleep", "100000")
 		for i := 0; i < n; i++ {
 			mb, err := throughput(ctd.NetNS, ip+":5001", netBytes)
 			if err != nil {
@@ -72,8 +73,8 @@ func BenchmarkNetwork(b *testing.B) {
 }
 
 // startPod runs a pod of handler with one busybox container running cmd,
-// and returns the pod's and the container's IDs and the pod's IP.
-func startPod(crictl func(...string) string, dir, handler, name string, cmd ...string) (pod, ctr, ip string) {
+// and returns the pod's and the container's IDs.
+func startPod(crictl func(...string) string, dir, handler, name string, cmd ...string) (pod, ctr string) {
 	podCfg, _ := harness.WriteJSON(dir, name+"-pod.json", map[string]any{
 		"metadata": map[string]any{"name": name, "namespace": "default", "uid": name}, "linux": map[string]any{}})
 	ctrCfg, _ := harness.WriteJSON(dir, name+"-ctr.json", map[string]any{
@@ -82,7 +83,7 @@ func startPod(crictl func(...string) string, dir, handler, name string, cmd ...s
 	pod = crictl("runp", "--runtime", handler, podCfg)
 	ctr = crictl("create", pod, ctrCfg, podCfg)
 	crictl("start", ctr)
-	return pod, ctr, podIP(crictl, pod)
+	return pod, ctr
 }
 
 // podIP is the pod's address as CRI reports it.
