@@ -76,7 +76,8 @@ func run() error {
 		time.AfterFunc(prepareDelay, func() { prep.start(false) })
 	}}
 	agentapi.RegisterAgentService(srv, svc)
-	cs := newContainerService(r, prep)
+	out := newOutputPort(agentapi.OutputPortName)
+	cs := newContainerService(r, prep, out)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
@@ -87,11 +88,18 @@ func run() error {
 	l, rec, err := authenticated(ctx, p, func() <-chan struct{} { return prep.start(true) }, func() {
 		settle()
 		warmUp(srv)
+		// A template's VMs find the output port open.
+		out.openNow()
 	})
 	cancel()
 	if err != nil {
 		return err
 	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), portTimeout)
+		defer cancel()
+		out.open(ctx)
+	}()
 	go func() {
 		defer close(identified)
 		if rec != nil {

@@ -28,6 +28,7 @@ type containerService struct {
 	prep     *prepared
 	storages storages
 	oom      chan string
+	output   *outputPort
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -57,8 +58,8 @@ var (
 	_ agentapi.StdioService      = (*containerService)(nil)
 )
 
-func newContainerService(r *reaper, prep *prepared) *containerService {
-	return &containerService{reaper: r, prep: prep, containers: make(map[string]*container), oom: make(chan string, 64)}
+func newContainerService(r *reaper, prep *prepared, out *outputPort) *containerService {
+	return &containerService{reaper: r, prep: prep, output: out, containers: make(map[string]*container), oom: make(chan string, 64)}
 }
 
 var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
@@ -438,21 +439,28 @@ func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.Process
 	return &emptypb.Empty{}, nil
 }
 
-// outputChunk bounds one ReadOutput answer; ttrpc messages are limited to
-// 4 MiB.
-const outputChunk = 1 << 20
-
-func (s *containerService) ReadOutput(ctx context.Context, req *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
+// AttachOutput starts sending a stream's output on the output port.
+func (s *containerService) AttachOutput(ctx context.Context, req *agentapi.AttachOutputRequest) (*emptypb.Empty, error) {
+	if req.Id == 0 || req.Window == 0 || req.Window > agentapi.MaxWindow {
+		return nil, status.Errorf(codes.InvalidArgument, "output stream id %d with window %d", req.Id, req.Window)
+	}
 	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, outputChunk)
-	n, eof, err := p.io.readOutput(req.Stream, buf, answerBy(ctx))
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "read %v: %v", req.Stream, err)
+	if err := s.output.ready(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
-	return &agentapi.ReadOutputResponse{Data: buf[:n], Eof: eof}, nil
+	f, ok := p.io.output(req.Stream)
+	if !ok {
+		return nil, status.Errorf(codes.AlreadyExists, "the %v of process %q of %s is already attached", req.Stream, req.ExecId, req.ContainerId)
+	}
+	st, ok := s.output.attach(req.Id, req.Window)
+	if !ok {
+		return nil, status.Errorf(codes.AlreadyExists, "output stream id %d is taken", req.Id)
+	}
+	go s.output.push(req.Id, st, f, p.io.terminal, p.io.releasedCh())
+	return &emptypb.Empty{}, nil
 }
 
 func (s *containerService) Stats(ctx context.Context, req *agentapi.ContainerRequest) (*agentapi.StatsResponse, error) {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -43,12 +42,17 @@ type processIO struct {
 	child []*os.File
 
 	stdinMu   sync.Mutex
-	readMu    [2]sync.Mutex // stdout's, stderr's
+	attachMu  sync.Mutex
+	attached  [2]bool // stdout's, stderr's: sent to the host
 	closeOnce sync.Once
+
+	releasedOnce sync.Once
+	released     chan struct{}
 }
 
 // pipeSize is the kernel buffer of output pipes: large enough that a fast
-// writer rarely waits for the next read from the host.
+// writer rarely waits for the host, and at most maxSplicePipe, so that
+// the output moves by splice.
 const pipeSize = 1 << 20
 
 // setupIO creates the streams cfg asks for and attaches them to lp.
@@ -160,66 +164,32 @@ func (pio *processIO) close() {
 			}
 		}
 		pio.closeChild()
+		close(pio.releasedCh())
 	})
 }
 
-// readOutput reads what the stream has now, waiting until there is
-// something, it ends, or by passes (an empty answer).
-func (pio *processIO) readOutput(stream agentapi.ReadOutputRequest_Stream, buf []byte, by time.Time) (int, bool, error) {
-	f := pio.stdout
-	if stream == agentapi.ReadOutputRequest_STDERR {
-		f = pio.stderr
+// output returns the stream's file (nil if the process has none) and
+// marks it attached: its output has one reader, once.
+func (pio *processIO) output(stream agentapi.AttachOutputRequest_Stream) (f *os.File, ok bool) {
+	i := 0
+	f = pio.stdout
+	if stream == agentapi.AttachOutputRequest_STDERR {
+		i, f = 1, pio.stderr
 	}
-	if f == nil {
-		return 0, true, nil
+	pio.attachMu.Lock()
+	defer pio.attachMu.Unlock()
+	if pio.attached[i] {
+		return nil, false
 	}
-	// One reader at a time: a poll the host gave up on must not take
-	// output meant for the next.
-	mu := &pio.readMu[0]
-	if stream == agentapi.ReadOutputRequest_STDERR {
-		mu = &pio.readMu[1]
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	_ = f.SetReadDeadline(by)
-	n, err := f.Read(buf)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		_ = f.SetReadDeadline(time.Time{})
-		return n, false, nil
-	}
-	// A writer usually writes in small pieces (4 KiB for most programs),
-	// and each answer costs a round trip to the host. So after the first
-	// piece, gather what follows within a moment, up to a full buffer.
-	for err == nil && n < len(buf) {
-		if f.SetReadDeadline(time.Now().Add(gatherWindow)) != nil {
-			break
-		}
-		var m int
-		m, err = f.Read(buf[n:])
-		n += m
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = nil
-			break
-		}
-	}
-	_ = f.SetReadDeadline(time.Time{})
-	switch {
-	case err == nil:
-		return n, false, nil
-	case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
-		return n, true, nil
-	case errors.Is(err, syscall.EIO) && pio.terminal:
-		// A pty master reads EIO once every slave end is closed.
-		return n, true, nil
-	default:
-		return n, false, err
-	}
+	pio.attached[i] = true
+	return f, true
 }
 
-// gatherWindow is how long a read of output waits for more after the first
-// bytes: short enough not to be seen by an interactive user, long enough to
-// fill large answers when a process writes fast.
-const gatherWindow = 2 * time.Millisecond
+// releasedCh is closed once the agent's ends are released (close).
+func (pio *processIO) releasedCh() chan struct{} {
+	pio.releasedOnce.Do(func() { pio.released = make(chan struct{}) })
+	return pio.released
+}
 
 // writeStdin writes b, or what the process takes of it until by passes
 // (os.ErrDeadlineExceeded with the count written).

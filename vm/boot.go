@@ -71,7 +71,9 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 	}
 	// The secret travels on a port of its own, which only the agent
 	// reads, once.
-	hc.Ports = []string{agentapi.SecretPortName}
+	// Output has a port of its own on every transport: only QEMU
+	// reaches it, and it needs no per-chunk call.
+	hc.Ports = []string{agentapi.SecretPortName, agentapi.OutputPortName}
 	if !b.vsock {
 		hc.Ports = append(hc.Ports, agentapi.SerialPortName)
 	}

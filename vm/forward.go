@@ -29,6 +29,10 @@ type Conn struct {
 // maxWrite bounds one write to the agent.
 const maxWrite = 256 << 10
 
+// maxChunk is the most data the agent sends in one answer (its buffer);
+// a larger answer is a lie.
+const maxChunk = 1 << 20
+
 // DialLoopback connects to port on the guest's loopback (127.0.0.1, else
 // ::1) in the pod's network namespace.
 func (g *Guest) DialLoopback(ctx context.Context, port uint16) (*Conn, error) {

@@ -56,7 +56,10 @@ type hostile struct {
 	signal    func(context.Context) error
 	create    func() (*agentapi.CreateContainerResponse, error)
 	wait      func(context.Context) (*agentapi.WaitProcessResponse, error)
-	readOut   func() (*agentapi.ReadOutputResponse, error)
+	// attach answers AttachOutput; out is the guest's end of the output
+	// port.
+	attach    func(r *agentapi.AttachOutputRequest, out net.Conn) error
+	out       net.Conn
 	writeIn   func(*agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error)
 	pids      func() (*agentapi.PidsResponse, error)
 	waitOOM   func(context.Context) (*agentapi.OOMEvent, error)
@@ -104,9 +107,9 @@ func (h *hostile) WaitProcess(ctx context.Context, _ *agentapi.ProcessRequest) (
 	return h.wait(ctx)
 }
 
-func (h *hostile) ReadOutput(context.Context, *agentapi.ReadOutputRequest) (*agentapi.ReadOutputResponse, error) {
+func (h *hostile) AttachOutput(_ context.Context, r *agentapi.AttachOutputRequest) (*emptypb.Empty, error) {
 	h.calls.Add(1)
-	return h.readOut()
+	return &emptypb.Empty{}, h.attach(r, h.out)
 }
 
 func (h *hostile) WriteStdin(_ context.Context, r *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
@@ -153,16 +156,39 @@ func hostileGuest(t *testing.T, h *hostile) *Guest {
 	agentapi.RegisterForwardService(srv, h)
 	l := &oneConn{conn: guest, closed: make(chan struct{})}
 	go srv.Serve(context.Background(), l)
+	outHost, outGuest := socketPair(t)
+	h.out = outGuest
 	life := &fakeLife{done: make(chan struct{}), conn: host}
 	g := &Guest{ID: "hostile", life: life, requestTimeout: 20 * time.Second, aliveTimeout: time.Second, shutdownTimeout: time.Second}
+	g.out = newOutputs(outHost)
 	g.attach(ttrpc.NewClient(host))
 	go g.watchdog()
 	t.Cleanup(func() {
 		life.Kill()
 		srv.Close()
 		guest.Close()
+		g.out.Close()
+		outGuest.Close()
 	})
 	return g
+}
+
+// socketPair is a connected pair of stream sockets.
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := fileConn(fds[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := fileConn(fds[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
 
 func fileConn(fd int) (net.Conn, error) {
@@ -253,11 +279,11 @@ func TestHostileSlowButAlive(t *testing.T) {
 	}
 }
 
-// Endless empty answers to ReadOutput, WaitProcess, WaitOOM and
-// WriteStdin must not make the host spin.
+// Endless empty answers to WaitProcess, WaitOOM and WriteStdin, and an
+// output stream that never sends, must not make the host spin.
 func TestHostileEmptyAnswers(t *testing.T) {
 	h := &hostile{
-		readOut: func() (*agentapi.ReadOutputResponse, error) { return &agentapi.ReadOutputResponse{}, nil },
+		attach: func(*agentapi.AttachOutputRequest, net.Conn) error { return nil },
 		wait: func(context.Context) (*agentapi.WaitProcessResponse, error) {
 			return nil, status.Error(codes.DeadlineExceeded, "nothing yet")
 		},
@@ -288,7 +314,7 @@ func TestHostileEmptyAnswers(t *testing.T) {
 		name string
 		call func(ctx context.Context) error
 	}{
-		{"ReadOutput", func(ctx context.Context) error { return g.CopyOutput(ctx, "c1", "", Stdout, &bytes.Buffer{}) }},
+		{"output", func(ctx context.Context) error { return g.CopyOutput(ctx, "c1", "", Stdout, &bytes.Buffer{}) }},
 		{"WaitProcess", func(ctx context.Context) error { _, err := g.Wait(ctx, "c1", ""); return err }},
 		{"WaitOOM", func(ctx context.Context) error { _, err := g.WaitOOM(ctx); return err }},
 		{"WriteStdin", func(ctx context.Context) error { return g.WriteStdin(ctx, "c1", "", []byte("x")) }},
@@ -322,9 +348,6 @@ func TestHostileReplies(t *testing.T) {
 		},
 		wait: func(context.Context) (*agentapi.WaitProcessResponse, error) {
 			return &agentapi.WaitProcessResponse{ExitStatus: 1000}, nil
-		},
-		readOut: func() (*agentapi.ReadOutputResponse, error) {
-			return &agentapi.ReadOutputResponse{Data: make([]byte, 2<<20)}, nil
 		},
 		writeIn: func(r *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
 			return &agentapi.WriteStdinResponse{Written: uint32(len(r.Data)) + 7}, nil
@@ -360,8 +383,6 @@ func TestHostileReplies(t *testing.T) {
 	bad("PID out of range", err, "PID 1073741824")
 	_, err = g.Wait(ctx, "c1", "")
 	bad("exit status out of range", err, "exit status 1000")
-	err = g.CopyOutput(ctx, "c1", "", Stdout, &bytes.Buffer{})
-	bad("more output than a chunk", err, "2097152 bytes")
 	err = g.WriteStdin(ctx, "c1", "", []byte("abc"))
 	bad("more written than sent", err, "wrote 10 of 3")
 	_, err = g.WaitOOM(ctx)
@@ -407,5 +428,68 @@ func TestConsoleFlood(t *testing.T) {
 	}
 	if n < consoleBurst {
 		t.Errorf("only %d lines passed; a burst of %d should", n, consoleBurst)
+	}
+}
+
+// What a guest sends on the output port is checked against what the host
+// asked for: each broken rule ends the copy with ErrBadReply naming it,
+// and the host never holds more than the stream's window.
+func TestHostileOutput(t *testing.T) {
+	frame := func(kind agentapi.FrameKind, id, n uint32) []byte {
+		return agentapi.FrameHeader{Kind: kind, Stream: id, Len: n}.Marshal(nil)
+	}
+	for _, tt := range []struct {
+		name string
+		send func(r *agentapi.AttachOutputRequest) []byte
+		want string
+	}{
+		{"a stream the host never opened", func(r *agentapi.AttachOutputRequest) []byte {
+			return append(frame(agentapi.FrameData, r.Id+1, 3), "abc"...)
+		}, "never opened"},
+		{"beyond the window", func(r *agentapi.AttachOutputRequest) []byte {
+			// Full frames up to the window, then one byte more: the
+			// host holds the window's worth (nobody writes it out)
+			// and refuses the rest.
+			var b []byte
+			chunk := make([]byte, agentapi.MaxFrameData)
+			for sent := uint32(0); sent < r.Window; sent += agentapi.MaxFrameData {
+				b = append(append(b, frame(agentapi.FrameData, r.Id, agentapi.MaxFrameData)...), chunk...)
+			}
+			return append(append(b, frame(agentapi.FrameData, r.Id, 1)...), 'x')
+		}, "had room for 0"},
+		{"a frame longer than allowed", func(r *agentapi.AttachOutputRequest) []byte {
+			return frame(agentapi.FrameData, r.Id, 1<<31)
+		}, "2147483648 bytes"},
+		{"a credit from the guest", func(r *agentapi.AttachOutputRequest) []byte {
+			return frame(agentapi.FrameCredit, r.Id, 1<<30)
+		}, "credit frame"},
+		{"bad padding", func(r *agentapi.AttachOutputRequest) []byte {
+			b := frame(agentapi.FrameData, r.Id, 1)
+			b[2] = 7
+			return b
+		}, "padding"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &hostile{attach: func(r *agentapi.AttachOutputRequest, out net.Conn) error {
+				go out.Write(tt.send(r))
+				return nil
+			}}
+			g := hostileGuest(t, h)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			// A writer that takes nothing until the port stops:
+			// nothing is credited meanwhile.
+			w := writerFunc(func(b []byte) (int, error) {
+				select {
+				case <-g.out.done:
+				case <-ctx.Done():
+				}
+				return len(b), nil
+			})
+			err := g.CopyOutput(ctx, "c1", "", Stdout, w)
+			if !errors.Is(err, ErrBadReply) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("copy ended with %v, want ErrBadReply naming %q", err, tt.want)
+			}
+		})
 	}
 }

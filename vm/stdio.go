@@ -24,93 +24,73 @@ func (s Stream) String() string {
 	return "stdout"
 }
 
-func (s Stream) proto() agentapi.ReadOutputRequest_Stream {
+func (s Stream) proto() agentapi.AttachOutputRequest_Stream {
 	if s == Stderr {
-		return agentapi.ReadOutputRequest_STDERR
+		return agentapi.AttachOutputRequest_STDERR
 	}
-	return agentapi.ReadOutputRequest_STDOUT
+	return agentapi.AttachOutputRequest_STDOUT
 }
 
 // DebugConsole is the container ID under which the debug console's shells
-// have their streams (ReadOutput, WriteStdin, CloseStdin, ResizePty); the
+// have their streams (CopyOutput, WriteStdin, CloseStdin, ResizePty); the
 // exec ID is the console's.
 const DebugConsole = agentapi.DebugConsoleID
 
-// maxChunk is the most output the agent sends in one answer (its buffer);
-// a larger answer is a lie.
-const maxChunk = 1 << 20
-
-// readOutput fetches what the stream has now; it waits in the guest until
-// there is something, the stream ends or the poll's deadline nears (an
-// empty answer).
-func (g *Guest) readOutput(ctx context.Context, containerID, execID string, s Stream) (data []byte, eof bool, err error) {
-	err = g.call(ctx, poll, "read the "+s.String()+" of "+processName(containerID, execID), func(ctx context.Context) error {
-		r, err := g.stdio.ReadOutput(ctx, &agentapi.ReadOutputRequest{ContainerId: containerID, ExecId: execID, Stream: s.proto()})
-		if err != nil {
-			return err
-		}
-		if len(r.Data) > maxChunk {
-			return fmt.Errorf("%d bytes of output at once: %w", len(r.Data), ErrBadReply)
-		}
-		data, eof = r.Data, r.Eof
-		return nil
-	})
-	if notYet(err) {
-		return nil, false, nil
+// CopyOutput copies a process's stream from the guest to w until the
+// stream ends, the VM goes or ctx ends. The output arrives on the output
+// port (no call per chunk); the guest sends more as w takes it, so a slow
+// writer paces the process without holding up other streams. A failing
+// writer does not stop the copy: the rest is discarded, so that the
+// process never blocks on a full pipe.
+func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s Stream, w io.Writer) error {
+	what := "the " + s.String() + " of " + processName(containerID, execID)
+	if g.out == nil {
+		return fmt.Errorf("copy %s: the VM has no output port", what)
 	}
-	return data, eof, err
+	id, st, err := g.out.open()
+	if err != nil {
+		return g.outputErr(what, err)
+	}
+	defer g.out.close(id)
+	err = g.call(ctx, request, "attach to "+what, func(ctx context.Context) error {
+		_, err := g.stdio.AttachOutput(ctx, &agentapi.AttachOutputRequest{
+			ContainerId: containerID, ExecId: execID, Stream: s.proto(), Id: id, Window: outputWindow,
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	var werr error
+	for {
+		chunk, ended, err := g.out.next(st, ctx.Done())
+		if errors.Is(err, errCanceled) {
+			err = ctx.Err()
+		}
+		if err != nil {
+			return errors.Join(g.outputErr(what, err), werr)
+		}
+		if ended {
+			return werr
+		}
+		if werr == nil {
+			if _, werr = w.Write(chunk); werr != nil {
+				werr = fmt.Errorf("write %v: %w", s, werr)
+			}
+		}
+		g.out.credit(id, len(chunk))
+	}
 }
 
-// CopyOutput copies a process's stream from the guest to w until the
-// stream ends, the VM goes or ctx ends. One chunk is fetched while the
-// previous one is written, so the guest round trip and the write overlap.
-// A failing writer does not stop the copy: the rest is discarded, so that
-// the process never blocks on a full pipe. Answers without data, which a
-// healthy agent gives only when a poll times out, slow the loop down
-// rather than spin it.
-func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s Stream, w io.Writer) error {
-	chunks := make(chan []byte, 1)
-	errc := make(chan error, 1)
-	go func() {
-		defer close(chunks)
-		var pace pacer
-		for {
-			data, eof, err := g.readOutput(ctx, containerID, execID, s)
-			if err != nil {
-				errc <- err
-				return
-			}
-			if len(data) > 0 {
-				pace.reset()
-				select {
-				case chunks <- data:
-				case <-ctx.Done():
-					errc <- ctx.Err()
-					return
-				}
-			} else if !eof {
-				pace.wait(ctx, g.life.Done())
-			}
-			if eof {
-				errc <- nil
-				return
-			}
-		}
-	}()
-	var werr error
-	for data := range chunks {
-		if werr != nil {
-			continue
-		}
-		if _, werr = w.Write(data); werr != nil {
-			w = io.Discard
-		}
+// outputErr says why output stopped: the VM's end, if that was it.
+func (g *Guest) outputErr(what string, err error) error {
+	if gone := g.gone(); gone != nil && !errors.Is(err, ErrBadReply) {
+		return gone
 	}
-	err := <-errc
-	if werr != nil {
-		err = errors.Join(err, fmt.Errorf("write %v: %w", s, werr))
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return err
+	return fmt.Errorf("copy %s: %w", what, err)
 }
 
 // WriteStdin writes data to a process's stdin. The agent writes what the

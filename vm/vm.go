@@ -52,6 +52,8 @@ type Guest struct {
 	life   life
 	client *ttrpc.Client
 	agentClients
+	// out receives processes' output (the output port).
+	out *outputs
 
 	requestTimeout  time.Duration
 	aliveTimeout    time.Duration
@@ -300,10 +302,17 @@ func (g *Guest) connect(ctx context.Context, b bootPlan, timeout time.Duration, 
 	if interceptor != nil {
 		opts = append(opts, ttrpc.WithUnaryClientInterceptor(interceptor))
 	}
+	out, err := g.VM.Port(agentapi.OutputPortName)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("output port: %w", err)
+	}
+	g.out = newOutputs(out)
 	g.attach(ttrpc.NewClient(conn, opts...))
 	resp, err := g.agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {
 		g.client.Close()
+		g.out.Close()
 		return g.explain(ctx, timeout, err)
 	}
 	g.BootTime = time.Since(g.VM.Started())
@@ -384,6 +393,7 @@ func (g *Guest) Shutdown(ctx context.Context) error {
 		}
 		g.stopErr = g.VM.Stop(ctx, grace)
 		g.client.Close()
+		g.out.Close()
 	})
 	return g.stopErr
 }

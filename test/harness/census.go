@@ -23,7 +23,7 @@ type Census struct {
 	Mounts      []string // mounts below /run/podvm and the temp directory
 	Zombies     []int    // unreaped children of this process
 	Sockets     int      // sockets this process holds
-	Pipes       int      // pipes this process holds
+	Pipes       []string // pipes this process holds ("pipe:[inode]")
 	Temp        []string // podvm-* entries in the temp directory
 }
 
@@ -66,7 +66,7 @@ func TakeCensus() Census {
 		case strings.HasPrefix(target, "socket:"):
 			c.Sockets++
 		case strings.HasPrefix(target, "pipe:"):
-			c.Pipes++
+			c.Pipes = append(c.Pipes, target)
 		}
 	}
 	for _, dir := range []string{"/var/run/netns", "/run/containerd/s"} {
@@ -153,8 +153,14 @@ func (c Census) Leaks(after Census) []string {
 	if after.Sockets > c.Sockets {
 		leaks = append(leaks, fmt.Sprintf("%d socket(s) left open", after.Sockets-c.Sockets))
 	}
-	if after.Pipes > c.Pipes {
-		leaks = append(leaks, fmt.Sprintf("%d pipe(s) left open", after.Pipes-c.Pipes))
+	if len(after.Pipes) > len(c.Pipes) {
+		var added []string
+		for _, p := range after.Pipes {
+			if !slices.Contains(c.Pipes, p) {
+				added = append(added, p+" (also held by: "+pipeHolders(p)+")")
+			}
+		}
+		leaks = append(leaks, fmt.Sprintf("%d pipe(s) left open: %s", len(after.Pipes)-len(c.Pipes), strings.Join(added, ", ")))
 	}
 	for _, p := range after.Temp {
 		if !slices.Contains(c.Temp, p) {
@@ -162,6 +168,28 @@ func (c Census) Leaks(after Census) []string {
 		}
 	}
 	return leaks
+}
+
+// pipeHolders names the other processes holding a pipe, to tell whose it
+// is when one is left.
+func pipeHolders(pipe string) string {
+	var who []string
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	self := "/proc/" + strconv.Itoa(os.Getpid()) + "/"
+	for _, fd := range fds {
+		if strings.HasPrefix(fd, self) {
+			continue
+		}
+		if l, _ := os.Readlink(fd); l == pipe {
+			proc := filepath.Dir(filepath.Dir(fd))
+			comm, _ := os.ReadFile(filepath.Join(proc, "comm"))
+			who = append(who, filepath.Base(proc)+" "+strings.TrimSpace(string(comm)))
+		}
+	}
+	if len(who) == 0 {
+		return "nobody"
+	}
+	return strings.Join(who, "; ")
 }
 
 // WatchLeaks takes a census now and, when the test ends (after the

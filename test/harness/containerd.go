@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,6 +207,16 @@ func (c *Containerd) CtrStdin(ctx context.Context, stdin []byte, args ...string)
 	}
 	err := cmd.Run()
 	return out.String(), withoutBanners(errb.String()), err
+}
+
+// CtrTo runs ctr with its stdout going to w.
+func (c *Containerd) CtrTo(ctx context.Context, w io.Writer, args ...string) (stderr string, err error) {
+	cmd := exec.CommandContext(ctx, CtrBin(), append([]string{"--address", c.Address}, args...)...)
+	cmd.Env = c.Env
+	var errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &errb
+	err = cmd.Run()
+	return withoutBanners(errb.String()), err
 }
 
 // withoutBanners drops what ctr 2.x says on every call on a cgroup v1

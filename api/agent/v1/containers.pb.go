@@ -27,49 +27,49 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-type ReadOutputRequest_Stream int32
+type AttachOutputRequest_Stream int32
 
 const (
-	ReadOutputRequest_STDOUT ReadOutputRequest_Stream = 0
-	ReadOutputRequest_STDERR ReadOutputRequest_Stream = 1
+	AttachOutputRequest_STDOUT AttachOutputRequest_Stream = 0
+	AttachOutputRequest_STDERR AttachOutputRequest_Stream = 1
 )
 
-// Enum value maps for ReadOutputRequest_Stream.
+// Enum value maps for AttachOutputRequest_Stream.
 var (
-	ReadOutputRequest_Stream_name = map[int32]string{
+	AttachOutputRequest_Stream_name = map[int32]string{
 		0: "STDOUT",
 		1: "STDERR",
 	}
-	ReadOutputRequest_Stream_value = map[string]int32{
+	AttachOutputRequest_Stream_value = map[string]int32{
 		"STDOUT": 0,
 		"STDERR": 1,
 	}
 )
 
-func (x ReadOutputRequest_Stream) Enum() *ReadOutputRequest_Stream {
-	p := new(ReadOutputRequest_Stream)
+func (x AttachOutputRequest_Stream) Enum() *AttachOutputRequest_Stream {
+	p := new(AttachOutputRequest_Stream)
 	*p = x
 	return p
 }
 
-func (x ReadOutputRequest_Stream) String() string {
+func (x AttachOutputRequest_Stream) String() string {
 	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
 }
 
-func (ReadOutputRequest_Stream) Descriptor() protoreflect.EnumDescriptor {
+func (AttachOutputRequest_Stream) Descriptor() protoreflect.EnumDescriptor {
 	return file_agent_v1_containers_proto_enumTypes[0].Descriptor()
 }
 
-func (ReadOutputRequest_Stream) Type() protoreflect.EnumType {
+func (AttachOutputRequest_Stream) Type() protoreflect.EnumType {
 	return &file_agent_v1_containers_proto_enumTypes[0]
 }
 
-func (x ReadOutputRequest_Stream) Number() protoreflect.EnumNumber {
+func (x AttachOutputRequest_Stream) Number() protoreflect.EnumNumber {
 	return protoreflect.EnumNumber(x)
 }
 
-// Deprecated: Use ReadOutputRequest_Stream.Descriptor instead.
-func (ReadOutputRequest_Stream) EnumDescriptor() ([]byte, []int) {
+// Deprecated: Use AttachOutputRequest_Stream.Descriptor instead.
+func (AttachOutputRequest_Stream) EnumDescriptor() ([]byte, []int) {
 	return file_agent_v1_containers_proto_rawDescGZIP(), []int{18, 0}
 }
 
@@ -1367,29 +1367,33 @@ func (x *WriteStdinResponse) GetWritten() uint32 {
 	return 0
 }
 
-type ReadOutputRequest struct {
-	state         protoimpl.MessageState   `protogen:"open.v1"`
-	ContainerId   string                   `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	ExecId        string                   `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	Stream        ReadOutputRequest_Stream `protobuf:"varint,3,opt,name=stream,proto3,enum=podvm.agent.v1.ReadOutputRequest_Stream" json:"stream,omitempty"`
+type AttachOutputRequest struct {
+	state       protoimpl.MessageState     `protogen:"open.v1"`
+	ContainerId string                     `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId      string                     `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	Stream      AttachOutputRequest_Stream `protobuf:"varint,3,opt,name=stream,proto3,enum=podvm.agent.v1.AttachOutputRequest_Stream" json:"stream,omitempty"`
+	// id names the stream in frames: chosen by the host, never 0.
+	Id uint32 `protobuf:"varint,4,opt,name=id,proto3" json:"id,omitempty"`
+	// window is how many bytes the agent may send before credits.
+	Window        uint32 `protobuf:"varint,5,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ReadOutputRequest) Reset() {
-	*x = ReadOutputRequest{}
+func (x *AttachOutputRequest) Reset() {
+	*x = AttachOutputRequest{}
 	mi := &file_agent_v1_containers_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ReadOutputRequest) String() string {
+func (x *AttachOutputRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ReadOutputRequest) ProtoMessage() {}
+func (*AttachOutputRequest) ProtoMessage() {}
 
-func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
+func (x *AttachOutputRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_agent_v1_containers_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1401,83 +1405,44 @@ func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
-func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use AttachOutputRequest.ProtoReflect.Descriptor instead.
+func (*AttachOutputRequest) Descriptor() ([]byte, []int) {
 	return file_agent_v1_containers_proto_rawDescGZIP(), []int{18}
 }
 
-func (x *ReadOutputRequest) GetContainerId() string {
+func (x *AttachOutputRequest) GetContainerId() string {
 	if x != nil {
 		return x.ContainerId
 	}
 	return ""
 }
 
-func (x *ReadOutputRequest) GetExecId() string {
+func (x *AttachOutputRequest) GetExecId() string {
 	if x != nil {
 		return x.ExecId
 	}
 	return ""
 }
 
-func (x *ReadOutputRequest) GetStream() ReadOutputRequest_Stream {
+func (x *AttachOutputRequest) GetStream() AttachOutputRequest_Stream {
 	if x != nil {
 		return x.Stream
 	}
-	return ReadOutputRequest_STDOUT
+	return AttachOutputRequest_STDOUT
 }
 
-type ReadOutputResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
-	// eof: the stream has ended; data holds its last bytes, if any.
-	Eof           bool `protobuf:"varint,2,opt,name=eof,proto3" json:"eof,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReadOutputResponse) Reset() {
-	*x = ReadOutputResponse{}
-	mi := &file_agent_v1_containers_proto_msgTypes[19]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReadOutputResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReadOutputResponse) ProtoMessage() {}
-
-func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_containers_proto_msgTypes[19]
+func (x *AttachOutputRequest) GetId() uint32 {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
+		return x.Id
 	}
-	return mi.MessageOf(x)
+	return 0
 }
 
-// Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
-func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_containers_proto_rawDescGZIP(), []int{19}
-}
-
-func (x *ReadOutputResponse) GetData() []byte {
+func (x *AttachOutputRequest) GetWindow() uint32 {
 	if x != nil {
-		return x.Data
+		return x.Window
 	}
-	return nil
-}
-
-func (x *ReadOutputResponse) GetEof() bool {
-	if x != nil {
-		return x.Eof
-	}
-	return false
+	return 0
 }
 
 var File_agent_v1_containers_proto protoreflect.FileDescriptor
@@ -1590,19 +1555,18 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\".\n" +
 	"\x12WriteStdinResponse\x12\x18\n" +
-	"\awritten\x18\x01 \x01(\rR\awritten\"\xb3\x01\n" +
-	"\x11ReadOutputRequest\x12!\n" +
+	"\awritten\x18\x01 \x01(\rR\awritten\"\xdf\x01\n" +
+	"\x13AttachOutputRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12@\n" +
-	"\x06stream\x18\x03 \x01(\x0e2(.podvm.agent.v1.ReadOutputRequest.StreamR\x06stream\" \n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12B\n" +
+	"\x06stream\x18\x03 \x01(\x0e2*.podvm.agent.v1.AttachOutputRequest.StreamR\x06stream\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\rR\x02id\x12\x16\n" +
+	"\x06window\x18\x05 \x01(\rR\x06window\" \n" +
 	"\x06Stream\x12\n" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x01\":\n" +
-	"\x12ReadOutputResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\x12\x10\n" +
-	"\x03eof\x18\x02 \x01(\bR\x03eof2\xcc\b\n" +
+	"\x06STDERR\x10\x012\xcc\b\n" +
 	"\n" +
 	"Containers\x12b\n" +
 	"\x0fCreateContainer\x12&.podvm.agent.v1.CreateContainerRequest\x1a'.podvm.agent.v1.CreateContainerResponse\x12T\n" +
@@ -1618,14 +1582,13 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\x0fUpdateContainer\x12&.podvm.agent.v1.UpdateContainerRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
 	"\x05Stats\x12 .podvm.agent.v1.ContainerRequest\x1a\x1d.podvm.agent.v1.StatsResponse\x12E\n" +
 	"\tResizePty\x12 .podvm.agent.v1.ResizePtyRequest\x1a\x16.google.protobuf.Empty\x12;\n" +
-	"\aWaitOOM\x12\x16.google.protobuf.Empty\x1a\x18.podvm.agent.v1.OOMEvent2\xf7\x01\n" +
+	"\aWaitOOM\x12\x16.google.protobuf.Empty\x1a\x18.podvm.agent.v1.OOMEvent2\xef\x01\n" +
 	"\x05Stdio\x12S\n" +
 	"\n" +
 	"WriteStdin\x12!.podvm.agent.v1.WriteStdinRequest\x1a\".podvm.agent.v1.WriteStdinResponse\x12D\n" +
 	"\n" +
-	"CloseStdin\x12\x1e.podvm.agent.v1.ProcessRequest\x1a\x16.google.protobuf.Empty\x12S\n" +
-	"\n" +
-	"ReadOutput\x12!.podvm.agent.v1.ReadOutputRequest\x1a\".podvm.agent.v1.ReadOutputResponseB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
+	"CloseStdin\x12\x1e.podvm.agent.v1.ProcessRequest\x1a\x16.google.protobuf.Empty\x12K\n" +
+	"\fAttachOutput\x12#.podvm.agent.v1.AttachOutputRequest\x1a\x16.google.protobuf.EmptyB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
 
 var (
 	file_agent_v1_containers_proto_rawDescOnce sync.Once
@@ -1640,9 +1603,9 @@ func file_agent_v1_containers_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_containers_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_agent_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_agent_v1_containers_proto_goTypes = []any{
-	(ReadOutputRequest_Stream)(0),   // 0: podvm.agent.v1.ReadOutputRequest.Stream
+	(AttachOutputRequest_Stream)(0), // 0: podvm.agent.v1.AttachOutputRequest.Stream
 	(*ContainerRequest)(nil),        // 1: podvm.agent.v1.ContainerRequest
 	(*ProcessRequest)(nil),          // 2: podvm.agent.v1.ProcessRequest
 	(*StdioConfig)(nil),             // 3: podvm.agent.v1.StdioConfig
@@ -1661,18 +1624,17 @@ var file_agent_v1_containers_proto_goTypes = []any{
 	(*StatsResponse)(nil),           // 16: podvm.agent.v1.StatsResponse
 	(*WriteStdinRequest)(nil),       // 17: podvm.agent.v1.WriteStdinRequest
 	(*WriteStdinResponse)(nil),      // 18: podvm.agent.v1.WriteStdinResponse
-	(*ReadOutputRequest)(nil),       // 19: podvm.agent.v1.ReadOutputRequest
-	(*ReadOutputResponse)(nil),      // 20: podvm.agent.v1.ReadOutputResponse
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),           // 22: google.protobuf.Empty
+	(*AttachOutputRequest)(nil),     // 19: podvm.agent.v1.AttachOutputRequest
+	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),           // 21: google.protobuf.Empty
 }
 var file_agent_v1_containers_proto_depIdxs = []int32{
 	3,  // 0: podvm.agent.v1.CreateContainerRequest.stdio:type_name -> podvm.agent.v1.StdioConfig
 	5,  // 1: podvm.agent.v1.CreateContainerRequest.storages:type_name -> podvm.agent.v1.Storage
 	3,  // 2: podvm.agent.v1.ExecProcessRequest.stdio:type_name -> podvm.agent.v1.StdioConfig
-	21, // 3: podvm.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
+	20, // 3: podvm.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
 	12, // 4: podvm.agent.v1.PidsResponse.processes:type_name -> podvm.agent.v1.ProcessInfo
-	0,  // 5: podvm.agent.v1.ReadOutputRequest.stream:type_name -> podvm.agent.v1.ReadOutputRequest.Stream
+	0,  // 5: podvm.agent.v1.AttachOutputRequest.stream:type_name -> podvm.agent.v1.AttachOutputRequest.Stream
 	4,  // 6: podvm.agent.v1.Containers.CreateContainer:input_type -> podvm.agent.v1.CreateContainerRequest
 	2,  // 7: podvm.agent.v1.Containers.StartProcess:input_type -> podvm.agent.v1.ProcessRequest
 	8,  // 8: podvm.agent.v1.Containers.ExecProcess:input_type -> podvm.agent.v1.ExecProcessRequest
@@ -1686,27 +1648,27 @@ var file_agent_v1_containers_proto_depIdxs = []int32{
 	13, // 16: podvm.agent.v1.Containers.UpdateContainer:input_type -> podvm.agent.v1.UpdateContainerRequest
 	1,  // 17: podvm.agent.v1.Containers.Stats:input_type -> podvm.agent.v1.ContainerRequest
 	14, // 18: podvm.agent.v1.Containers.ResizePty:input_type -> podvm.agent.v1.ResizePtyRequest
-	22, // 19: podvm.agent.v1.Containers.WaitOOM:input_type -> google.protobuf.Empty
+	21, // 19: podvm.agent.v1.Containers.WaitOOM:input_type -> google.protobuf.Empty
 	17, // 20: podvm.agent.v1.Stdio.WriteStdin:input_type -> podvm.agent.v1.WriteStdinRequest
 	2,  // 21: podvm.agent.v1.Stdio.CloseStdin:input_type -> podvm.agent.v1.ProcessRequest
-	19, // 22: podvm.agent.v1.Stdio.ReadOutput:input_type -> podvm.agent.v1.ReadOutputRequest
+	19, // 22: podvm.agent.v1.Stdio.AttachOutput:input_type -> podvm.agent.v1.AttachOutputRequest
 	6,  // 23: podvm.agent.v1.Containers.CreateContainer:output_type -> podvm.agent.v1.CreateContainerResponse
 	7,  // 24: podvm.agent.v1.Containers.StartProcess:output_type -> podvm.agent.v1.StartProcessResponse
-	22, // 25: podvm.agent.v1.Containers.ExecProcess:output_type -> google.protobuf.Empty
-	22, // 26: podvm.agent.v1.Containers.SignalProcess:output_type -> google.protobuf.Empty
+	21, // 25: podvm.agent.v1.Containers.ExecProcess:output_type -> google.protobuf.Empty
+	21, // 26: podvm.agent.v1.Containers.SignalProcess:output_type -> google.protobuf.Empty
 	10, // 27: podvm.agent.v1.Containers.WaitProcess:output_type -> podvm.agent.v1.WaitProcessResponse
-	22, // 28: podvm.agent.v1.Containers.DeleteProcess:output_type -> google.protobuf.Empty
-	22, // 29: podvm.agent.v1.Containers.DeleteContainer:output_type -> google.protobuf.Empty
+	21, // 28: podvm.agent.v1.Containers.DeleteProcess:output_type -> google.protobuf.Empty
+	21, // 29: podvm.agent.v1.Containers.DeleteContainer:output_type -> google.protobuf.Empty
 	11, // 30: podvm.agent.v1.Containers.Pids:output_type -> podvm.agent.v1.PidsResponse
-	22, // 31: podvm.agent.v1.Containers.PauseContainer:output_type -> google.protobuf.Empty
-	22, // 32: podvm.agent.v1.Containers.ResumeContainer:output_type -> google.protobuf.Empty
-	22, // 33: podvm.agent.v1.Containers.UpdateContainer:output_type -> google.protobuf.Empty
+	21, // 31: podvm.agent.v1.Containers.PauseContainer:output_type -> google.protobuf.Empty
+	21, // 32: podvm.agent.v1.Containers.ResumeContainer:output_type -> google.protobuf.Empty
+	21, // 33: podvm.agent.v1.Containers.UpdateContainer:output_type -> google.protobuf.Empty
 	16, // 34: podvm.agent.v1.Containers.Stats:output_type -> podvm.agent.v1.StatsResponse
-	22, // 35: podvm.agent.v1.Containers.ResizePty:output_type -> google.protobuf.Empty
+	21, // 35: podvm.agent.v1.Containers.ResizePty:output_type -> google.protobuf.Empty
 	15, // 36: podvm.agent.v1.Containers.WaitOOM:output_type -> podvm.agent.v1.OOMEvent
 	18, // 37: podvm.agent.v1.Stdio.WriteStdin:output_type -> podvm.agent.v1.WriteStdinResponse
-	22, // 38: podvm.agent.v1.Stdio.CloseStdin:output_type -> google.protobuf.Empty
-	20, // 39: podvm.agent.v1.Stdio.ReadOutput:output_type -> podvm.agent.v1.ReadOutputResponse
+	21, // 38: podvm.agent.v1.Stdio.CloseStdin:output_type -> google.protobuf.Empty
+	21, // 39: podvm.agent.v1.Stdio.AttachOutput:output_type -> google.protobuf.Empty
 	23, // [23:40] is the sub-list for method output_type
 	6,  // [6:23] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
@@ -1725,7 +1687,7 @@ func file_agent_v1_containers_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_containers_proto_rawDesc), len(file_agent_v1_containers_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

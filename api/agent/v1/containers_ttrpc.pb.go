@@ -255,7 +255,7 @@ func (c *containersClient) WaitOOM(ctx context.Context, req *emptypb.Empty) (*OO
 type StdioService interface {
 	WriteStdin(context.Context, *WriteStdinRequest) (*WriteStdinResponse, error)
 	CloseStdin(context.Context, *ProcessRequest) (*emptypb.Empty, error)
-	ReadOutput(context.Context, *ReadOutputRequest) (*ReadOutputResponse, error)
+	AttachOutput(context.Context, *AttachOutputRequest) (*emptypb.Empty, error)
 }
 
 func RegisterStdioService(srv *ttrpc.Server, svc StdioService) {
@@ -275,12 +275,12 @@ func RegisterStdioService(srv *ttrpc.Server, svc StdioService) {
 				}
 				return svc.CloseStdin(ctx, &req)
 			},
-			"ReadOutput": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req ReadOutputRequest
+			"AttachOutput": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req AttachOutputRequest
 				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
-				return svc.ReadOutput(ctx, &req)
+				return svc.AttachOutput(ctx, &req)
 			},
 		},
 	})
@@ -312,9 +312,9 @@ func (c *stdioClient) CloseStdin(ctx context.Context, req *ProcessRequest) (*emp
 	return &resp, nil
 }
 
-func (c *stdioClient) ReadOutput(ctx context.Context, req *ReadOutputRequest) (*ReadOutputResponse, error) {
-	var resp ReadOutputResponse
-	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "ReadOutput", req, &resp); err != nil {
+func (c *stdioClient) AttachOutput(ctx context.Context, req *AttachOutputRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "AttachOutput", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

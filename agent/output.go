@@ -1,0 +1,409 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// outputPort sends processes' output to the host on the output port, as
+// frames (see agentapi.OutputPortName). Output in a pipe moves by splice:
+// the pipe's pages go to the device, and are not copied by the agent.
+type outputPort struct {
+	name   string
+	opened chan struct{} // closed once f or openErr is set
+	once   sync.Once
+	f      *os.File
+	raw    syscall.RawConn
+
+	openErr error
+
+	wmu sync.Mutex // one frame at a time on the port
+
+	mu      sync.Mutex
+	streams map[uint32]*outStream
+}
+
+// outStream is one attached stream's standing with the host.
+type outStream struct {
+	credit   int64
+	detached bool
+	wake     chan struct{} // a credit or a detach arrived
+}
+
+func newOutputPort(name string) *outputPort {
+	return &outputPort{name: name, opened: make(chan struct{}), streams: map[uint32]*outStream{}}
+}
+
+// openNow opens the port if the guest has it already (a template's VM
+// saves with it open); it reports whether it did.
+func (o *outputPort) openNow() bool {
+	dev, ok := portNow(o.name)
+	if ok {
+		o.once.Do(func() { o.setup(dev, nil) })
+	}
+	return ok
+}
+
+// open waits for the port, which arrives through the device's control
+// queue, and opens it.
+func (o *outputPort) open(ctx context.Context) {
+	if o.isOpen() {
+		return
+	}
+	dev, err := findPort(ctx, o.name)
+	o.once.Do(func() { o.setup(dev, err) })
+}
+
+func (o *outputPort) isOpen() bool {
+	select {
+	case <-o.opened:
+		return true
+	default:
+		return false
+	}
+}
+
+func (o *outputPort) setup(dev string, err error) {
+	defer close(o.opened)
+	if err == nil {
+		// Non-blocking (os.OpenFile on a character device): the
+		// runtime's poller waits for room in the device's queue.
+		o.f, err = os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+	}
+	if err == nil {
+		o.raw, err = o.f.SyscallConn()
+	}
+	if err != nil {
+		o.openErr = fmt.Errorf("output port %s: %w", o.name, err)
+		logf(levelWarn, "%v", o.openErr)
+		return
+	}
+	go o.readCredits()
+}
+
+// ready waits until the port is open.
+func (o *outputPort) ready(ctx context.Context) error {
+	select {
+	case <-o.opened:
+		return o.openErr
+	case <-ctx.Done():
+		return fmt.Errorf("output port %s not open yet: %w", o.name, ctx.Err())
+	}
+}
+
+// readCredits takes the host's frames: credits and detaches.
+func (o *outputPort) readCredits() {
+	defer recoverPanic("output credits")
+	var hdr [agentapi.FrameHeaderSize]byte
+	for {
+		if err := o.readFull(hdr[:]); err != nil {
+			logf(levelWarn, "output port: %v; output stops", err)
+			o.detachAll()
+			return
+		}
+		h, err := agentapi.ParseFrameHeader(hdr[:])
+		if err != nil || (h.Kind != agentapi.FrameCredit && h.Kind != agentapi.FrameDetach) {
+			logf(levelWarn, "output port: bad frame from the host (%+v, %v); output stops", h, err)
+			o.detachAll()
+			return
+		}
+		o.mu.Lock()
+		if s := o.streams[h.Stream]; s != nil {
+			if h.Kind == agentapi.FrameDetach {
+				s.detached = true
+			} else {
+				s.credit = min(s.credit+int64(h.Len), agentapi.MaxWindow)
+			}
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		}
+		o.mu.Unlock()
+	}
+}
+
+// readFull reads len(b) bytes from the port. The port reads end of file
+// while the host's end is not connected: then it waits for the host.
+func (o *outputPort) readFull(b []byte) error {
+	for done := 0; done < len(b); {
+		n, err := o.f.Read(b[done:])
+		done += n
+		switch {
+		case errors.Is(err, io.EOF):
+			time.Sleep(20 * time.Millisecond)
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *outputPort) detachAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, s := range o.streams {
+		s.detached = true
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// attach registers stream id with its first window; false if the id is
+// taken.
+func (o *outputPort) attach(id uint32, window uint32) (*outStream, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, ok := o.streams[id]; ok {
+		return nil, false
+	}
+	s := &outStream{credit: int64(window), wake: make(chan struct{}, 1)}
+	o.streams[id] = s
+	return s, true
+}
+
+// waitCredit returns how much the stream may send now, waiting for a
+// credit while it has none; 0 once the host detached or done is closed.
+func (o *outputPort) waitCredit(s *outStream, done <-chan struct{}) int64 {
+	for {
+		o.mu.Lock()
+		credit, detached := s.credit, s.detached
+		o.mu.Unlock()
+		if detached {
+			return 0
+		}
+		if credit > 0 {
+			return credit
+		}
+		select {
+		case <-s.wake:
+		case <-done:
+			return 0
+		}
+	}
+}
+
+func (o *outputPort) spend(s *outStream, n int) {
+	o.mu.Lock()
+	s.credit -= int64(n)
+	o.mu.Unlock()
+}
+
+// push sends src's output as stream id until it ends (then an end frame),
+// the host detaches, or done is closed (the process's streams were
+// released).
+func (o *outputPort) push(id uint32, s *outStream, src *os.File, terminal bool, done <-chan struct{}) {
+	defer recoverPanic("output")
+	defer func() {
+		o.mu.Lock()
+		delete(o.streams, id)
+		o.mu.Unlock()
+	}()
+	if src == nil {
+		// The process has no such stream: it ends at once.
+		if err := o.frame(agentapi.FrameHeader{Kind: agentapi.FrameEnd, Stream: id}, nil); err != nil {
+			logf(levelWarn, "end of output stream %d: %v", id, err)
+		}
+		return
+	}
+	pipe := isPipe(src)
+	buf := make([]byte, agentapi.FrameHeaderSize+64<<10)
+	for {
+		credit := o.waitCredit(s, done)
+		if credit == 0 {
+			return
+		}
+		limit := int(min(credit, agentapi.MaxFrameData))
+		var n int
+		var ended bool
+		var err error
+		if pipe && spliceable(src) {
+			n, ended, err = o.splice(id, src, limit)
+		} else {
+			n, ended, err = o.copy(id, src, buf, limit, terminal)
+		}
+		o.spend(s, n)
+		if err != nil {
+			logf(levelWarn, "output of stream %d: %v", id, err)
+			ended = true
+		}
+		if ended {
+			if err := o.frame(agentapi.FrameHeader{Kind: agentapi.FrameEnd, Stream: id}, nil); err != nil {
+				logf(levelWarn, "end of output stream %d: %v", id, err)
+			}
+			return
+		}
+	}
+}
+
+// splice sends what the pipe holds now, up to limit bytes, waiting until
+// it holds something; ended once it is empty and its writers are gone.
+func (o *outputPort) splice(id uint32, src *os.File, limit int) (int, bool, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, true, err
+	}
+	var avail int
+	var ended bool
+	var ioErr error
+	err = rc.Read(func(fd uintptr) bool {
+		avail, ioErr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
+		if ioErr != nil || avail > 0 {
+			return true
+		}
+		// Empty: ended if no writer is left, otherwise wait.
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, perr := unix.Poll(fds, 0); perr == nil && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+			ended = true
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		// Closed under us: the process's streams were released.
+		return 0, true, nil
+	}
+	if ioErr != nil || ended {
+		return 0, true, ioErr
+	}
+	n := min(avail, limit)
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	if err := o.writeAll(agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: uint32(n)}.Marshal(nil)); err != nil {
+		return 0, true, err
+	}
+	// The header promised n bytes: they are in the pipe, whose only
+	// reader is this goroutine.
+	moved := 0
+	for moved < n {
+		var k int64
+		var serr error
+		werr := o.raw.Write(func(port uintptr) bool {
+			cerr := rc.Control(func(fd uintptr) {
+				k, serr = unix.Splice(int(fd), nil, int(port), nil, n-moved, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			})
+			if cerr != nil {
+				serr = cerr
+			}
+			return !errors.Is(serr, unix.EAGAIN)
+		})
+		if werr == nil && serr == nil && k == 0 {
+			serr = io.ErrUnexpectedEOF
+		}
+		if werr != nil || serr != nil {
+			// A device or kernel without splice: read and write what
+			// is left, which keeps the frame whole.
+			return n, false, o.copyRest(src, n-moved, errors.Join(werr, serr))
+		}
+		moved += int(k)
+	}
+	return n, false, nil
+}
+
+// copyRest moves n bytes of a data frame whose splice failed by read and
+// write; bytes that cannot be read are sent as zeros, which keeps the
+// frames in step.
+func (o *outputPort) copyRest(src *os.File, n int, why error) error {
+	logf(levelDebug, "output splice: %v; copying", why)
+	buf := make([]byte, min(n, 64<<10))
+	var readErr error
+	for n > 0 {
+		chunk := buf[:min(n, len(buf))]
+		k := 0
+		if readErr == nil {
+			k, readErr = io.ReadFull(src, chunk)
+		}
+		clear(chunk[k:])
+		if err := o.writeAll(chunk); err != nil {
+			return err
+		}
+		n -= len(chunk)
+	}
+	if readErr != nil {
+		return fmt.Errorf("output lost after a failed splice: %w", readErr)
+	}
+	return nil
+}
+
+// copy reads what src has (a pty master) and sends it as one frame.
+func (o *outputPort) copy(id uint32, src *os.File, buf []byte, limit int, terminal bool) (int, bool, error) {
+	data := buf[agentapi.FrameHeaderSize:]
+	data = data[:min(len(data), limit)]
+	n, err := src.Read(data)
+	if n > 0 {
+		agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: uint32(n)}.Marshal(buf[:0])
+		o.wmu.Lock()
+		werr := o.writeAll(buf[:agentapi.FrameHeaderSize+n])
+		o.wmu.Unlock()
+		if werr != nil {
+			return n, true, werr
+		}
+	}
+	switch {
+	case err == nil:
+		return n, false, nil
+	case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+		return n, true, nil
+	case errors.Is(err, syscall.EIO) && terminal:
+		// A pty master reads EIO once every slave end is closed.
+		return n, true, nil
+	}
+	return n, true, err
+}
+
+// frame writes a frame under the port's lock.
+func (o *outputPort) frame(h agentapi.FrameHeader, data []byte) error {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	return o.writeAll(append(h.Marshal(nil), data...))
+}
+
+// writeAll writes b to the port; the device takes at most 32 KiB a write.
+func (o *outputPort) writeAll(b []byte) error {
+	for len(b) > 0 {
+		n, err := o.f.Write(b)
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// spliceable says whether the pipe is small enough to splice from: one
+// splice to the port is one descriptor chain with an entry per page the
+// pipe holds, and QEMU breaks the whole device (every port, the agent's
+// too) on a chain of more than 1024 entries. The process holds the other
+// end and may have grown its pipe: beyond 1 MiB only with CAP_SYS_RESOURCE,
+// which lets it break its own VM in many ways; the check keeps a program
+// that merely likes big pipes from doing so by accident.
+func spliceable(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	size := 0
+	_ = rc.Control(func(fd uintptr) { size, _ = unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0) })
+	return size > 0 && size <= maxSplicePipe
+}
+
+// maxSplicePipe is the largest pipe spliced from: 256 pages, well within
+// QEMU's limit.
+const maxSplicePipe = 1 << 20
+
+func isPipe(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeNamedPipe != 0
+}

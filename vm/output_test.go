@@ -1,0 +1,143 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer/specconv"
+
+	"github.com/podvm/podvm/test/harness"
+)
+
+// TestGuestOutputFlow checks the output port on a real guest: a reader
+// that stops taking stdout holds up that stream only (stderr keeps
+// flowing, the host buffers at most the stream's window, the process
+// waits), and once it reads again every byte arrives in order.
+func TestGuestOutputFlow(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	g := bootShared(ctx, t, cfg, "output", share)
+
+	const lines = 1000000 // 6.9 MB, several windows
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Root.Readonly = false
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"sh", "-c", "seq 1 " + strconv.Itoa(lines) + " & exec >/dev/null; while :; do echo tick >&2; sleep 0.1; done"}
+	b, _ := json.Marshal(spec)
+	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdout: true, Stderr: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// stdout: the first write blocks until released.
+	release := make(chan struct{})
+	var stdout bytes.Buffer
+	first := make(chan struct{})
+	var once sync.Once
+	stdoutDone := make(chan error, 1)
+	go func() {
+		stdoutDone <- g.CopyOutput(ctx, "c1", "", Stdout, writerFunc(func(b []byte) (int, error) {
+			once.Do(func() { close(first) })
+			<-release
+			return stdout.Write(b)
+		}))
+	}()
+	ticks := make(chan struct{}, 1000)
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	go g.CopyOutput(sctx, "c1", "", Stderr, writerFunc(func(b []byte) (int, error) {
+		for i := 0; i < strings.Count(string(b), "tick"); i++ {
+			ticks <- struct{}{}
+		}
+		return len(b), nil
+	}))
+	select {
+	case <-first:
+	case <-ctx.Done():
+		t.Fatal("no stdout")
+	}
+	// While stdout is held up, stderr flows.
+	for i := 0; i < 10; i++ {
+		select {
+		case <-ticks:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("stderr stopped while stdout was held up (%d ticks)", i)
+		}
+	}
+	if held := heldOutput(g); held > outputWindow {
+		t.Errorf("the host holds %d bytes of output, more than the window (%d)", held, outputWindow)
+	} else {
+		t.Logf("held up: the host holds %d bytes of stdout (window %d)", held, outputWindow)
+	}
+	select {
+	case err := <-stdoutDone:
+		t.Fatalf("stdout ended while held up: %v", err)
+	default:
+	}
+	close(release)
+	select {
+	case err := <-stdoutDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("stdout did not end")
+	}
+	var want strings.Builder
+	for i := 1; i <= lines; i++ {
+		want.WriteString(strconv.Itoa(i))
+		want.WriteByte('\n')
+	}
+	if got := stdout.String(); got != want.String() {
+		t.Errorf("stdout: %d bytes, want %d in order (first difference at %d)", len(got), want.Len(), firstDiff(got, want.String()))
+	}
+	if err := g.Signal(ctx, "c1", "", 9, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Wait(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.DeleteContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(filepath.Join(share, "c1"))
+}
+
+// heldOutput is what the host holds of every stream, not yet written out.
+func heldOutput(g *Guest) int {
+	g.out.mu.Lock()
+	defer g.out.mu.Unlock()
+	n := 0
+	for _, s := range g.out.streams {
+		for _, c := range s.chunks {
+			n += len(c)
+		}
+	}
+	return n
+}
+
+func firstDiff(a, b string) int {
+	for i := 0; i < min(len(a), len(b)); i++ {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
