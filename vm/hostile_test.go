@@ -52,10 +52,10 @@ type hostile struct {
 	agentapi.ForwardService
 	calls atomic.Int64
 
-	health    func(context.Context) (*agentapi.HealthResponse, error)
-	signal    func(context.Context) error
-	create    func() (*agentapi.CreateContainerResponse, error)
-	wait      func(context.Context) (*agentapi.WaitProcessResponse, error)
+	health func(context.Context) (*agentapi.HealthResponse, error)
+	signal func(context.Context) error
+	create func() (*agentapi.CreateContainerResponse, error)
+	wait   func(context.Context) (*agentapi.WaitProcessResponse, error)
 	// attach answers AttachOutput; out is the guest's end of the output
 	// port.
 	attach    func(r *agentapi.AttachOutputRequest, out net.Conn) error
