@@ -219,7 +219,7 @@ func (o *outputPort) push(id uint32, s *outStream, src *os.File, terminal bool, 
 		return
 	}
 	pipe := isPipe(src)
-	buf := make([]byte, agentapi.FrameHeaderSize+64<<10)
+	var buf []byte // for what is not spliced
 	for {
 		credit := o.waitCredit(s, done)
 		if credit == 0 {
@@ -232,6 +232,9 @@ func (o *outputPort) push(id uint32, s *outStream, src *os.File, terminal bool, 
 		if pipe && spliceable(src) {
 			n, ended, err = o.splice(id, src, limit)
 		} else {
+			if buf == nil {
+				buf = make([]byte, agentapi.FrameHeaderSize+64<<10)
+			}
 			n, ended, err = o.copy(id, src, buf, limit, terminal)
 		}
 		o.spend(s, n)
