@@ -184,7 +184,12 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		outR.Close()
 		return fmt.Errorf("exec %s: %w", vm.cfg.QEMU, err)
 	}
-	go vm.stderr.follow(outR, nil)
+	go func() {
+		vm.stderr.follow(outR, nil)
+		// Closed here, not left to the garbage collector: until then
+		// the shim would hold a pipe per VM it ever ran.
+		outR.Close()
+	}()
 	go vm.console.follow(consoleHost, vm.cfg.Console)
 
 	q, err := vm.connectQMP(ctx, qmpHost)

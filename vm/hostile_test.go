@@ -134,18 +134,7 @@ func (h *hostile) PauseContainer(context.Context, *agentapi.ContainerRequest) (*
 // timeouts so that the tests run fast.
 func hostileGuest(t *testing.T, h *hostile) *Guest {
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := fileConn(fds[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	guest, err := fileConn(fds[1])
-	if err != nil {
-		t.Fatal(err)
-	}
+	host, guest := socketPair(t)
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		t.Fatal(err)
