@@ -167,8 +167,8 @@ func consoleIO(req *agentapi.StartConsoleRequest) (child [2]*os.File, pio *proce
 			inW.Close()
 			return child, nil, err
 		}
-		// os.Pipe's ends are non-blocking already: reads can have
-		// deadlines (see processIO.readOutput).
+		// os.Pipe's ends are non-blocking already: the runtime's
+		// poller serves them (see outputPort.push).
 		return [2]*os.File{inR, outW}, &processIO{stdin: inW, stdout: outR}, nil
 	}
 	pty, slavePath, err := console.NewPty()

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Long polls (WaitProcess, ReadOutput, WriteStdin, WaitOOM, WaitConsole)
+// Long polls (WaitProcess, WriteStdin, WaitOOM, WaitConsole)
 // answer shortly before the caller's deadline if nothing happened, with
 // "nothing yet" (DeadlineExceeded, or an empty or partial answer): a poll
 // that the host sees time out instead means the agent is not answering,
