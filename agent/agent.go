@@ -76,7 +76,7 @@ func run() error {
 		time.AfterFunc(prepareDelay, func() { prep.start(false) })
 	}}
 	agentapi.RegisterAgentService(srv, svc)
-	out := newOutputPort(agentapi.OutputPortName)
+	out := newStdioPort(agentapi.StdioPortName)
 	cs := newContainerService(r, prep, out)
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
@@ -88,7 +88,7 @@ func run() error {
 	l, rec, err := authenticated(ctx, p, func() <-chan struct{} { return prep.start(true) }, func() {
 		settle()
 		warmUp(srv)
-		// A template's VMs find the output port open.
+		// A template's VMs find the stdio port open.
 		out.openNow()
 	})
 	cancel()

@@ -28,7 +28,7 @@ type containerService struct {
 	prep     *prepared
 	storages storages
 	oom      chan string
-	output   *outputPort
+	output   *stdioPort
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -58,7 +58,7 @@ var (
 	_ agentapi.StdioService      = (*containerService)(nil)
 )
 
-func newContainerService(r *reaper, prep *prepared, out *outputPort) *containerService {
+func newContainerService(r *reaper, prep *prepared, out *stdioPort) *containerService {
 	return &containerService{reaper: r, prep: prep, output: out, containers: make(map[string]*container), oom: make(chan string, 64)}
 }
 
@@ -414,22 +414,6 @@ func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.Up
 	return &emptypb.Empty{}, nil
 }
 
-func (s *containerService) WriteStdin(ctx context.Context, req *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
-	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
-	if err != nil {
-		return nil, err
-	}
-	n, err := p.io.writeStdin(req.Data, answerBy(ctx))
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// The process has not taken it all yet: the host sends the rest.
-		return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
-	}
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "write stdin: %v", err)
-	}
-	return &agentapi.WriteStdinResponse{Written: uint32(n)}, nil
-}
-
 func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.ProcessRequest) (*emptypb.Empty, error) {
 	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
 	if err != nil {
@@ -439,7 +423,30 @@ func (s *containerService) CloseStdin(ctx context.Context, req *agentapi.Process
 	return &emptypb.Empty{}, nil
 }
 
-// AttachOutput starts sending a stream's output on the output port.
+// AttachInput starts taking a process's stdin from the stdio port.
+func (s *containerService) AttachInput(ctx context.Context, req *agentapi.AttachInputRequest) (*emptypb.Empty, error) {
+	if req.Id == 0 || req.Window == 0 || req.Window > agentapi.MaxWindow {
+		return nil, status.Errorf(codes.InvalidArgument, "stdin stream id %d with window %d", req.Id, req.Window)
+	}
+	p, err := s.stdioProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.output.ready(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	if !p.io.attachInput() {
+		return nil, status.Errorf(codes.AlreadyExists, "the stdin of process %q of %s is already attached", req.ExecId, req.ContainerId)
+	}
+	st, ok := s.output.attachInput(req.Id, req.Window)
+	if !ok {
+		return nil, status.Errorf(codes.AlreadyExists, "stream id %d is taken", req.Id)
+	}
+	go s.output.pull(req.Id, st, p.io, p.io.releasedCh())
+	return &emptypb.Empty{}, nil
+}
+
+// AttachOutput starts sending a stream's output on the stdio port.
 func (s *containerService) AttachOutput(ctx context.Context, req *agentapi.AttachOutputRequest) (*emptypb.Empty, error) {
 	if req.Id == 0 || req.Window == 0 || req.Window > agentapi.MaxWindow {
 		return nil, status.Errorf(codes.InvalidArgument, "output stream id %d with window %d", req.Id, req.Window)
@@ -457,7 +464,7 @@ func (s *containerService) AttachOutput(ctx context.Context, req *agentapi.Attac
 	}
 	st, ok := s.output.attach(req.Id, req.Window)
 	if !ok {
-		return nil, status.Errorf(codes.AlreadyExists, "output stream id %d is taken", req.Id)
+		return nil, status.Errorf(codes.AlreadyExists, "stream id %d is taken", req.Id)
 	}
 	go s.output.push(req.Id, st, f, p.io.terminal, p.io.releasedCh())
 	return &emptypb.Empty{}, nil

@@ -1,172 +1,37 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
 
-// outputPort sends processes' output to the host on the output port, as
-// frames (see agentapi.OutputPortName). Output in a pipe moves by splice:
-// the pipe's pages go to the device, and are not copied by the agent.
-type outputPort struct {
-	name   string
-	opened chan struct{} // closed once f or openErr is set
-	once   sync.Once
-	f      *os.File
-	raw    syscall.RawConn
+// A process's output goes to the host as data frames: spliced from a pipe
+// (its pages go to the device, not copied by the agent), read and written
+// from a pty.
 
-	openErr error
-
-	wmu sync.Mutex // one frame at a time on the port
-
-	mu      sync.Mutex
-	streams map[uint32]*outStream
-}
-
-// outStream is one attached stream's standing with the host.
+// outStream is one attached output stream's standing with the host.
 type outStream struct {
 	credit   int64
 	detached bool
 	wake     chan struct{} // a credit or a detach arrived
 }
 
-func newOutputPort(name string) *outputPort {
-	return &outputPort{name: name, opened: make(chan struct{}), streams: map[uint32]*outStream{}}
-}
-
-// openNow opens the port if the guest has it already (a template's VM
-// saves with it open); it reports whether it did.
-func (o *outputPort) openNow() bool {
-	dev, ok := portNow(o.name)
-	if ok {
-		o.once.Do(func() { o.setup(dev, nil) })
-	}
-	return ok
-}
-
-// open waits for the port, which arrives through the device's control
-// queue, and opens it.
-func (o *outputPort) open(ctx context.Context) {
-	if o.isOpen() {
-		return
-	}
-	dev, err := findPort(ctx, o.name)
-	o.once.Do(func() { o.setup(dev, err) })
-}
-
-func (o *outputPort) isOpen() bool {
-	select {
-	case <-o.opened:
-		return true
-	default:
-		return false
-	}
-}
-
-func (o *outputPort) setup(dev string, err error) {
-	defer close(o.opened)
-	if err == nil {
-		// Non-blocking (os.OpenFile on a character device): the
-		// runtime's poller waits for room in the device's queue.
-		o.f, err = os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
-	}
-	if err == nil {
-		o.raw, err = o.f.SyscallConn()
-	}
-	if err != nil {
-		o.openErr = fmt.Errorf("output port %s: %w", o.name, err)
-		logf(levelWarn, "%v", o.openErr)
-		return
-	}
-	go o.readCredits()
-}
-
-// ready waits until the port is open.
-func (o *outputPort) ready(ctx context.Context) error {
-	select {
-	case <-o.opened:
-		return o.openErr
-	case <-ctx.Done():
-		return fmt.Errorf("output port %s not open yet: %w", o.name, ctx.Err())
-	}
-}
-
-// readCredits takes the host's frames: credits and detaches.
-func (o *outputPort) readCredits() {
-	defer recoverPanic("output credits")
-	var hdr [agentapi.FrameHeaderSize]byte
-	for {
-		if err := o.readFull(hdr[:]); err != nil {
-			logf(levelWarn, "output port: %v; output stops", err)
-			o.detachAll()
-			return
-		}
-		h, err := agentapi.ParseFrameHeader(hdr[:])
-		if err != nil || (h.Kind != agentapi.FrameCredit && h.Kind != agentapi.FrameDetach) {
-			logf(levelWarn, "output port: bad frame from the host (%+v, %v); output stops", h, err)
-			o.detachAll()
-			return
-		}
-		o.mu.Lock()
-		if s := o.streams[h.Stream]; s != nil {
-			if h.Kind == agentapi.FrameDetach {
-				s.detached = true
-			} else {
-				s.credit = min(s.credit+int64(h.Len), agentapi.MaxWindow)
-			}
-			select {
-			case s.wake <- struct{}{}:
-			default:
-			}
-		}
-		o.mu.Unlock()
-	}
-}
-
-// readFull reads len(b) bytes from the port. The port reads end of file
-// while the host's end is not connected: then it waits for the host.
-func (o *outputPort) readFull(b []byte) error {
-	for done := 0; done < len(b); {
-		n, err := o.f.Read(b[done:])
-		done += n
-		switch {
-		case errors.Is(err, io.EOF):
-			time.Sleep(20 * time.Millisecond)
-		case err != nil:
-			return err
-		}
-	}
-	return nil
-}
-
-func (o *outputPort) detachAll() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for _, s := range o.streams {
-		s.detached = true
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
-}
-
 // attach registers stream id with its first window; false if the id is
 // taken.
-func (o *outputPort) attach(id uint32, window uint32) (*outStream, bool) {
+func (o *stdioPort) attach(id uint32, window uint32) (*outStream, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if _, ok := o.streams[id]; ok {
+		return nil, false
+	}
+	if _, ok := o.inputs[id]; ok {
 		return nil, false
 	}
 	s := &outStream{credit: int64(window), wake: make(chan struct{}, 1)}
@@ -176,7 +41,7 @@ func (o *outputPort) attach(id uint32, window uint32) (*outStream, bool) {
 
 // waitCredit returns how much the stream may send now, waiting for a
 // credit while it has none; 0 once the host detached or done is closed.
-func (o *outputPort) waitCredit(s *outStream, done <-chan struct{}) int64 {
+func (o *stdioPort) waitCredit(s *outStream, done <-chan struct{}) int64 {
 	for {
 		o.mu.Lock()
 		credit, detached := s.credit, s.detached
@@ -195,7 +60,7 @@ func (o *outputPort) waitCredit(s *outStream, done <-chan struct{}) int64 {
 	}
 }
 
-func (o *outputPort) spend(s *outStream, n int) {
+func (o *stdioPort) spend(s *outStream, n int) {
 	o.mu.Lock()
 	s.credit -= int64(n)
 	o.mu.Unlock()
@@ -204,7 +69,7 @@ func (o *outputPort) spend(s *outStream, n int) {
 // push sends src's output as stream id until it ends (then an end frame),
 // the host detaches, or done is closed (the process's streams were
 // released).
-func (o *outputPort) push(id uint32, s *outStream, src *os.File, terminal bool, done <-chan struct{}) {
+func (o *stdioPort) push(id uint32, s *outStream, src *os.File, terminal bool, done <-chan struct{}) {
 	defer recoverPanic("output")
 	defer func() {
 		o.mu.Lock()
@@ -253,7 +118,7 @@ func (o *outputPort) push(id uint32, s *outStream, src *os.File, terminal bool, 
 
 // splice sends what the pipe holds now, up to limit bytes, waiting until
 // it holds something; ended once it is empty and its writers are gone.
-func (o *outputPort) splice(id uint32, src *os.File, limit int) (int, bool, error) {
+func (o *stdioPort) splice(id uint32, src *os.File, limit int) (int, bool, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, true, err
@@ -318,7 +183,7 @@ func (o *outputPort) splice(id uint32, src *os.File, limit int) (int, bool, erro
 // copyRest moves n bytes of a data frame whose splice failed by read and
 // write; bytes that cannot be read are sent as zeros, which keeps the
 // frames in step.
-func (o *outputPort) copyRest(src *os.File, n int, why error) error {
+func (o *stdioPort) copyRest(src *os.File, n int, why error) error {
 	logf(levelDebug, "output splice: %v; copying", why)
 	buf := make([]byte, min(n, 64<<10))
 	var readErr error
@@ -341,7 +206,7 @@ func (o *outputPort) copyRest(src *os.File, n int, why error) error {
 }
 
 // copy reads what src has (a pty master) and sends it as one frame.
-func (o *outputPort) copy(id uint32, src *os.File, buf []byte, limit int, terminal bool) (int, bool, error) {
+func (o *stdioPort) copy(id uint32, src *os.File, buf []byte, limit int, terminal bool) (int, bool, error) {
 	data := buf[agentapi.FrameHeaderSize:]
 	data = data[:min(len(data), limit)]
 	n, err := src.Read(data)
@@ -364,25 +229,6 @@ func (o *outputPort) copy(id uint32, src *os.File, buf []byte, limit int, termin
 		return n, true, nil
 	}
 	return n, true, err
-}
-
-// frame writes a frame under the port's lock.
-func (o *outputPort) frame(h agentapi.FrameHeader, data []byte) error {
-	o.wmu.Lock()
-	defer o.wmu.Unlock()
-	return o.writeAll(append(h.Marshal(nil), data...))
-}
-
-// writeAll writes b to the port; the device takes at most 32 KiB a write.
-func (o *outputPort) writeAll(b []byte) error {
-	for len(b) > 0 {
-		n, err := o.f.Write(b)
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
 }
 
 // spliceable says whether the pipe is small enough to splice from: one

@@ -43,7 +43,7 @@ type processIO struct {
 
 	stdinMu   sync.Mutex
 	attachMu  sync.Mutex
-	attached  [2]bool // stdout's, stderr's: sent to the host
+	attached  [3]bool // stdout's, stderr's (sent to the host), stdin's
 	closeOnce sync.Once
 
 	releasedOnce sync.Once
@@ -185,23 +185,34 @@ func (pio *processIO) output(stream agentapi.AttachOutputRequest_Stream) (f *os.
 	return f, true
 }
 
+// attachInput marks stdin attached: it has one writer, once.
+func (pio *processIO) attachInput() bool {
+	pio.attachMu.Lock()
+	defer pio.attachMu.Unlock()
+	if pio.attached[2] {
+		return false
+	}
+	pio.attached[2] = true
+	return true
+}
+
 // releasedCh is closed once the agent's ends are released (close).
 func (pio *processIO) releasedCh() chan struct{} {
 	pio.releasedOnce.Do(func() { pio.released = make(chan struct{}) })
 	return pio.released
 }
 
-// writeStdin writes b, or what the process takes of it until by passes
-// (os.ErrDeadlineExceeded with the count written).
-func (pio *processIO) writeStdin(b []byte, by time.Time) (int, error) {
+// writeInput writes b to the process's stdin, waiting while its pipe is
+// full; it fails once stdin is closed.
+func (pio *processIO) writeInput(b []byte) error {
 	pio.stdinMu.Lock()
-	defer pio.stdinMu.Unlock()
-	if pio.stdin == nil {
-		return 0, os.ErrClosed
+	f := pio.stdin
+	pio.stdinMu.Unlock()
+	if f == nil {
+		return os.ErrClosed
 	}
-	_ = pio.stdin.SetWriteDeadline(by)
-	defer pio.stdin.SetWriteDeadline(time.Time{})
-	return pio.stdin.Write(b)
+	_, err := f.Write(b)
+	return err
 }
 
 // closeStdin delivers EOF. A terminal has no EOF of its own: the process

@@ -197,6 +197,14 @@ func (cs *consoleServer) copyOut(ctx context.Context, g *vm.Guest, id string, se
 }
 
 func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, terminal bool, conn net.Conn) {
+	stdin, in := io.Pipe()
+	go func() {
+		err := g.CopyInput(ctx, vm.DebugConsole, id, stdin)
+		stdin.CloseWithError(err)
+	}()
+	// A client that goes away leaves the shell's stdin open; one that
+	// sends EOF closes it.
+	defer in.CloseWithError(errors.New("the debug console's client went away"))
 	for {
 		t, b, err := debugconsole.ReadFrame(conn)
 		if err != nil {
@@ -204,7 +212,7 @@ func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, ter
 		}
 		switch t {
 		case debugconsole.Data:
-			err = g.WriteStdin(ctx, vm.DebugConsole, id, b)
+			_, err = in.Write(b)
 		case debugconsole.Resize:
 			var s debugconsole.Size
 			if s, err = debugconsole.ParseSize(b); err == nil {
@@ -215,7 +223,7 @@ func (cs *consoleServer) copyIn(ctx context.Context, g *vm.Guest, id string, ter
 				// The client's terminal sends ^D itself.
 				continue
 			}
-			err = g.CloseStdin(ctx, vm.DebugConsole, id)
+			err = in.Close()
 		}
 		if err != nil {
 			log.G(ctx).WithError(err).Debug("debug console input ended")

@@ -217,25 +217,11 @@ func (h *hostIO) copy(ctx context.Context, g *vm.Guest, id, execID string) {
 	}
 }
 
-// stdinChunk bounds one write to the guest.
-const stdinChunk = 128 << 10
-
 func (h *hostIO) copyInput(ctx context.Context, g *vm.Guest, id, execID string) {
-	buf := make([]byte, stdinChunk)
-	for {
-		n, err := h.stdin.Read(buf)
-		if n > 0 {
-			if werr := g.WriteStdin(ctx, id, execID, buf[:n]); werr != nil {
-				log.G(ctx).WithError(werr).WithField("container", id).Debug("stdin copy ended")
-				return
-			}
-		}
-		if err != nil {
-			break
-		}
+	// Once the client closes its end, the process sees EOF, as under runc.
+	if err := g.CopyInput(ctx, id, execID, h.stdin); err != nil {
+		log.G(ctx).WithError(err).WithField("container", id).Debug("stdin copy ended")
 	}
-	// The client closed its end: the process sees EOF, as under runc.
-	_ = g.CloseStdin(ctx, id, execID)
 }
 
 // waitOutput waits until the process's output has been copied out, but no

@@ -73,7 +73,7 @@ func plan(ctx context.Context, c *vmconfig.Config, id string) (bootPlan, error) 
 	// reads, once.
 	// Output has a port of its own on every transport: only QEMU
 	// reaches it, and it needs no per-chunk call.
-	hc.Ports = []string{agentapi.SecretPortName, agentapi.OutputPortName}
+	hc.Ports = []string{agentapi.SecretPortName, agentapi.StdioPortName}
 	if !b.vsock {
 		hc.Ports = append(hc.Ports, agentapi.SerialPortName)
 	}

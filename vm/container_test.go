@@ -116,7 +116,7 @@ func TestGuestContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("started at %v", time.Since(start))
-	if err := g.WriteStdin(ctx, "c1", "", []byte("line\n")); err != nil {
+	if err := g.CopyInput(ctx, "c1", "", strings.NewReader("line\n")); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan string)

@@ -121,3 +121,37 @@ func (c *Conn) Close() error {
 	})
 	return err
 }
+
+// writeAll sends data in chunks of at most max bytes with write, which
+// says how much the guest took before its poll's deadline; the rest is
+// sent again, after a pause when nothing was taken. It returns how much
+// was taken.
+func (g *Guest) writeAll(ctx context.Context, what string, data []byte, max int, write func(context.Context, []byte) (uint32, error)) (int, error) {
+	var pace pacer
+	done := 0
+	for done < len(data) {
+		chunk := data[done:min(len(data), done+max)]
+		var n uint32
+		err := g.call(ctx, poll, what, func(ctx context.Context) error {
+			written, err := write(ctx, chunk)
+			if err != nil {
+				return err
+			}
+			if int64(written) > int64(len(chunk)) {
+				return fmt.Errorf("wrote %d of %d bytes: %w", written, len(chunk), ErrBadReply)
+			}
+			n = written
+			return nil
+		})
+		if err != nil && !notYet(err) {
+			return done, err
+		}
+		done += int(n)
+		if n == 0 {
+			pace.wait(ctx, g.life.Done())
+		} else {
+			pace.reset()
+		}
+	}
+	return done, nil
+}

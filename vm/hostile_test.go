@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -58,9 +59,11 @@ type hostile struct {
 	wait   func(context.Context) (*agentapi.WaitProcessResponse, error)
 	// attach answers AttachOutput; out is the guest's end of the output
 	// port.
-	attach    func(r *agentapi.AttachOutputRequest, out net.Conn) error
-	out       net.Conn
-	writeIn   func(*agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error)
+	attach func(r *agentapi.AttachOutputRequest, out net.Conn) error
+	out    net.Conn
+	// attachIn answers AttachInput; out is the guest's end of the stdio
+	// port.
+	attachIn  func(r *agentapi.AttachInputRequest, out net.Conn) error
 	pids      func() (*agentapi.PidsResponse, error)
 	waitOOM   func(context.Context) (*agentapi.OOMEvent, error)
 	pauseFail error
@@ -112,9 +115,9 @@ func (h *hostile) AttachOutput(_ context.Context, r *agentapi.AttachOutputReques
 	return &emptypb.Empty{}, h.attach(r, h.out)
 }
 
-func (h *hostile) WriteStdin(_ context.Context, r *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
+func (h *hostile) AttachInput(_ context.Context, r *agentapi.AttachInputRequest) (*emptypb.Empty, error) {
 	h.calls.Add(1)
-	return h.writeIn(r)
+	return &emptypb.Empty{}, h.attachIn(r, h.out)
 }
 
 func (h *hostile) Pids(context.Context, *agentapi.ContainerRequest) (*agentapi.PidsResponse, error) {
@@ -149,7 +152,7 @@ func hostileGuest(t *testing.T, h *hostile) *Guest {
 	h.out = outGuest
 	life := &fakeLife{done: make(chan struct{}), conn: host}
 	g := &Guest{ID: "hostile", life: life, requestTimeout: 20 * time.Second, aliveTimeout: time.Second, shutdownTimeout: time.Second}
-	g.out = newOutputs(outHost)
+	g.out = newStdioPort(outHost)
 	g.attach(ttrpc.NewClient(host))
 	go g.watchdog()
 	t.Cleanup(func() {
@@ -268,8 +271,9 @@ func TestHostileSlowButAlive(t *testing.T) {
 	}
 }
 
-// Endless empty answers to WaitProcess, WaitOOM and WriteStdin, and an
-// output stream that never sends, must not make the host spin.
+// Endless empty answers to WaitProcess and WaitOOM, an output stream that
+// never sends and a stdin stream never credited must not make the host
+// spin.
 func TestHostileEmptyAnswers(t *testing.T) {
 	h := &hostile{
 		attach: func(*agentapi.AttachOutputRequest, net.Conn) error { return nil },
@@ -279,8 +283,10 @@ func TestHostileEmptyAnswers(t *testing.T) {
 		waitOOM: func(context.Context) (*agentapi.OOMEvent, error) {
 			return nil, status.Error(codes.DeadlineExceeded, "nothing yet")
 		},
-		writeIn: func(*agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
-			return &agentapi.WriteStdinResponse{Written: 0}, nil
+		attachIn: func(r *agentapi.AttachInputRequest, out net.Conn) error {
+			// Drain the port, credit nothing.
+			go io.Copy(io.Discard, out)
+			return nil
 		},
 		fwdRead: func() (*agentapi.ConnReadResponse, error) { return &agentapi.ConnReadResponse{}, nil },
 		fwdWrite: func(*agentapi.ConnWriteRequest) (*agentapi.ConnWriteResponse, error) {
@@ -306,7 +312,9 @@ func TestHostileEmptyAnswers(t *testing.T) {
 		{"output", func(ctx context.Context) error { return g.CopyOutput(ctx, "c1", "", Stdout, &bytes.Buffer{}) }},
 		{"WaitProcess", func(ctx context.Context) error { _, err := g.Wait(ctx, "c1", ""); return err }},
 		{"WaitOOM", func(ctx context.Context) error { _, err := g.WaitOOM(ctx); return err }},
-		{"WriteStdin", func(ctx context.Context) error { return g.WriteStdin(ctx, "c1", "", []byte("x")) }},
+		{"stdin", func(ctx context.Context) error {
+			return g.CopyInput(ctx, "c1", "", bytes.NewReader(make([]byte, 2*inputWindow)))
+		}},
 		{"forwarded Read", func(ctx context.Context) error { _, err := forwardConn(ctx).Read(make([]byte, 10)); return err }},
 		{"forwarded Write", func(ctx context.Context) error { _, err := forwardConn(ctx).Write([]byte("x")); return err }},
 	} {
@@ -337,9 +345,6 @@ func TestHostileReplies(t *testing.T) {
 		},
 		wait: func(context.Context) (*agentapi.WaitProcessResponse, error) {
 			return &agentapi.WaitProcessResponse{ExitStatus: 1000}, nil
-		},
-		writeIn: func(r *agentapi.WriteStdinRequest) (*agentapi.WriteStdinResponse, error) {
-			return &agentapi.WriteStdinResponse{Written: uint32(len(r.Data)) + 7}, nil
 		},
 		pids: func() (*agentapi.PidsResponse, error) {
 			return &agentapi.PidsResponse{Processes: []*agentapi.ProcessInfo{
@@ -372,8 +377,6 @@ func TestHostileReplies(t *testing.T) {
 	bad("PID out of range", err, "PID 1073741824")
 	_, err = g.Wait(ctx, "c1", "")
 	bad("exit status out of range", err, "exit status 1000")
-	err = g.WriteStdin(ctx, "c1", "", []byte("abc"))
-	bad("more written than sent", err, "wrote 10 of 3")
 	_, err = g.WaitOOM(ctx)
 	bad("OOM of a malformed ID", err, `"../x,y"`)
 	conn, err := g.DialLoopback(ctx, 80)
@@ -420,7 +423,7 @@ func TestConsoleFlood(t *testing.T) {
 	}
 }
 
-// What a guest sends on the output port is checked against what the host
+// What a guest sends on the stdio port is checked against what the host
 // asked for: each broken rule ends the copy with ErrBadReply naming it,
 // and the host never holds more than the stream's window.
 func TestHostileOutput(t *testing.T) {
@@ -476,6 +479,43 @@ func TestHostileOutput(t *testing.T) {
 				return len(b), nil
 			})
 			err := g.CopyOutput(ctx, "c1", "", Stdout, w)
+			if !errors.Is(err, ErrBadReply) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("copy ended with %v, want ErrBadReply naming %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// The guest's credits for stdin are checked too: never more than it was
+// sent, never data on a stream the host writes.
+func TestHostileInput(t *testing.T) {
+	frame := func(kind agentapi.FrameKind, id, n uint32) []byte {
+		return agentapi.FrameHeader{Kind: kind, Stream: id, Len: n}.Marshal(nil)
+	}
+	for _, tt := range []struct {
+		name string
+		send func(r *agentapi.AttachInputRequest) []byte
+		want string
+	}{
+		{"a credit for more than was sent", func(r *agentapi.AttachInputRequest) []byte {
+			return frame(agentapi.FrameCredit, r.Id, 1<<30)
+		}, "1073741824 bytes for stream"},
+		{"data on stdin", func(r *agentapi.AttachInputRequest) []byte {
+			return append(frame(agentapi.FrameData, r.Id, 1), 'x')
+		}, "which is stdin"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := &hostile{attachIn: func(r *agentapi.AttachInputRequest, out net.Conn) error {
+				go io.Copy(io.Discard, out)
+				go out.Write(tt.send(r))
+				return nil
+			}}
+			g := hostileGuest(t, h)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			// More than the window: the copy waits for credits, and
+			// gets the guest's lie instead.
+			err := g.CopyInput(ctx, "c1", "", bytes.NewReader(make([]byte, 2*inputWindow)))
 			if !errors.Is(err, ErrBadReply) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("copy ended with %v, want ErrBadReply naming %q", err, tt.want)
 			}

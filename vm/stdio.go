@@ -32,7 +32,7 @@ func (s Stream) proto() agentapi.AttachOutputRequest_Stream {
 }
 
 // DebugConsole is the container ID under which the debug console's shells
-// have their streams (CopyOutput, WriteStdin, CloseStdin, ResizePty); the
+// have their streams (CopyOutput, CopyInput, CloseStdin, ResizePty); the
 // exec ID is the console's.
 const DebugConsole = agentapi.DebugConsoleID
 
@@ -45,9 +45,9 @@ const DebugConsole = agentapi.DebugConsoleID
 func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s Stream, w io.Writer) error {
 	what := "the " + s.String() + " of " + processName(containerID, execID)
 	if g.out == nil {
-		return fmt.Errorf("copy %s: the VM has no output port", what)
+		return fmt.Errorf("copy %s: the VM has no stdio port", what)
 	}
-	id, st, err := g.out.open()
+	id, st, err := g.out.open(false)
 	if err != nil {
 		return g.outputErr(what, err)
 	}
@@ -93,53 +93,54 @@ func (g *Guest) outputErr(what string, err error) error {
 	return fmt.Errorf("copy %s: %w", what, err)
 }
 
-// WriteStdin writes data to a process's stdin. The agent writes what the
-// process takes before the poll's deadline; the rest is sent again, so a
-// process that does not read its input holds up only this call.
-func (g *Guest) WriteStdin(ctx context.Context, containerID, execID string, data []byte) error {
-	_, err := g.writeAll(ctx, "write the stdin of "+processName(containerID, execID), data, len(data), func(ctx context.Context, chunk []byte) (uint32, error) {
-		r, err := g.stdio.WriteStdin(ctx, &agentapi.WriteStdinRequest{ContainerId: containerID, ExecId: execID, Data: chunk})
-		if err != nil {
-			return 0, err
-		}
-		return r.Written, nil
+// CopyInput copies r to a process's stdin until r ends (then the process
+// gets EOF), the process takes no more, the VM goes or ctx ends (then its
+// stdin stays open, as when its client goes away). Each read is sent as
+// the guest makes room: the agent credits what the process took.
+func (g *Guest) CopyInput(ctx context.Context, containerID, execID string, r io.Reader) error {
+	what := "the stdin of " + processName(containerID, execID)
+	if g.out == nil {
+		return fmt.Errorf("copy %s: the VM has no stdio port", what)
+	}
+	id, st, err := g.out.open(true)
+	if err != nil {
+		return g.outputErr(what, err)
+	}
+	defer g.out.close(id)
+	err = g.call(ctx, request, "attach to "+what, func(ctx context.Context) error {
+		_, err := g.stdio.AttachInput(ctx, &agentapi.AttachInputRequest{ContainerId: containerID, ExecId: execID, Id: id, Window: inputWindow})
+		return err
 	})
-	return err
-}
-
-// writeAll sends data in chunks of at most max bytes with write, which
-// says how much the guest took before its poll's deadline; the rest is
-// sent again, after a pause when nothing was taken. It returns how much
-// was taken.
-func (g *Guest) writeAll(ctx context.Context, what string, data []byte, max int, write func(context.Context, []byte) (uint32, error)) (int, error) {
-	var pace pacer
-	done := 0
-	for done < len(data) {
-		chunk := data[done:min(len(data), done+max)]
-		var n uint32
-		err := g.call(ctx, poll, what, func(ctx context.Context) error {
-			written, err := write(ctx, chunk)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, stdinChunk)
+	for {
+		n, rerr := r.Read(buf)
+		for data := buf[:n]; len(data) > 0; {
+			k, err := g.out.send(id, st, data, ctx.Done())
+			if errors.Is(err, errCanceled) {
+				err = ctx.Err()
+			}
 			if err != nil {
-				return err
+				return g.outputErr(what, err)
 			}
-			if int64(written) > int64(len(chunk)) {
-				return fmt.Errorf("wrote %d of %d bytes: %w", written, len(chunk), ErrBadReply)
-			}
-			n = written
-			return nil
-		})
-		if err != nil && !notYet(err) {
-			return done, err
+			data = data[k:]
 		}
-		done += int(n)
-		if n == 0 {
-			pace.wait(ctx, g.life.Done())
-		} else {
-			pace.reset()
+		switch {
+		case errors.Is(rerr, io.EOF):
+			if _, err := g.out.send(id, st, nil, ctx.Done()); err != nil {
+				return g.outputErr(what, err)
+			}
+			return nil
+		case rerr != nil:
+			return rerr
 		}
 	}
-	return done, nil
 }
+
+// stdinChunk bounds one read of stdin: one frame.
+const stdinChunk = 128 << 10
 
 // CloseStdin delivers EOF to a process's stdin.
 func (g *Guest) CloseStdin(ctx context.Context, containerID, execID string) error {

@@ -52,8 +52,8 @@ type Guest struct {
 	life   life
 	client *ttrpc.Client
 	agentClients
-	// out receives processes' output (the output port).
-	out *outputs
+	// out carries processes' streams (the stdio port).
+	out *stdioPort
 
 	requestTimeout  time.Duration
 	aliveTimeout    time.Duration
@@ -302,12 +302,12 @@ func (g *Guest) connect(ctx context.Context, b bootPlan, timeout time.Duration, 
 	if interceptor != nil {
 		opts = append(opts, ttrpc.WithUnaryClientInterceptor(interceptor))
 	}
-	out, err := g.VM.Port(agentapi.OutputPortName)
+	out, err := g.VM.Port(agentapi.StdioPortName)
 	if err != nil {
 		conn.Close()
-		return fmt.Errorf("output port: %w", err)
+		return fmt.Errorf("stdio port: %w", err)
 	}
-	g.out = newOutputs(out)
+	g.out = newStdioPort(out)
 	g.attach(ttrpc.NewClient(conn, opts...))
 	resp, err := g.agent.Health(ctx, &agentapi.HealthRequest{})
 	if err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ func BenchmarkCtr(b *testing.B) {
 	exec := map[string][]time.Duration{}
 	tput := map[string][]time.Duration{}
 	stream := map[string][]time.Duration{} // first byte to last
+	stdin := map[string][]time.Duration{}
 	for _, rt := range runtimes {
 		run[rt] = timed(n, func(i int) {
 			ctr("run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-run-%d", short(rt), i), "true")
@@ -67,6 +69,14 @@ func BenchmarkCtr(b *testing.B) {
 			}
 			stream[rt] = append(stream[rt], out.last.Sub(out.first))
 		})
+		in := make([]byte, 100<<20)
+		stdin[rt] = timed(3, func(i int) {
+			args := []string{"run", "--runtime", rt, "--rm", "-i", harness.BusyboxImage, fmt.Sprintf("%s-stdin-%d", short(rt), i), "wc", "-c"}
+			out, errOut, err := ctd.CtrStdin(ctx, in, args...)
+			if err != nil || strings.TrimSpace(out) != strconv.Itoa(len(in)) {
+				b.Fatalf("ctr %v: %q, %v: %s", args, out, err, errOut)
+			}
+		})
 	}
 	fmt.Printf("ctr, runc and podvm side by side (%d samples):\n", n)
 	for _, rt := range runtimes {
@@ -74,12 +84,13 @@ func BenchmarkCtr(b *testing.B) {
 		fmt.Printf("  %-6s ctr task exec true:        %s\n", short(rt), harness.Summary(exec[rt]))
 		fmt.Printf("  %-6s ctr run, 100 MiB stdout:   %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(tput[rt]), 104.8576/harness.Median(tput[rt]).Seconds())
 		fmt.Printf("  %-6s   first byte to last:      %s (%.1f MB/s)\n", short(rt), harness.Summary(stream[rt]), 104.8576/harness.Median(stream[rt]).Seconds())
+		fmt.Printf("  %-6s ctr run -i, 100 MiB stdin: %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(stdin[rt]), 104.8576/harness.Median(stdin[rt]).Seconds())
 	}
 	ratio := func(m map[string][]time.Duration) float64 {
 		return float64(harness.Median(m[runtimes[1]])) / float64(harness.Median(m[runtimes[0]]))
 	}
-	fmt.Printf("  podvm/runc median ratios: run %.1fx, exec %.1fx, 100 MiB stdout %.1fx (throughput %.2f of runc's; streaming alone %.2f)\n",
-		ratio(run), ratio(exec), ratio(tput), 1/ratio(tput), 1/ratio(stream))
+	fmt.Printf("  podvm/runc median ratios: run %.1fx, exec %.1fx, 100 MiB stdout %.1fx (throughput %.2f of runc's; streaming alone %.2f), 100 MiB stdin %.1fx\n",
+		ratio(run), ratio(exec), ratio(tput), 1/ratio(tput), 1/ratio(stream), ratio(stdin))
 	printBreakdown(ctd.Log(), harness.Median(run[runtimes[0]]))
 }
 

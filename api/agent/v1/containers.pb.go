@@ -70,7 +70,7 @@ func (x AttachOutputRequest_Stream) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AttachOutputRequest_Stream.Descriptor instead.
 func (AttachOutputRequest_Stream) EnumDescriptor() ([]byte, []int) {
-	return file_agent_v1_containers_proto_rawDescGZIP(), []int{18, 0}
+	return file_agent_v1_containers_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type ContainerRequest struct {
@@ -1263,110 +1263,6 @@ func (x *StatsResponse) GetIoWriteIos() uint64 {
 	return 0
 }
 
-type WriteStdinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	ExecId        string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *WriteStdinRequest) Reset() {
-	*x = WriteStdinRequest{}
-	mi := &file_agent_v1_containers_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *WriteStdinRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*WriteStdinRequest) ProtoMessage() {}
-
-func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_containers_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
-func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_containers_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *WriteStdinRequest) GetContainerId() string {
-	if x != nil {
-		return x.ContainerId
-	}
-	return ""
-}
-
-func (x *WriteStdinRequest) GetExecId() string {
-	if x != nil {
-		return x.ExecId
-	}
-	return ""
-}
-
-func (x *WriteStdinRequest) GetData() []byte {
-	if x != nil {
-		return x.Data
-	}
-	return nil
-}
-
-type WriteStdinResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Written       uint32                 `protobuf:"varint,1,opt,name=written,proto3" json:"written,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *WriteStdinResponse) Reset() {
-	*x = WriteStdinResponse{}
-	mi := &file_agent_v1_containers_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *WriteStdinResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*WriteStdinResponse) ProtoMessage() {}
-
-func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_containers_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
-func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_containers_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *WriteStdinResponse) GetWritten() uint32 {
-	if x != nil {
-		return x.Written
-	}
-	return 0
-}
-
 type AttachOutputRequest struct {
 	state       protoimpl.MessageState     `protogen:"open.v1"`
 	ContainerId string                     `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -1382,7 +1278,7 @@ type AttachOutputRequest struct {
 
 func (x *AttachOutputRequest) Reset() {
 	*x = AttachOutputRequest{}
-	mi := &file_agent_v1_containers_proto_msgTypes[18]
+	mi := &file_agent_v1_containers_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1290,7 @@ func (x *AttachOutputRequest) String() string {
 func (*AttachOutputRequest) ProtoMessage() {}
 
 func (x *AttachOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_containers_proto_msgTypes[18]
+	mi := &file_agent_v1_containers_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1303,7 @@ func (x *AttachOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachOutputRequest.ProtoReflect.Descriptor instead.
 func (*AttachOutputRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_containers_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_containers_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AttachOutputRequest) GetContainerId() string {
@@ -1439,6 +1335,76 @@ func (x *AttachOutputRequest) GetId() uint32 {
 }
 
 func (x *AttachOutputRequest) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+type AttachInputRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId      string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	// id names the stream in frames: chosen by the host, never 0.
+	Id uint32 `protobuf:"varint,3,opt,name=id,proto3" json:"id,omitempty"`
+	// window is how many bytes the host may send before credits.
+	Window        uint32 `protobuf:"varint,4,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachInputRequest) Reset() {
+	*x = AttachInputRequest{}
+	mi := &file_agent_v1_containers_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachInputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachInputRequest) ProtoMessage() {}
+
+func (x *AttachInputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_containers_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachInputRequest.ProtoReflect.Descriptor instead.
+func (*AttachInputRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_containers_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AttachInputRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *AttachInputRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+func (x *AttachInputRequest) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AttachInputRequest) GetWindow() uint32 {
 	if x != nil {
 		return x.Window
 	}
@@ -1549,13 +1515,7 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\x0eio_write_bytes\x18! \x01(\x04R\fioWriteBytes\x12\x1e\n" +
 	"\vio_read_ios\x18\" \x01(\x04R\tioReadIos\x12 \n" +
 	"\fio_write_ios\x18# \x01(\x04R\n" +
-	"ioWriteIos\"c\n" +
-	"\x11WriteStdinRequest\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\".\n" +
-	"\x12WriteStdinResponse\x12\x18\n" +
-	"\awritten\x18\x01 \x01(\rR\awritten\"\xdf\x01\n" +
+	"ioWriteIos\"\xdf\x01\n" +
 	"\x13AttachOutputRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12B\n" +
@@ -1566,7 +1526,12 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\n" +
 	"\x06STDOUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06STDERR\x10\x012\xcc\b\n" +
+	"\x06STDERR\x10\x01\"x\n" +
+	"\x12AttachInputRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\rR\x02id\x12\x16\n" +
+	"\x06window\x18\x04 \x01(\rR\x06window2\xcc\b\n" +
 	"\n" +
 	"Containers\x12b\n" +
 	"\x0fCreateContainer\x12&.podvm.agent.v1.CreateContainerRequest\x1a'.podvm.agent.v1.CreateContainerResponse\x12T\n" +
@@ -1582,13 +1547,12 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\x0fUpdateContainer\x12&.podvm.agent.v1.UpdateContainerRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
 	"\x05Stats\x12 .podvm.agent.v1.ContainerRequest\x1a\x1d.podvm.agent.v1.StatsResponse\x12E\n" +
 	"\tResizePty\x12 .podvm.agent.v1.ResizePtyRequest\x1a\x16.google.protobuf.Empty\x12;\n" +
-	"\aWaitOOM\x12\x16.google.protobuf.Empty\x1a\x18.podvm.agent.v1.OOMEvent2\xef\x01\n" +
-	"\x05Stdio\x12S\n" +
-	"\n" +
-	"WriteStdin\x12!.podvm.agent.v1.WriteStdinRequest\x1a\".podvm.agent.v1.WriteStdinResponse\x12D\n" +
+	"\aWaitOOM\x12\x16.google.protobuf.Empty\x1a\x18.podvm.agent.v1.OOMEvent2\xe5\x01\n" +
+	"\x05Stdio\x12D\n" +
 	"\n" +
 	"CloseStdin\x12\x1e.podvm.agent.v1.ProcessRequest\x1a\x16.google.protobuf.Empty\x12K\n" +
-	"\fAttachOutput\x12#.podvm.agent.v1.AttachOutputRequest\x1a\x16.google.protobuf.EmptyB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
+	"\fAttachOutput\x12#.podvm.agent.v1.AttachOutputRequest\x1a\x16.google.protobuf.Empty\x12I\n" +
+	"\vAttachInput\x12\".podvm.agent.v1.AttachInputRequest\x1a\x16.google.protobuf.EmptyB.Z,github.com/podvm/podvm/api/agent/v1;agentapib\x06proto3"
 
 var (
 	file_agent_v1_containers_proto_rawDescOnce sync.Once
@@ -1603,7 +1567,7 @@ func file_agent_v1_containers_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_containers_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_agent_v1_containers_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_agent_v1_containers_proto_goTypes = []any{
 	(AttachOutputRequest_Stream)(0), // 0: podvm.agent.v1.AttachOutputRequest.Stream
 	(*ContainerRequest)(nil),        // 1: podvm.agent.v1.ContainerRequest
@@ -1622,17 +1586,16 @@ var file_agent_v1_containers_proto_goTypes = []any{
 	(*ResizePtyRequest)(nil),        // 14: podvm.agent.v1.ResizePtyRequest
 	(*OOMEvent)(nil),                // 15: podvm.agent.v1.OOMEvent
 	(*StatsResponse)(nil),           // 16: podvm.agent.v1.StatsResponse
-	(*WriteStdinRequest)(nil),       // 17: podvm.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),      // 18: podvm.agent.v1.WriteStdinResponse
-	(*AttachOutputRequest)(nil),     // 19: podvm.agent.v1.AttachOutputRequest
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),           // 21: google.protobuf.Empty
+	(*AttachOutputRequest)(nil),     // 17: podvm.agent.v1.AttachOutputRequest
+	(*AttachInputRequest)(nil),      // 18: podvm.agent.v1.AttachInputRequest
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),           // 20: google.protobuf.Empty
 }
 var file_agent_v1_containers_proto_depIdxs = []int32{
 	3,  // 0: podvm.agent.v1.CreateContainerRequest.stdio:type_name -> podvm.agent.v1.StdioConfig
 	5,  // 1: podvm.agent.v1.CreateContainerRequest.storages:type_name -> podvm.agent.v1.Storage
 	3,  // 2: podvm.agent.v1.ExecProcessRequest.stdio:type_name -> podvm.agent.v1.StdioConfig
-	20, // 3: podvm.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
+	19, // 3: podvm.agent.v1.WaitProcessResponse.exited_at:type_name -> google.protobuf.Timestamp
 	12, // 4: podvm.agent.v1.PidsResponse.processes:type_name -> podvm.agent.v1.ProcessInfo
 	0,  // 5: podvm.agent.v1.AttachOutputRequest.stream:type_name -> podvm.agent.v1.AttachOutputRequest.Stream
 	4,  // 6: podvm.agent.v1.Containers.CreateContainer:input_type -> podvm.agent.v1.CreateContainerRequest
@@ -1648,27 +1611,27 @@ var file_agent_v1_containers_proto_depIdxs = []int32{
 	13, // 16: podvm.agent.v1.Containers.UpdateContainer:input_type -> podvm.agent.v1.UpdateContainerRequest
 	1,  // 17: podvm.agent.v1.Containers.Stats:input_type -> podvm.agent.v1.ContainerRequest
 	14, // 18: podvm.agent.v1.Containers.ResizePty:input_type -> podvm.agent.v1.ResizePtyRequest
-	21, // 19: podvm.agent.v1.Containers.WaitOOM:input_type -> google.protobuf.Empty
-	17, // 20: podvm.agent.v1.Stdio.WriteStdin:input_type -> podvm.agent.v1.WriteStdinRequest
-	2,  // 21: podvm.agent.v1.Stdio.CloseStdin:input_type -> podvm.agent.v1.ProcessRequest
-	19, // 22: podvm.agent.v1.Stdio.AttachOutput:input_type -> podvm.agent.v1.AttachOutputRequest
+	20, // 19: podvm.agent.v1.Containers.WaitOOM:input_type -> google.protobuf.Empty
+	2,  // 20: podvm.agent.v1.Stdio.CloseStdin:input_type -> podvm.agent.v1.ProcessRequest
+	17, // 21: podvm.agent.v1.Stdio.AttachOutput:input_type -> podvm.agent.v1.AttachOutputRequest
+	18, // 22: podvm.agent.v1.Stdio.AttachInput:input_type -> podvm.agent.v1.AttachInputRequest
 	6,  // 23: podvm.agent.v1.Containers.CreateContainer:output_type -> podvm.agent.v1.CreateContainerResponse
 	7,  // 24: podvm.agent.v1.Containers.StartProcess:output_type -> podvm.agent.v1.StartProcessResponse
-	21, // 25: podvm.agent.v1.Containers.ExecProcess:output_type -> google.protobuf.Empty
-	21, // 26: podvm.agent.v1.Containers.SignalProcess:output_type -> google.protobuf.Empty
+	20, // 25: podvm.agent.v1.Containers.ExecProcess:output_type -> google.protobuf.Empty
+	20, // 26: podvm.agent.v1.Containers.SignalProcess:output_type -> google.protobuf.Empty
 	10, // 27: podvm.agent.v1.Containers.WaitProcess:output_type -> podvm.agent.v1.WaitProcessResponse
-	21, // 28: podvm.agent.v1.Containers.DeleteProcess:output_type -> google.protobuf.Empty
-	21, // 29: podvm.agent.v1.Containers.DeleteContainer:output_type -> google.protobuf.Empty
+	20, // 28: podvm.agent.v1.Containers.DeleteProcess:output_type -> google.protobuf.Empty
+	20, // 29: podvm.agent.v1.Containers.DeleteContainer:output_type -> google.protobuf.Empty
 	11, // 30: podvm.agent.v1.Containers.Pids:output_type -> podvm.agent.v1.PidsResponse
-	21, // 31: podvm.agent.v1.Containers.PauseContainer:output_type -> google.protobuf.Empty
-	21, // 32: podvm.agent.v1.Containers.ResumeContainer:output_type -> google.protobuf.Empty
-	21, // 33: podvm.agent.v1.Containers.UpdateContainer:output_type -> google.protobuf.Empty
+	20, // 31: podvm.agent.v1.Containers.PauseContainer:output_type -> google.protobuf.Empty
+	20, // 32: podvm.agent.v1.Containers.ResumeContainer:output_type -> google.protobuf.Empty
+	20, // 33: podvm.agent.v1.Containers.UpdateContainer:output_type -> google.protobuf.Empty
 	16, // 34: podvm.agent.v1.Containers.Stats:output_type -> podvm.agent.v1.StatsResponse
-	21, // 35: podvm.agent.v1.Containers.ResizePty:output_type -> google.protobuf.Empty
+	20, // 35: podvm.agent.v1.Containers.ResizePty:output_type -> google.protobuf.Empty
 	15, // 36: podvm.agent.v1.Containers.WaitOOM:output_type -> podvm.agent.v1.OOMEvent
-	18, // 37: podvm.agent.v1.Stdio.WriteStdin:output_type -> podvm.agent.v1.WriteStdinResponse
-	21, // 38: podvm.agent.v1.Stdio.CloseStdin:output_type -> google.protobuf.Empty
-	21, // 39: podvm.agent.v1.Stdio.AttachOutput:output_type -> google.protobuf.Empty
+	20, // 37: podvm.agent.v1.Stdio.CloseStdin:output_type -> google.protobuf.Empty
+	20, // 38: podvm.agent.v1.Stdio.AttachOutput:output_type -> google.protobuf.Empty
+	20, // 39: podvm.agent.v1.Stdio.AttachInput:output_type -> google.protobuf.Empty
 	23, // [23:40] is the sub-list for method output_type
 	6,  // [6:23] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
@@ -1687,7 +1650,7 @@ func file_agent_v1_containers_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_containers_proto_rawDesc), len(file_agent_v1_containers_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

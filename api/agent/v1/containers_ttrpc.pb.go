@@ -253,21 +253,14 @@ func (c *containersClient) WaitOOM(ctx context.Context, req *emptypb.Empty) (*OO
 }
 
 type StdioService interface {
-	WriteStdin(context.Context, *WriteStdinRequest) (*WriteStdinResponse, error)
 	CloseStdin(context.Context, *ProcessRequest) (*emptypb.Empty, error)
 	AttachOutput(context.Context, *AttachOutputRequest) (*emptypb.Empty, error)
+	AttachInput(context.Context, *AttachInputRequest) (*emptypb.Empty, error)
 }
 
 func RegisterStdioService(srv *ttrpc.Server, svc StdioService) {
 	srv.RegisterService("podvm.agent.v1.Stdio", &ttrpc.ServiceDesc{
 		Methods: map[string]ttrpc.Method{
-			"WriteStdin": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
-				var req WriteStdinRequest
-				if err := unmarshal(&req); err != nil {
-					return nil, err
-				}
-				return svc.WriteStdin(ctx, &req)
-			},
 			"CloseStdin": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ProcessRequest
 				if err := unmarshal(&req); err != nil {
@@ -281,6 +274,13 @@ func RegisterStdioService(srv *ttrpc.Server, svc StdioService) {
 					return nil, err
 				}
 				return svc.AttachOutput(ctx, &req)
+			},
+			"AttachInput": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req AttachInputRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.AttachInput(ctx, &req)
 			},
 		},
 	})
@@ -296,14 +296,6 @@ func NewStdioClient(client *ttrpc.Client) StdioService {
 	}
 }
 
-func (c *stdioClient) WriteStdin(ctx context.Context, req *WriteStdinRequest) (*WriteStdinResponse, error) {
-	var resp WriteStdinResponse
-	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "WriteStdin", req, &resp); err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
-
 func (c *stdioClient) CloseStdin(ctx context.Context, req *ProcessRequest) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "CloseStdin", req, &resp); err != nil {
@@ -315,6 +307,14 @@ func (c *stdioClient) CloseStdin(ctx context.Context, req *ProcessRequest) (*emp
 func (c *stdioClient) AttachOutput(ctx context.Context, req *AttachOutputRequest) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "AttachOutput", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *stdioClient) AttachInput(ctx context.Context, req *AttachInputRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "podvm.agent.v1.Stdio", "AttachInput", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -14,13 +14,18 @@ import (
 // writes: the most the host buffers per stream.
 const outputWindow = 2 << 20
 
-// outputs receives processes' output on the guest's output port and hands
-// each stream its frames (see agentapi.OutputPortName). What the guest
-// sends is checked against what the host asked for: a frame for a stream
-// never opened, beyond a stream's window, or malformed ends the port for
-// every stream with ErrBadReply; nothing the guest sends makes the host
-// buffer more than the windows it gave.
-type outputs struct {
+// inputWindow is how far the host's stdin may run ahead of the process:
+// the most the agent buffers per stream.
+const inputWindow = 1 << 20
+
+// stdioPort carries processes' streams on the guest's stdio port (see
+// agentapi.StdioPortName): it hands each output stream its frames, and
+// sends stdin within the credits the guest returns. What the guest sends
+// is checked against what the host asked for: a frame for a stream never
+// opened, beyond a stream's window, a credit for more than was sent, or a
+// malformed frame ends the port for every stream with ErrBadReply; nothing
+// the guest sends makes the host buffer more than the windows it gave.
+type stdioPort struct {
 	conn net.Conn
 
 	mu      sync.Mutex
@@ -34,16 +39,23 @@ type outputs struct {
 	done chan struct{} // closed once the port has stopped
 }
 
-// outStream is one stream's output as the host holds it.
+// outStream is one stream as the host holds it: output (chunks received,
+// not yet written out), or stdin (input).
 type outStream struct {
+	input  bool
 	chunks [][]byte
-	room   int64 // what the guest may still send
-	ended  bool
-	ready  chan struct{} // a chunk or the end arrived
+	// room is what the guest may still send of an output stream, what
+	// the host may still send of stdin.
+	room int64
+	// sent is stdin the guest has not credited yet.
+	sent int64
+	// ended: the output's end arrived, or the process takes no more stdin.
+	ended bool
+	ready chan struct{} // a chunk, a credit or the end arrived
 }
 
-func newOutputs(conn net.Conn) *outputs {
-	o := &outputs{
+func newStdioPort(conn net.Conn) *stdioPort {
+	o := &stdioPort{
 		conn:    conn,
 		streams: map[uint32]*outStream{},
 		credits: map[uint32]uint32{},
@@ -56,20 +68,23 @@ func newOutputs(conn net.Conn) *outputs {
 }
 
 // open registers a new stream with a full window.
-func (o *outputs) open() (uint32, *outStream, error) {
+func (o *stdioPort) open(input bool) (uint32, *outStream, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.err != nil {
 		return 0, nil, o.err
 	}
 	o.last++
-	s := &outStream{room: outputWindow, ready: make(chan struct{}, 1)}
+	s := &outStream{input: input, room: outputWindow, ready: make(chan struct{}, 1)}
+	if input {
+		s.room = inputWindow
+	}
 	o.streams[o.last] = s
 	return o.last, s, nil
 }
 
 // close forgets a stream; one that has not ended is detached in the guest.
-func (o *outputs) close(id uint32) {
+func (o *stdioPort) close(id uint32) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s, ok := o.streams[id]
@@ -78,7 +93,7 @@ func (o *outputs) close(id uint32) {
 	}
 	delete(o.streams, id)
 	delete(o.credits, id)
-	if !s.ended {
+	if !s.ended && !s.input {
 		o.detach = append(o.detach, id)
 		o.poke()
 	}
@@ -86,7 +101,7 @@ func (o *outputs) close(id uint32) {
 
 // next returns the stream's next chunk, or ended, waiting for one until
 // cancel is closed or the port stops.
-func (o *outputs) next(s *outStream, cancel <-chan struct{}) (chunk []byte, ended bool, err error) {
+func (o *stdioPort) next(s *outStream, cancel <-chan struct{}) (chunk []byte, ended bool, err error) {
 	for {
 		o.mu.Lock()
 		switch {
@@ -116,8 +131,75 @@ func (o *outputs) next(s *outStream, cancel <-chan struct{}) (chunk []byte, ende
 
 var errCanceled = errors.New("output copy canceled")
 
+// credited takes the guest's credit for n bytes of stdin: never more than
+// it was sent.
+func (o *stdioPort) credited(id uint32, s *outStream, n uint32) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if int64(n) > s.sent {
+		return fmt.Errorf("credit of %d bytes for stream %d, which had %d outstanding", n, id, s.sent)
+	}
+	s.sent -= int64(n)
+	s.room += int64(n)
+	signal(s.ready)
+	return nil
+}
+
+// send sends data (nil: the end) on stdin stream id, waiting for room in
+// its window; it returns how much it sent.
+func (o *stdioPort) send(id uint32, s *outStream, data []byte, cancel <-chan struct{}) (int, error) {
+	for {
+		o.mu.Lock()
+		room, ended, err := s.room, s.ended, o.err
+		o.mu.Unlock()
+		switch {
+		case err != nil:
+			return 0, err
+		case ended:
+			return 0, errInputRefused
+		case data == nil:
+			_, err := o.conn.Write(agentapi.FrameHeader{Kind: agentapi.FrameEnd, Stream: id}.Marshal(nil))
+			return 0, o.why(err)
+		case room > 0:
+			n := int(min(room, int64(len(data)), agentapi.MaxFrameData))
+			o.mu.Lock()
+			s.room -= int64(n)
+			s.sent += int64(n)
+			o.mu.Unlock()
+			// One write per frame: the connection writes it whole,
+			// whatever else writes to it.
+			b := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: uint32(n)}.Marshal(make([]byte, 0, agentapi.FrameHeaderSize+n))
+			_, err := o.conn.Write(append(b, data[:n]...))
+			return n, o.why(err)
+		}
+		select {
+		case <-s.ready:
+		case <-o.done:
+		case <-cancel:
+			return 0, errCanceled
+		}
+	}
+}
+
+// why is the port's reason for a failed write, where it stopped.
+func (o *stdioPort) why(err error) error {
+	if err == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return o.err
+	}
+	return err
+}
+
+// errInputRefused: the process takes no more stdin (it closed it, or it
+// is gone).
+var errInputRefused = errors.New("the process takes no more input")
+
 // credit returns n bytes of room to the stream: they were written out.
-func (o *outputs) credit(id uint32, n int) {
+func (o *stdioPort) credit(id uint32, n int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s, ok := o.streams[id]
@@ -129,7 +211,7 @@ func (o *outputs) credit(id uint32, n int) {
 	o.poke()
 }
 
-func (o *outputs) poke() {
+func (o *stdioPort) poke() {
 	select {
 	case o.kick <- struct{}{}:
 	default:
@@ -137,27 +219,27 @@ func (o *outputs) poke() {
 }
 
 // read takes the guest's frames until the port closes or breaks a rule.
-func (o *outputs) read() {
+func (o *stdioPort) read() {
 	var hdr [agentapi.FrameHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(o.conn, hdr[:]); err != nil {
-			o.stop(fmt.Errorf("output port: %w", err))
+			o.stop(fmt.Errorf("stdio port: %w", err))
 			return
 		}
 		if err := o.frame(hdr[:]); err != nil {
-			o.stop(fmt.Errorf("output port: %w: %w", err, ErrBadReply))
+			o.stop(fmt.Errorf("stdio port: %w: %w", err, ErrBadReply))
 			return
 		}
 	}
 }
 
 // frame checks and takes one frame whose header is hdr.
-func (o *outputs) frame(hdr []byte) error {
+func (o *stdioPort) frame(hdr []byte) error {
 	h, err := agentapi.ParseFrameHeader(hdr)
 	if err != nil {
 		return err
 	}
-	if h.Kind != agentapi.FrameData && h.Kind != agentapi.FrameEnd {
+	if h.Kind != agentapi.FrameData && h.Kind != agentapi.FrameEnd && h.Kind != agentapi.FrameCredit {
 		return fmt.Errorf("%v frame from the guest", h.Kind)
 	}
 	o.mu.Lock()
@@ -166,6 +248,18 @@ func (o *outputs) frame(hdr []byte) error {
 	o.mu.Unlock()
 	if !issued {
 		return fmt.Errorf("%v frame for stream %d, which the host never opened", h.Kind, h.Stream)
+	}
+	if s != nil && s.input && h.Kind == agentapi.FrameData {
+		return fmt.Errorf("data frame for stream %d, which is stdin", h.Stream)
+	}
+	if s != nil && !s.input && h.Kind == agentapi.FrameCredit {
+		return fmt.Errorf("credit frame for stream %d, which is output", h.Stream)
+	}
+	if h.Kind == agentapi.FrameCredit {
+		if s != nil {
+			return o.credited(h.Stream, s, h.Len)
+		}
+		return nil
 	}
 	if h.Kind == agentapi.FrameEnd {
 		if h.Len != 0 {
@@ -219,7 +313,7 @@ func signal(c chan struct{}) {
 // write sends credits and detaches. Credits for one stream add up while a
 // write is under way, so a guest that does not read its port holds up
 // this goroutine only, never a copy.
-func (o *outputs) write() {
+func (o *stdioPort) write() {
 	for {
 		select {
 		case <-o.kick:
@@ -238,14 +332,14 @@ func (o *outputs) write() {
 		o.detach = o.detach[:0]
 		o.mu.Unlock()
 		if _, err := o.conn.Write(b); err != nil {
-			o.stop(fmt.Errorf("output port: %w", err))
+			o.stop(fmt.Errorf("stdio port: %w", err))
 			return
 		}
 	}
 }
 
 // stop ends the port for every stream; the first reason stays.
-func (o *outputs) stop(err error) {
+func (o *stdioPort) stop(err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.err != nil {
@@ -257,7 +351,7 @@ func (o *outputs) stop(err error) {
 }
 
 // Close stops the port (the VM is going); nil does nothing.
-func (o *outputs) Close() {
+func (o *stdioPort) Close() {
 	if o != nil {
 		o.stop(ErrStopped)
 	}

@@ -5,16 +5,18 @@ import (
 	"fmt"
 )
 
-// Processes' output leaves the guest on a virtio-serial port of its own,
-// OutputPortName, as frames: a FrameHeaderSize header, then for a data
-// frame Len bytes. The port is reachable only by QEMU on the host (a socket
-// pair) whatever the agent's transport, so it needs no hello. Every stream
-// the host reads (AttachOutput) has an id the host chose and a window: the
-// agent sends at most that many bytes beyond the credits the host returned
-// as it wrote them out. A slow reader of one stream therefore never holds
-// up another, and the host never buffers more than the windows it gave.
+// Processes' streams travel on a virtio-serial port of their own,
+// StdioPortName, as frames: a FrameHeaderSize header, then for a data frame
+// Len bytes. The port is reachable only by QEMU on the host (a socket pair)
+// whatever the agent's transport, so it needs no hello. Every stream has an
+// id the host chose (AttachOutput, AttachInput) and a window: its sender
+// sends at most that many bytes beyond the credits its receiver returned as
+// it wrote them out. A slow reader of one stream therefore never holds up
+// another, and neither side buffers more than the windows. Each side sends
+// data and end frames for the streams it writes (the guest: output; the
+// host: stdin) and credits for the streams it reads.
 const (
-	OutputPortName = "podvm.output"
+	StdioPortName = "podvm.stdio"
 
 	FrameHeaderSize = 12
 	// MaxFrameData bounds one data frame; a longer one breaks the protocol.
@@ -27,15 +29,16 @@ const (
 type FrameKind uint8
 
 const (
-	// FrameData (guest to host): Len bytes of the stream's output follow.
+	// FrameData: Len bytes of the stream follow.
 	FrameData FrameKind = 1
-	// FrameEnd (guest to host): the stream has ended (EOF); nothing
-	// follows.
+	// FrameEnd: the stream has ended (EOF); nothing follows. From the
+	// guest on an input stream: the process takes no more input.
 	FrameEnd FrameKind = 2
-	// FrameCredit (host to guest): the host wrote out Len more bytes of
-	// the stream; the agent may send that many more.
+	// FrameCredit: the receiver wrote out Len more bytes of the stream;
+	// the sender may send that many more.
 	FrameCredit FrameKind = 3
-	// FrameDetach (host to guest): the host reads the stream no more.
+	// FrameDetach (host to guest): the host reads the output stream no
+	// more.
 	FrameDetach FrameKind = 4
 )
 

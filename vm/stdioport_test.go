@@ -3,7 +3,9 @@ package vm
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +19,7 @@ import (
 	"github.com/podvm/podvm/test/harness"
 )
 
-// TestGuestOutputFlow checks the output port on a real guest: a reader
+// TestGuestOutputFlow checks the stdio port on a real guest: a reader
 // that stops taking stdout holds up that stream only (stderr keeps
 // flowing, the host buffers at most the stream's window, the process
 // waits), and once it reads again every byte arrives in order.
@@ -140,4 +142,56 @@ func firstDiff(a, b string) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// TestGuestInputFlow sends 8 MiB to a process that reads only after a
+// while: the copy waits (the agent buffers at most the window), then every
+// byte arrives in order, and EOF after them.
+func TestGuestInputFlow(t *testing.T) {
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	g := bootShared(ctx, t, cfg, "input", share)
+
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Root.Readonly = false
+	spec.Process.Terminal = false
+	spec.Process.Args = []string{"sh", "-c", "sleep 3; md5sum"}
+	b, _ := json.Marshal(spec)
+	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdin: true, Stdout: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	copied := make(chan error, 1)
+	go func() { copied <- g.CopyInput(ctx, "c1", "", bytes.NewReader(data)) }()
+	select {
+	case err := <-copied:
+		t.Fatalf("8 MiB of stdin taken before the process read any (%v)", err)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	out := readAll(ctx, t, g, "c1", "", Stdout)
+	if err := <-copied; err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%x  -\n", md5.Sum(data)); out != want {
+		t.Errorf("md5sum of stdin: %q, want %q", out, want)
+	}
+	if status, err := g.Wait(ctx, "c1", ""); err != nil || status != 0 {
+		t.Errorf("wait: %d, %v", status, err)
+	}
+	if err := g.DeleteContainer(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
 }
