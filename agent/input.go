@@ -19,10 +19,7 @@ type inStream struct {
 func (o *stdioPort) attachInput(id uint32, window uint32) (*inStream, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := o.inputs[id]; ok {
-		return nil, false
-	}
-	if _, ok := o.streams[id]; ok {
+	if o.taken(id) {
 		return nil, false
 	}
 	s := &inStream{window: int(window), wake: make(chan struct{}, 1)}

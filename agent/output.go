@@ -28,10 +28,7 @@ type outStream struct {
 func (o *stdioPort) attach(id uint32, window uint32) (*outStream, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := o.streams[id]; ok {
-		return nil, false
-	}
-	if _, ok := o.inputs[id]; ok {
+	if o.taken(id) {
 		return nil, false
 	}
 	s := &outStream{credit: int64(window), wake: make(chan struct{}, 1)}

@@ -167,6 +167,13 @@ func (o *stdioPort) readFull(b []byte) error {
 	return nil
 }
 
+// taken says whether a stream has id; o.mu is held.
+func (o *stdioPort) taken(id uint32) bool {
+	_, out := o.streams[id]
+	_, in := o.inputs[id]
+	return out || in
+}
+
 // stopAll ends every stream: the port is gone.
 func (o *stdioPort) stopAll() {
 	o.mu.Lock()

@@ -6,7 +6,6 @@ import (
 	"crypto/md5"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,29 +23,11 @@ import (
 // flowing, the host buffers at most the stream's window, the process
 // waits), and once it reads again every byte arrives in order.
 func TestGuestOutputFlow(t *testing.T) {
-	cfg := harness.VMConfig(t)
-	harness.WatchLeaks(t)
-	share := t.TempDir()
-	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	g := bootShared(ctx, t, cfg, "output", share)
-
 	const lines = 1000000 // 6.9 MB, several windows
-	spec := specconv.Example()
-	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
-	spec.Root.Readonly = false
-	spec.Process.Terminal = false
-	spec.Process.Args = []string{"sh", "-c", "seq 1 " + strconv.Itoa(lines) + " & exec >/dev/null; while :; do echo tick >&2; sleep 0.1; done"}
-	b, _ := json.Marshal(spec)
-	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdout: true, Stderr: true}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
-		t.Fatal(err)
-	}
+	g := startBusybox(ctx, t, "output", Streams{Stdout: true, Stderr: true},
+		"sh", "-c", "seq 1 "+strconv.Itoa(lines)+" & exec >/dev/null; while :; do echo tick >&2; sleep 0.1; done")
 
 	// stdout: the first write blocks until released.
 	release := make(chan struct{})
@@ -119,7 +100,33 @@ func TestGuestOutputFlow(t *testing.T) {
 	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}
-	_ = os.Remove(filepath.Join(share, "c1"))
+}
+
+// startBusybox boots a VM (podvm-test-name) and starts container c1 in it,
+// a busybox running args with the given streams; the VM goes when the test
+// ends, and the test fails if anything is left.
+func startBusybox(ctx context.Context, t *testing.T, name string, streams Streams, args ...string) *Guest {
+	t.Helper()
+	cfg := harness.VMConfig(t)
+	harness.WatchLeaks(t)
+	share := t.TempDir()
+	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
+		t.Fatal(err)
+	}
+	g := bootShared(ctx, t, cfg, name, share)
+	spec := specconv.Example()
+	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
+	spec.Root.Readonly = false
+	spec.Process.Terminal = false
+	spec.Process.Args = args
+	b, _ := json.Marshal(spec)
+	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: streams}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
+		t.Fatal(err)
+	}
+	return g
 }
 
 // heldOutput is what the host holds of every stream, not yet written out.
@@ -148,28 +155,9 @@ func firstDiff(a, b string) int {
 // while: the copy waits (the agent buffers at most the window), then every
 // byte arrives in order, and EOF after them.
 func TestGuestInputFlow(t *testing.T) {
-	cfg := harness.VMConfig(t)
-	harness.WatchLeaks(t)
-	share := t.TempDir()
-	if err := harness.BusyboxRootfs(filepath.Join(share, "c1", "rootfs")); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	g := bootShared(ctx, t, cfg, "input", share)
-
-	spec := specconv.Example()
-	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
-	spec.Root.Readonly = false
-	spec.Process.Terminal = false
-	spec.Process.Args = []string{"sh", "-c", "sleep 3; md5sum"}
-	b, _ := json.Marshal(spec)
-	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: Streams{Stdin: true, Stdout: true}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g.StartProcess(ctx, "c1", ""); err != nil {
-		t.Fatal(err)
-	}
+	g := startBusybox(ctx, t, "input", Streams{Stdin: true, Stdout: true}, "sh", "-c", "sleep 3; md5sum")
 	data := make([]byte, 8<<20)
 	for i := range data {
 		data[i] = byte(i * 7 / 5)
