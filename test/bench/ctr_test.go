@@ -71,7 +71,7 @@ func BenchmarkCtr(b *testing.B) {
 		})
 		in := make([]byte, 100<<20)
 		stdin[rt] = timed(3, func(i int) {
-			args := []string{"run", "--runtime", rt, "--rm", "-i", harness.BusyboxImage, fmt.Sprintf("%s-stdin-%d", short(rt), i), "wc", "-c"}
+			args := []string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-stdin-%d", short(rt), i), "wc", "-c"}
 			out, errOut, err := ctd.CtrStdin(ctx, in, args...)
 			if err != nil || strings.TrimSpace(out) != strconv.Itoa(len(in)) {
 				b.Fatalf("ctr %v: %q, %v: %s", args, out, err, errOut)
@@ -84,7 +84,7 @@ func BenchmarkCtr(b *testing.B) {
 		fmt.Printf("  %-6s ctr task exec true:        %s\n", short(rt), harness.Summary(exec[rt]))
 		fmt.Printf("  %-6s ctr run, 100 MiB stdout:   %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(tput[rt]), 104.8576/harness.Median(tput[rt]).Seconds())
 		fmt.Printf("  %-6s   first byte to last:      %s (%.1f MB/s)\n", short(rt), harness.Summary(stream[rt]), 104.8576/harness.Median(stream[rt]).Seconds())
-		fmt.Printf("  %-6s ctr run -i, 100 MiB stdin: %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(stdin[rt]), 104.8576/harness.Median(stdin[rt]).Seconds())
+		fmt.Printf("  %-6s ctr run, 100 MiB stdin:  %s (%.1f MB/s including the start)\n", short(rt), harness.Summary(stdin[rt]), 104.8576/harness.Median(stdin[rt]).Seconds())
 	}
 	ratio := func(m map[string][]time.Duration) float64 {
 		return float64(harness.Median(m[runtimes[1]])) / float64(harness.Median(m[runtimes[0]]))
