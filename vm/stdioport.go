@@ -30,7 +30,7 @@ type stdioPort struct {
 
 	mu      sync.Mutex
 	last    uint32 // the last stream id given out
-	streams map[uint32]*outStream
+	streams map[uint32]*portStream
 	credits map[uint32]uint32 // to send, by stream
 	detach  []uint32          // to send
 	err     error             // why the port stopped
@@ -39,9 +39,9 @@ type stdioPort struct {
 	done chan struct{} // closed once the port has stopped
 }
 
-// outStream is one stream as the host holds it: output (chunks received,
+// portStream is one stream as the host holds it: output (chunks received,
 // not yet written out), or stdin (input).
-type outStream struct {
+type portStream struct {
 	input  bool
 	chunks [][]byte
 	// room is what the guest may still send of an output stream, what
@@ -57,7 +57,7 @@ type outStream struct {
 func newStdioPort(conn net.Conn) *stdioPort {
 	o := &stdioPort{
 		conn:    conn,
-		streams: map[uint32]*outStream{},
+		streams: map[uint32]*portStream{},
 		credits: map[uint32]uint32{},
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -68,14 +68,14 @@ func newStdioPort(conn net.Conn) *stdioPort {
 }
 
 // open registers a new stream with a full window.
-func (o *stdioPort) open(input bool) (uint32, *outStream, error) {
+func (o *stdioPort) open(input bool) (uint32, *portStream, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.err != nil {
 		return 0, nil, o.err
 	}
 	o.last++
-	s := &outStream{input: input, room: outputWindow, ready: make(chan struct{}, 1)}
+	s := &portStream{input: input, room: outputWindow, ready: make(chan struct{}, 1)}
 	if input {
 		s.room = inputWindow
 	}
@@ -101,7 +101,7 @@ func (o *stdioPort) close(id uint32) {
 
 // next returns the stream's next chunk, or ended, waiting for one until
 // cancel is closed or the port stops.
-func (o *stdioPort) next(s *outStream, cancel <-chan struct{}) (chunk []byte, ended bool, err error) {
+func (o *stdioPort) next(s *portStream, cancel <-chan struct{}) (chunk []byte, ended bool, err error) {
 	for {
 		o.mu.Lock()
 		switch {
@@ -129,11 +129,11 @@ func (o *stdioPort) next(s *outStream, cancel <-chan struct{}) (chunk []byte, en
 	}
 }
 
-var errCanceled = errors.New("output copy canceled")
+var errCanceled = errors.New("stdio copy canceled")
 
 // credited takes the guest's credit for n bytes of stdin: never more than
 // it was sent.
-func (o *stdioPort) credited(id uint32, s *outStream, n uint32) error {
+func (o *stdioPort) credited(id uint32, s *portStream, n uint32) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if int64(n) > s.sent {
@@ -147,7 +147,7 @@ func (o *stdioPort) credited(id uint32, s *outStream, n uint32) error {
 
 // send sends data (nil: the end) on stdin stream id, waiting for room in
 // its window; it returns how much it sent.
-func (o *stdioPort) send(id uint32, s *outStream, data []byte, cancel <-chan struct{}) (int, error) {
+func (o *stdioPort) send(id uint32, s *portStream, data []byte, cancel <-chan struct{}) (int, error) {
 	for {
 		o.mu.Lock()
 		room, ended, err := s.room, s.ended, o.err
