@@ -427,9 +427,6 @@ func TestConsoleFlood(t *testing.T) {
 // asked for: each broken rule ends the copy with ErrBadReply naming it,
 // and the host never holds more than the stream's window.
 func TestHostileOutput(t *testing.T) {
-	frame := func(kind agentapi.FrameKind, id, n uint32) []byte {
-		return agentapi.FrameHeader{Kind: kind, Stream: id, Len: n}.Marshal(nil)
-	}
 	for _, tt := range []struct {
 		name string
 		send func(r *agentapi.AttachOutputRequest) []byte
@@ -489,9 +486,6 @@ func TestHostileOutput(t *testing.T) {
 // The guest's credits for stdin are checked too: never more than it was
 // sent, never data on a stream the host writes.
 func TestHostileInput(t *testing.T) {
-	frame := func(kind agentapi.FrameKind, id, n uint32) []byte {
-		return agentapi.FrameHeader{Kind: kind, Stream: id, Len: n}.Marshal(nil)
-	}
 	for _, tt := range []struct {
 		name string
 		send func(r *agentapi.AttachInputRequest) []byte
@@ -521,4 +515,9 @@ func TestHostileInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// frame is a frame header as a guest would send it.
+func frame(kind agentapi.FrameKind, id, n uint32) []byte {
+	return agentapi.FrameHeader{Kind: kind, Stream: id, Len: n}.Marshal(nil)
 }

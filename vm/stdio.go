@@ -44,15 +44,7 @@ const DebugConsole = agentapi.DebugConsoleID
 // process never blocks on a full pipe.
 func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s Stream, w io.Writer) error {
 	what := "the " + s.String() + " of " + processName(containerID, execID)
-	if g.out == nil {
-		return fmt.Errorf("copy %s: the VM has no stdio port", what)
-	}
-	id, st, err := g.out.open(false)
-	if err != nil {
-		return g.outputErr(what, err)
-	}
-	defer g.out.close(id)
-	err = g.call(ctx, request, "attach to "+what, func(ctx context.Context) error {
+	id, st, err := g.attachStream(ctx, what, false, func(ctx context.Context, id uint32) error {
 		_, err := g.stdio.AttachOutput(ctx, &agentapi.AttachOutputRequest{
 			ContainerId: containerID, ExecId: execID, Stream: s.proto(), Id: id, Window: outputWindow,
 		})
@@ -61,14 +53,12 @@ func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s St
 	if err != nil {
 		return err
 	}
+	defer g.out.close(id)
 	var werr error
 	for {
 		chunk, ended, err := g.out.next(st, ctx.Done())
-		if errors.Is(err, errCanceled) {
-			err = ctx.Err()
-		}
 		if err != nil {
-			return errors.Join(g.outputErr(what, err), werr)
+			return errors.Join(g.streamErr(ctx, what, err), werr)
 		}
 		if ended {
 			return werr
@@ -82,8 +72,30 @@ func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s St
 	}
 }
 
-// outputErr says why output stopped: the VM's end, if that was it.
-func (g *Guest) outputErr(what string, err error) error {
+// attachStream opens a stream on the stdio port and has the agent attach
+// it (attach, a call with the request deadline); the caller closes it.
+func (g *Guest) attachStream(ctx context.Context, what string, input bool, attach func(context.Context, uint32) error) (uint32, *portStream, error) {
+	if g.out == nil {
+		return 0, nil, fmt.Errorf("copy %s: the VM has no stdio port", what)
+	}
+	id, st, err := g.out.open(input)
+	if err != nil {
+		return 0, nil, g.streamErr(ctx, what, err)
+	}
+	err = g.call(ctx, request, "attach to "+what, func(ctx context.Context) error { return attach(ctx, id) })
+	if err != nil {
+		g.out.close(id)
+		return 0, nil, err
+	}
+	return id, st, nil
+}
+
+// streamErr says why a stream's copy stopped: the VM's end, if that was
+// it, or the caller's context.
+func (g *Guest) streamErr(ctx context.Context, what string, err error) error {
+	if errors.Is(err, errCanceled) {
+		err = ctx.Err()
+	}
 	if gone := g.gone(); gone != nil && !errors.Is(err, ErrBadReply) {
 		return gone
 	}
@@ -99,38 +111,28 @@ func (g *Guest) outputErr(what string, err error) error {
 // the guest makes room: the agent credits what the process took.
 func (g *Guest) CopyInput(ctx context.Context, containerID, execID string, r io.Reader) error {
 	what := "the stdin of " + processName(containerID, execID)
-	if g.out == nil {
-		return fmt.Errorf("copy %s: the VM has no stdio port", what)
-	}
-	id, st, err := g.out.open(true)
-	if err != nil {
-		return g.outputErr(what, err)
-	}
-	defer g.out.close(id)
-	err = g.call(ctx, request, "attach to "+what, func(ctx context.Context) error {
+	id, st, err := g.attachStream(ctx, what, true, func(ctx context.Context, id uint32) error {
 		_, err := g.stdio.AttachInput(ctx, &agentapi.AttachInputRequest{ContainerId: containerID, ExecId: execID, Id: id, Window: inputWindow})
 		return err
 	})
 	if err != nil {
 		return err
 	}
+	defer g.out.close(id)
 	buf := make([]byte, stdinChunk)
 	for {
 		n, rerr := r.Read(buf)
 		for data := buf[:n]; len(data) > 0; {
 			k, err := g.out.send(id, st, data, ctx.Done())
-			if errors.Is(err, errCanceled) {
-				err = ctx.Err()
-			}
 			if err != nil {
-				return g.outputErr(what, err)
+				return g.streamErr(ctx, what, err)
 			}
 			data = data[k:]
 		}
 		switch {
 		case errors.Is(rerr, io.EOF):
 			if _, err := g.out.send(id, st, nil, ctx.Done()); err != nil {
-				return g.outputErr(what, err)
+				return g.streamErr(ctx, what, err)
 			}
 			return nil
 		case rerr != nil:
