@@ -27,7 +27,7 @@ type containerService struct {
 	reaper   *reaper
 	prep     *prepared
 	storages storages
-	oom      chan string
+	oom      chan *agentapi.OOMEvent
 	output   *stdioPort
 
 	mu         sync.Mutex
@@ -48,6 +48,10 @@ type container struct {
 	// watched is closed once the OOM watch and guard are set up.
 	watched chan struct{}
 	guard   *memGuard
+	// oomBase is the cgroup's OOM kill count when the watch began, if
+	// it began (oomWatched).
+	oomBase    uint64
+	oomWatched bool
 
 	mu    sync.Mutex
 	execs map[string]*process
@@ -59,7 +63,7 @@ var (
 )
 
 func newContainerService(r *reaper, prep *prepared, out *stdioPort) *containerService {
-	return &containerService{reaper: r, prep: prep, output: out, containers: make(map[string]*container), oom: make(chan string, 64)}
+	return &containerService{reaper: r, prep: prep, output: out, containers: make(map[string]*container), oom: make(chan *agentapi.OOMEvent, 64)}
 }
 
 var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
@@ -272,7 +276,7 @@ func (s *containerService) SignalProcess(ctx context.Context, req *agentapi.Sign
 }
 
 func (s *containerService) WaitProcess(ctx context.Context, req *agentapi.ProcessRequest) (*agentapi.WaitProcessResponse, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +284,7 @@ func (s *containerService) WaitProcess(ctx context.Context, req *agentapi.Proces
 	defer cancel()
 	select {
 	case <-p.exited:
-		return &agentapi.WaitProcessResponse{ExitStatus: uint32(p.status), ExitedAt: timestamppb.New(p.exitedAt)}, nil
+		return &agentapi.WaitProcessResponse{ExitStatus: uint32(p.status), ExitedAt: timestamppb.New(p.exitedAt), OomKills: c.oomKills()}, nil
 	case <-pctx.Done():
 		return nil, notYet(pctx)
 	}
@@ -375,8 +379,8 @@ func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agen
 	pctx, cancel := pollContext(ctx)
 	defer cancel()
 	select {
-	case id := <-s.oom:
-		return &agentapi.OOMEvent{ContainerId: id}, nil
+	case ev := <-s.oom:
+		return ev, nil
 	case <-pctx.Done():
 		return nil, notYet(pctx)
 	}
@@ -384,20 +388,31 @@ func (s *containerService) WaitOOM(ctx context.Context, _ *emptypb.Empty) (*agen
 
 // watchOOM forwards the container's OOM kills to WaitOOM.
 func (s *containerService) watchOOM(c *container) {
-	ch, err := notifyOOM(c.rt.cgroupDir())
+	base, ch, err := notifyOOM(c.rt.cgroupDir())
 	if err != nil {
 		logf(levelWarn, "container %s: no OOM notifications: %v", c.id, err)
 		return
 	}
+	c.oomBase, c.oomWatched = base, true
 	go func() {
 		defer recoverPanic("oom")
-		for range ch {
+		for n := range ch {
 			select {
-			case s.oom <- c.id:
+			case s.oom <- &agentapi.OOMEvent{ContainerId: c.id, Kills: n}:
 			default:
 			}
 		}
 	}()
+}
+
+// oomKills is the container's count of OOM kills since it was created (as
+// far as the watch saw it begin).
+func (c *container) oomKills() uint64 {
+	<-c.watched
+	if !c.oomWatched {
+		return 0
+	}
+	return oomKills(c.rt.cgroupDir(), c.oomBase)
 }
 
 func (s *containerService) UpdateContainer(ctx context.Context, req *agentapi.UpdateContainerRequest) (*emptypb.Empty, error) {

@@ -11,7 +11,8 @@ import (
 
 // notifyOOM reports each OOM kill in the cgroup at dir (a rise of
 // memory.events' oom_kill) until the cgroup empties, for containers
-// libcontainer made and cinit's alike.
+// libcontainer made and cinit's alike. It returns the count it started
+// from; what it sends is the count since then.
 //
 // The kernel rate-limits a cgroup file's notifications (one per 20 ms,
 // later ones deferred by a timer), and the two files' limits are separate:
@@ -20,29 +21,30 @@ import (
 // So the count is read once more when the cgroup empties (libcontainer's
 // NotifyOOM stops there and loses such kills: the host then reports a
 // plain exit 137, "Error", where runc's is "OOMKilled").
-func notifyOOM(dir string) (<-chan struct{}, error) {
+func notifyOOM(dir string) (base uint64, kills <-chan uint64, err error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("inotify: %w", err)
+		return 0, nil, fmt.Errorf("inotify: %w", err)
 	}
 	evWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "memory.events"), unix.IN_MODIFY)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("watch memory.events: %w", err)
+		return 0, nil, fmt.Errorf("watch memory.events: %w", err)
 	}
 	// cgroupfs sends no IN_DELETE: an emptied cgroup.events ends the watch.
 	cgWD, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "cgroup.events"), unix.IN_MODIFY)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("watch cgroup.events: %w", err)
+		return 0, nil, fmt.Errorf("watch cgroup.events: %w", err)
 	}
-	kills, _ := fscommon.GetValueByKey(dir, "memory.events", "oom_kill")
-	ch := make(chan struct{})
+	base = oomKills(dir, 0)
+	last := base
+	ch := make(chan uint64)
 	// rose reports the kills since the last look.
 	rose := func() {
-		if n, err := fscommon.GetValueByKey(dir, "memory.events", "oom_kill"); err == nil && n > kills {
-			kills = n
-			ch <- struct{}{}
+		if n := oomKills(dir, 0); n > last {
+			last = n
+			ch <- n - base
 		}
 	}
 	go func() {
@@ -73,5 +75,15 @@ func notifyOOM(dir string) (<-chan struct{}, error) {
 			}
 		}
 	}()
-	return ch, nil
+	return base, ch, nil
+}
+
+// oomKills is the count of OOM kills in the cgroup at dir since it stood
+// at base (0 when the cgroup is gone).
+func oomKills(dir string, base uint64) uint64 {
+	n, err := fscommon.GetValueByKey(dir, "memory.events", "oom_kill")
+	if err != nil || n < base {
+		return 0
+	}
+	return n - base
 }

@@ -39,6 +39,9 @@ type Container struct {
 	// reserved holds exec IDs being registered in the guest: taken, but
 	// not yet processes anybody may use.
 	reserved map[string]bool
+	// oomKills is the guest's count of the container's OOM kills, as
+	// last reported.
+	oomKills uint64
 }
 
 // shareStorage is the guest mount of the sandbox's shared directory, over

@@ -83,11 +83,11 @@ func (sb *Pod) startInfra(ctx context.Context, g *vm.Guest, pc *PodConfig, sysct
 // kills it has broken the pod's namespaces), as runc's pod ends with its
 // pause container.
 func (sb *Pod) watchInfra(g *vm.Guest) {
-	status, err := g.Wait(sb.ctx, sb.id, "")
+	exit, err := g.Wait(sb.ctx, sb.id, "")
 	if err != nil {
 		// The VM is gone or stopping: watchVM and Stop report it.
 		return
 	}
-	log.G(sb.ctx).WithField("status", status).Error("the pod's infra process exited; the pod has ended")
-	sb.end(status)
+	log.G(sb.ctx).WithField("status", exit.Status).Error("the pod's infra process exited; the pod has ended")
+	sb.end(exit.Status)
 }

@@ -27,9 +27,14 @@ const killedStatus = 128 + 9
 // away is reported killed.
 func (sb *Pod) watchExit(p *Process) {
 	logger := p.logger(sb.ctx)
-	status, err := p.guest().Wait(sb.ctx, p.c.id, p.execID)
+	exit, err := p.guest().Wait(sb.ctx, p.c.id, p.execID)
+	status := exit.Status
 	switch {
 	case err == nil:
+		// An OOM kill that ended the process is reported before its
+		// exit, as runc's shim does, whichever of the guest's answers
+		// came first.
+		sb.noteOOM(p.c, exit.OOMKills)
 	case sb.ctx.Err() != nil:
 		return
 	case errors.Is(err, vm.ErrStopped):
@@ -67,7 +72,7 @@ func (sb *Pod) watchExit(p *Process) {
 func (sb *Pod) watchOOM(g *vm.Guest) {
 	var backoff time.Duration
 	for sb.ctx.Err() == nil && g.Alive() {
-		id, err := g.WaitOOM(sb.ctx)
+		kill, err := g.WaitOOM(sb.ctx)
 		if err != nil {
 			if errors.Is(err, vm.ErrStopped) {
 				return
@@ -82,12 +87,28 @@ func (sb *Pod) watchOOM(g *vm.Guest) {
 			continue
 		}
 		backoff = 0
-		if _, ok := sb.Container(id); !ok {
-			log.G(sb.ctx).WithField("container", id).Warn("the guest reported an OOM kill of a container this sandbox does not have; ignored")
+		c, ok := sb.Container(kill.ContainerID)
+		if !ok {
+			// A container deleted since: its exit reported the kill.
+			log.G(sb.ctx).WithField("container", kill.ContainerID).Debug("an OOM kill of a container this sandbox does not have (any more); ignored")
 			continue
 		}
-		log.G(sb.ctx).WithField("container", id).Warn("OOM kill in the guest")
-		sb.events.OOM(id)
+		sb.noteOOM(c, kill.Kills)
+	}
+}
+
+// noteOOM publishes an OOM kill in c if its count of kills (from the
+// guest's OOM watch or a process's exit) rose since the last report.
+func (sb *Pod) noteOOM(c *Container, kills uint64) {
+	c.mu.Lock()
+	rose := kills > c.oomKills
+	if rose {
+		c.oomKills = kills
+	}
+	c.mu.Unlock()
+	if rose {
+		log.G(sb.ctx).WithField("container", c.id).Warn("OOM kill in the guest")
+		sb.events.OOM(c.id)
 	}
 }
 

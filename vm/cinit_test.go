@@ -69,8 +69,8 @@ func TestGuestCinit(t *testing.T) {
 		if out != want {
 			t.Errorf("%s printed %q, want %q", id, out, want)
 		}
-		if status, err := g.Wait(ctx, id, ""); err != nil || status != 0 {
-			t.Errorf("%s exited %d, %v", id, status, err)
+		if exit, err := g.Wait(ctx, id, ""); err != nil || exit.Status != 0 {
+			t.Errorf("%s exited %d, %v", id, exit.Status, err)
 		}
 		if err := g.DeleteContainer(ctx, id); err != nil {
 			t.Fatal(err)

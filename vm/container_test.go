@@ -128,9 +128,9 @@ func TestGuestContainer(t *testing.T) {
 	if stderr := <-errc; stderr != "oops\n" {
 		t.Errorf("stderr = %q", stderr)
 	}
-	status, err := g.Wait(ctx, "c1", "")
-	if err != nil || status != 3 {
-		t.Fatalf("wait = %d, %v", status, err)
+	exit, err := g.Wait(ctx, "c1", "")
+	if err != nil || exit.Status != 3 || exit.OOMKills != 0 {
+		t.Fatalf("wait = %+v, %v", exit, err)
 	}
 	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)

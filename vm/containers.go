@@ -115,23 +115,31 @@ func (g *Guest) Signal(ctx context.Context, containerID, execID string, sig uint
 	})
 }
 
-// Wait returns a process's exit status once it has exited, polling for as
-// long as it runs. It fails with ErrStopped when the VM goes first: the
-// process went with it.
-func (g *Guest) Wait(ctx context.Context, containerID, execID string) (uint32, error) {
-	var status uint32
+// Exit is how a process ended.
+type Exit struct {
+	Status uint32
+	// OOMKills is its container's count of OOM kills when it exited (see
+	// OOMKill): a kill that ended it is in it.
+	OOMKills uint64
+}
+
+// Wait returns how a process exited once it has, polling for as long as it
+// runs. It fails with ErrStopped when the VM goes first: the process went
+// with it.
+func (g *Guest) Wait(ctx context.Context, containerID, execID string) (Exit, error) {
+	var exit Exit
 	err := g.pollUntil(ctx, "wait for "+processName(containerID, execID), func(ctx context.Context) error {
 		r, err := g.containers.WaitProcess(ctx, &agentapi.ProcessRequest{ContainerId: containerID, ExecId: execID})
 		if err != nil {
 			return err
 		}
-		status = r.ExitStatus
-		if status > 255 {
-			return fmt.Errorf("exit status %d: %w", status, ErrBadReply)
+		if r.ExitStatus > 255 {
+			return fmt.Errorf("exit status %d: %w", r.ExitStatus, ErrBadReply)
 		}
+		exit = Exit{Status: r.ExitStatus, OOMKills: r.OomKills}
 		return nil
 	})
-	return status, err
+	return exit, err
 }
 
 // DeleteProcess forgets an exited (or never started) exec process.
@@ -212,11 +220,20 @@ func (g *Guest) ResizePty(ctx context.Context, containerID, execID string, width
 	})
 }
 
-// WaitOOM returns the container of the next OOM kill in the guest, polling
-// until there is one. The ID is only well-formed: the caller must still
-// check that it names one of its containers.
-func (g *Guest) WaitOOM(ctx context.Context) (string, error) {
-	var id string
+// OOMKill is an OOM kill in a container of the guest.
+type OOMKill struct {
+	ContainerID string
+	// Kills counts the container's OOM kills since it was created, this
+	// one included. The guest reports a kill here and in the exit of the
+	// process it ended, in either order: a caller reports each rise once.
+	Kills uint64
+}
+
+// WaitOOM returns the next OOM kill in the guest, polling until there is
+// one. The ID is only well-formed: the caller must still check that it
+// names one of its containers.
+func (g *Guest) WaitOOM(ctx context.Context) (OOMKill, error) {
+	var kill OOMKill
 	err := g.pollUntil(ctx, "wait for OOM kills", func(ctx context.Context) error {
 		ev, err := g.containers.WaitOOM(ctx, &emptypb.Empty{})
 		if err != nil {
@@ -225,10 +242,10 @@ func (g *Guest) WaitOOM(ctx context.Context) (string, error) {
 		if !validContainerID(ev.ContainerId) {
 			return fmt.Errorf("OOM kill of %q: %w", Printable(ev.ContainerId, 80), ErrBadReply)
 		}
-		id = ev.ContainerId
+		kill = OOMKill{ContainerID: ev.ContainerId, Kills: ev.Kills}
 		return nil
 	})
-	return id, err
+	return kill, err
 }
 
 func processName(containerID, execID string) string {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer/specconv"
+	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/podvm/podvm/test/harness"
 )
@@ -65,7 +66,7 @@ func TestGuestOutputFlow(t *testing.T) {
 		}
 	}
 	if held := heldOutput(g); held > outputWindow {
-		t.Errorf("the host holds %d bytes of output, more than the window (%d)", held, outputWindow)
+		t.Errorf("the host holds %d bytes of a stream, more than the window (%d)", held, outputWindow)
 	} else {
 		t.Logf("held up: the host holds %d bytes of stdout (window %d)", held, outputWindow)
 	}
@@ -107,6 +108,12 @@ func TestGuestOutputFlow(t *testing.T) {
 // ends, and the test fails if anything is left.
 func startBusybox(ctx context.Context, t *testing.T, name string, streams Streams, args ...string) *Guest {
 	t.Helper()
+	return startSpec(ctx, t, name, streams, func(spec *specs.Spec) { spec.Process.Args = args })
+}
+
+// startSpec is startBusybox with the spec as edit leaves it.
+func startSpec(ctx context.Context, t *testing.T, name string, streams Streams, edit func(*specs.Spec)) *Guest {
+	t.Helper()
 	cfg := harness.VMConfig(t)
 	harness.WatchLeaks(t)
 	share := t.TempDir()
@@ -118,7 +125,7 @@ func startBusybox(ctx context.Context, t *testing.T, name string, streams Stream
 	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
 	spec.Root.Readonly = false
 	spec.Process.Terminal = false
-	spec.Process.Args = args
+	edit(spec)
 	b, _ := json.Marshal(spec)
 	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: streams}); err != nil {
 		t.Fatal(err)
@@ -129,17 +136,20 @@ func startBusybox(ctx context.Context, t *testing.T, name string, streams Stream
 	return g
 }
 
-// heldOutput is what the host holds of every stream, not yet written out.
+// heldOutput is the most any one stream holds on the host, not yet
+// written out (the window bounds each stream, not their sum).
 func heldOutput(g *Guest) int {
 	g.out.mu.Lock()
 	defer g.out.mu.Unlock()
-	n := 0
+	most := 0
 	for _, s := range g.out.streams {
+		n := 0
 		for _, c := range s.chunks {
 			n += len(c)
 		}
+		most = max(most, n)
 	}
-	return n
+	return most
 }
 
 func firstDiff(a, b string) int {
@@ -176,8 +186,8 @@ func TestGuestInputFlow(t *testing.T) {
 	if want := fmt.Sprintf("%x  -\n", md5.Sum(data)); out != want {
 		t.Errorf("md5sum of stdin: %q, want %q", out, want)
 	}
-	if status, err := g.Wait(ctx, "c1", ""); err != nil || status != 0 {
-		t.Errorf("wait: %d, %v", status, err)
+	if exit, err := g.Wait(ctx, "c1", ""); err != nil || exit.Status != 0 {
+		t.Errorf("wait: %d, %v", exit.Status, err)
 	}
 	if err := g.DeleteContainer(ctx, "c1"); err != nil {
 		t.Fatal(err)

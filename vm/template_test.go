@@ -38,8 +38,8 @@ func runScript(ctx context.Context, t *testing.T, g *Guest, share, id, script st
 		t.Fatal(err)
 	}
 	out := readAll(ctx, t, g, id, "", Stdout)
-	if status, err := g.Wait(ctx, id, ""); err != nil || status != 0 {
-		t.Fatalf("%s: exit %d, %v", script, status, err)
+	if exit, err := g.Wait(ctx, id, ""); err != nil || exit.Status != 0 {
+		t.Fatalf("%s: exit %d, %v", script, exit.Status, err)
 	}
 	if err := g.DeleteContainer(ctx, id); err != nil {
 		t.Fatal(err)

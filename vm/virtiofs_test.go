@@ -90,8 +90,8 @@ func testGuestVirtioFS(t *testing.T, machine string) {
 		t.Fatal(err)
 	}
 	out := readAll(ctx, t, g, "c1", "", Stdout)
-	if status, err := g.Wait(ctx, "c1", ""); err != nil || status != 0 {
-		t.Fatalf("wait = %d, %v", status, err)
+	if exit, err := g.Wait(ctx, "c1", ""); err != nil || exit.Status != 0 {
+		t.Fatalf("wait = %d, %v", exit.Status, err)
 	}
 	lines := strings.SplitN(out, "\n", 2)
 	if lines[0] != "virtiofs" {

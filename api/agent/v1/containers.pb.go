@@ -632,9 +632,12 @@ func (x *SignalProcessRequest) GetAll() bool {
 }
 
 type WaitProcessResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ExitStatus    uint32                 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
-	ExitedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ExitStatus uint32                 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	ExitedAt   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	// The container's OOM kills since it was created, counted when the
+	// process exited (the kernel counts a kill before the victim dies).
+	OomKills      uint64 `protobuf:"varint,3,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -681,6 +684,13 @@ func (x *WaitProcessResponse) GetExitedAt() *timestamppb.Timestamp {
 		return x.ExitedAt
 	}
 	return nil
+}
+
+func (x *WaitProcessResponse) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
 }
 
 type PidsResponse struct {
@@ -902,8 +912,11 @@ func (x *ResizePtyRequest) GetHeight() uint32 {
 }
 
 type OOMEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// The container's OOM kills since it was created, this one included;
+	// the host reports each rise once, from here or from WaitProcess.
+	Kills         uint64 `protobuf:"varint,2,opt,name=kills,proto3" json:"kills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -943,6 +956,13 @@ func (x *OOMEvent) GetContainerId() string {
 		return x.ContainerId
 	}
 	return ""
+}
+
+func (x *OOMEvent) GetKills() uint64 {
+	if x != nil {
+		return x.Kills
+	}
+	return 0
 }
 
 // StatsResponse holds the container's cgroup v2 figures, in the units of
@@ -1452,11 +1472,12 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x16\n" +
 	"\x06signal\x18\x03 \x01(\rR\x06signal\x12\x10\n" +
-	"\x03all\x18\x04 \x01(\bR\x03all\"o\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\x8c\x01\n" +
 	"\x13WaitProcessResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x127\n" +
-	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\"I\n" +
+	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12\x1b\n" +
+	"\toom_kills\x18\x03 \x01(\x04R\boomKills\"I\n" +
 	"\fPidsResponse\x129\n" +
 	"\tprocesses\x18\x01 \x03(\v2\x1b.podvm.agent.v1.ProcessInfoR\tprocesses\"8\n" +
 	"\vProcessInfo\x12\x10\n" +
@@ -1469,9 +1490,10 @@ const file_agent_v1_containers_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x14\n" +
 	"\x05width\x18\x03 \x01(\rR\x05width\x12\x16\n" +
-	"\x06height\x18\x04 \x01(\rR\x06height\"-\n" +
+	"\x06height\x18\x04 \x01(\rR\x06height\"C\n" +
 	"\bOOMEvent\x12!\n" +
-	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x84\v\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
+	"\x05kills\x18\x02 \x01(\x04R\x05kills\"\x84\v\n" +
 	"\rStatsResponse\x12$\n" +
 	"\x0ecpu_usage_usec\x18\x01 \x01(\x04R\fcpuUsageUsec\x12\"\n" +
 	"\rcpu_user_usec\x18\x02 \x01(\x04R\vcpuUserUsec\x12&\n" +
