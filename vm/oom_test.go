@@ -17,7 +17,7 @@ func TestGuestOOMKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	limit := int64(32 << 20)
-	g := startSpec(ctx, t, "oom", Streams{}, func(spec *specs.Spec) {
+	g := startSpec(ctx, t, "oom", Streams{}, func(spec *specs.Spec, _ string) {
 		spec.Process.Args = []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"}
 		spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit}
 	})

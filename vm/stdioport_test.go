@@ -108,11 +108,12 @@ func TestGuestOutputFlow(t *testing.T) {
 // ends, and the test fails if anything is left.
 func startBusybox(ctx context.Context, t *testing.T, name string, streams Streams, args ...string) *Guest {
 	t.Helper()
-	return startSpec(ctx, t, name, streams, func(spec *specs.Spec) { spec.Process.Args = args })
+	return startSpec(ctx, t, name, streams, func(spec *specs.Spec, _ string) { spec.Process.Args = args })
 }
 
-// startSpec is startBusybox with the spec as edit leaves it.
-func startSpec(ctx context.Context, t *testing.T, name string, streams Streams, edit func(*specs.Spec)) *Guest {
+// startSpec is startBusybox with the spec as edit leaves it; edit may also
+// add files to the container's rootfs (its path on the host).
+func startSpec(ctx context.Context, t *testing.T, name string, streams Streams, edit func(spec *specs.Spec, rootfs string)) *Guest {
 	t.Helper()
 	cfg := harness.VMConfig(t)
 	harness.WatchLeaks(t)
@@ -125,7 +126,7 @@ func startSpec(ctx context.Context, t *testing.T, name string, streams Streams, 
 	spec.Root.Path = "/run/podvm/shared/c1/rootfs"
 	spec.Root.Readonly = false
 	spec.Process.Terminal = false
-	edit(spec)
+	edit(spec, filepath.Join(share, "c1", "rootfs"))
 	b, _ := json.Marshal(spec)
 	if _, err := g.CreateContainer(ctx, Container{ID: "c1", Spec: b, Storages: []Storage{shareStorage}, Streams: streams}); err != nil {
 		t.Fatal(err)
