@@ -100,6 +100,11 @@ type Config struct {
 	// called from one goroutine; nil discards (the VM still keeps the last
 	// lines for error messages).
 	Console func(line string)
+	// Stderr receives each line QEMU writes to its standard error while
+	// it runs, where it reports a device it stopped for the guest's
+	// fault. It is called from one goroutine; nil discards (the VM still
+	// keeps the last lines for its exit error).
+	Stderr func(line string)
 	// ProbeMarker is the console line that proves a probe boot (ProbeKVM)
 	// reached the guest's user space; the KernelParams must make the guest
 	// print it.

@@ -185,7 +185,7 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		return fmt.Errorf("exec %s: %w", vm.cfg.QEMU, err)
 	}
 	go func() {
-		vm.stderr.follow(outR, nil)
+		vm.stderr.follow(outR, vm.cfg.Stderr)
 		// Closed here, not left to the garbage collector: until then
 		// the shim would hold a pipe per VM it ever ran.
 		outR.Close()

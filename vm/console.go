@@ -76,9 +76,10 @@ const (
 	consoleDropLog = 10 * time.Second
 )
 
-// limitConsole passes console lines on within a token bucket and reports
+// limitConsole passes the lines of what (the guest's console, QEMU's
+// stderr: both the guest can fill) on within a token bucket and reports
 // now and then how many it dropped.
-func limitConsole(out func(string)) func(string) {
+func limitConsole(what string, out func(string)) func(string) {
 	var mu sync.Mutex
 	tokens := float64(consoleBurst)
 	last := time.Now()
@@ -95,7 +96,7 @@ func limitConsole(out func(string)) func(string) {
 				n := dropped
 				dropped, lastReport = 0, now
 				mu.Unlock()
-				log.L.Warnf("guest console: %d lines dropped (more than %d a second)", n, consolePerSec)
+				log.L.Warnf("%s: %d lines dropped (more than %d a second)", what, n, consolePerSec)
 				return
 			}
 			mu.Unlock()

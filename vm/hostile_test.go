@@ -411,7 +411,7 @@ func TestHostileReplies(t *testing.T) {
 // second, costs bounded memory and a bounded log.
 func TestConsoleFlood(t *testing.T) {
 	var n int
-	out := limitConsole(func(string) { n++ })
+	out := limitConsole("guest console", func(string) { n++ })
 	for i := 0; i < 100000; i++ {
 		out("spam")
 	}

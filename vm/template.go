@@ -180,7 +180,8 @@ func buildTemplate(ctx context.Context, c *vmconfig.Config, b bootPlan, shape hy
 		return fmt.Errorf("template: %w", err)
 	}
 	logger := log.G(ctx).WithField("vm", shape.ID)
-	shape.Console = limitConsole(func(line string) { logger.Debug("guest: " + line) })
+	shape.Console = limitConsole("guest console", func(line string) { logger.Debug("guest: " + line) })
+	shape.Stderr = limitConsole("qemu", func(line string) { logger.Info("qemu: " + line) })
 	ctx, cancel := context.WithTimeout(ctx, c.Timeouts.Boot.Duration)
 	defer cancel()
 	v, err := hypervisor.Start(ctx, shape)

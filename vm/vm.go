@@ -146,7 +146,11 @@ func Boot(ctx context.Context, c *vmconfig.Config, opts Options) (*Guest, error)
 	if console == nil {
 		console = func(line string) { logger.Debug("console: " + line) }
 	}
-	hc.Console = limitConsole(console)
+	hc.Console = limitConsole("guest console", console)
+	// QEMU says there why it stopped a device for the guest's fault
+	// ("virtio: zero sized buffers are not allowed"): the pod's agent may
+	// be gone with it.
+	hc.Stderr = limitConsole("qemu", func(line string) { logger.Info("qemu: " + line) })
 	why := templateUsable(c, b)
 	if opts.ColdBoot {
 		why = "asked for"
