@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,6 +93,11 @@ func TestStartStop(t *testing.T) {
 	st, err := vm.QMP().QueryStatus(ctx)
 	if err != nil || !st.Running || st.Status != "running" {
 		t.Errorf("status = %+v, %v", st, err)
+	}
+	// Under TCG, QEMU runs without transparent huge pages, which would
+	// back its translation cache 2 MiB at a time.
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID())); err != nil || !strings.Contains(string(status), "THP_enabled:\t0") {
+		t.Errorf("QEMU under TCG has transparent huge pages (%v):\n%s", err, status)
 	}
 	if v := vm.QMP().Version(); v.Major < 7 {
 		t.Errorf("QEMU version %v", v)

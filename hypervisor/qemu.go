@@ -156,6 +156,11 @@ func (vm *VM) start(ctx context.Context) (err error) {
 		return err
 	}
 	guestEnds = append(guestEnds, outW)
+	if vm.cfg.Accel == TCG {
+		// Linux has had it since 3.15 (podvm needs 5.9), and it is only
+		// memory: the VM works the same with huge pages.
+		_ = noHugePages()
+	}
 	cmd := exec.Command(vm.cfg.QEMU, a...)
 	vm.args = cmd.Args
 	// A copy: appending to a slice of guestEnds would overwrite outW.
