@@ -29,14 +29,22 @@ func BenchmarkCtr(b *testing.B) {
 			b.Fatalf("ctr %v: %v: %s", args, err, errOut)
 		}
 	}
-	timed := func(n int, f func(i int)) []time.Duration {
-		var d []time.Duration
+	// Each sample is taken for both runtimes in turn, the order
+	// alternating, so that the host's own ups and downs (a shared
+	// machine's neighbours) fall on both sides of a ratio.
+	sides := func(n int, f func(rt string, i int)) {
 		for i := 0; i < n; i++ {
-			start := time.Now()
-			f(i)
-			d = append(d, time.Since(start))
+			for j := range runtimes {
+				f(runtimes[(i+j)%len(runtimes)], i)
+			}
 		}
-		return d
+	}
+	timed := func(m map[string][]time.Duration, f func(rt string, i int)) func(rt string, i int) {
+		return func(rt string, i int) {
+			start := time.Now()
+			f(rt, i)
+			m[rt] = append(m[rt], time.Since(start))
+		}
 	}
 	n := harness.Samples(10)
 	run := map[string][]time.Duration{}
@@ -44,40 +52,42 @@ func BenchmarkCtr(b *testing.B) {
 	tput := map[string][]time.Duration{}
 	stream := map[string][]time.Duration{} // first byte to last
 	stdin := map[string][]time.Duration{}
+	sides(n, timed(run, func(rt string, i int) {
+		ctr("run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-run-%d", short(rt), i), "true")
+	}))
 	for _, rt := range runtimes {
-		run[rt] = timed(n, func(i int) {
-			ctr("run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-run-%d", short(rt), i), "true")
-		})
+		ctr("run", "--runtime", rt, "-d", harness.BusyboxImage, short(rt)+"-exec", "sleep", "100000")
+	}
+	sides(n, timed(exec, func(rt string, i int) {
+		ctr("task", "exec", "--exec-id", fmt.Sprintf("e%d", i), short(rt)+"-exec", "true")
+	}))
+	for _, rt := range runtimes {
 		id := short(rt) + "-exec"
-		ctr("run", "--runtime", rt, "-d", harness.BusyboxImage, id, "sleep", "100000")
-		exec[rt] = timed(n, func(i int) {
-			ctr("task", "exec", "--exec-id", fmt.Sprintf("e%d", i), id, "true")
-		})
 		ctr("task", "kill", "-s", "KILL", id)
 		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if out, _, _ := ctd.Ctr(ctx, "task", "ls"); strings.Contains(out, "STOPPED") {
+			if out, _, _ := ctd.Ctr(ctx, "task", "ls"); stopped(out, id) {
 				break
 			}
 		}
 		ctr("task", "delete", id)
 		ctr("container", "delete", id)
-		tput[rt] = timed(3, func(i int) {
-			var out timedWriter
-			args := []string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-tput-%d", short(rt), i), "dd", "if=/dev/zero", "bs=1M", "count=100"}
-			if errOut, err := ctd.CtrTo(ctx, &out, args...); err != nil || out.n != 100<<20 {
-				b.Fatalf("ctr %v: %d bytes of stdout, %v: %s", args, out.n, err, errOut)
-			}
-			stream[rt] = append(stream[rt], out.last.Sub(out.first))
-		})
-		in := make([]byte, 100<<20)
-		stdin[rt] = timed(3, func(i int) {
-			args := []string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-stdin-%d", short(rt), i), "wc", "-c"}
-			out, errOut, err := ctd.CtrStdin(ctx, in, args...)
-			if err != nil || strings.TrimSpace(out) != strconv.Itoa(len(in)) {
-				b.Fatalf("ctr %v: %q, %v: %s", args, out, err, errOut)
-			}
-		})
 	}
+	sides(5, timed(tput, func(rt string, i int) {
+		var out timedWriter
+		args := []string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-tput-%d", short(rt), i), "dd", "if=/dev/zero", "bs=1M", "count=100"}
+		if errOut, err := ctd.CtrTo(ctx, &out, args...); err != nil || out.n != 100<<20 {
+			b.Fatalf("ctr %v: %d bytes of stdout, %v: %s", args, out.n, err, errOut)
+		}
+		stream[rt] = append(stream[rt], out.last.Sub(out.first))
+	}))
+	in := make([]byte, 100<<20)
+	sides(3, timed(stdin, func(rt string, i int) {
+		args := []string{"run", "--runtime", rt, "--rm", harness.BusyboxImage, fmt.Sprintf("%s-stdin-%d", short(rt), i), "wc", "-c"}
+		out, errOut, err := ctd.CtrStdin(ctx, in, args...)
+		if err != nil || strings.TrimSpace(out) != strconv.Itoa(len(in)) {
+			b.Fatalf("ctr %v: %q, %v: %s", args, out, err, errOut)
+		}
+	}))
 	fmt.Printf("ctr, runc and podvm side by side (%d samples):\n", n)
 	for _, rt := range runtimes {
 		fmt.Printf("  %-6s ctr run --rm busybox true: %s\n", short(rt), harness.Summary(run[rt]))
@@ -121,4 +131,14 @@ func printBreakdown(log string, runc time.Duration) {
 		"rootfs", "prepare", "guest_mounts", "guest_runc_create", "guest_stdio", "guest_create"))
 	fmt.Print("    container started:\n" + harness.PhaseTable(harness.Phases(log, "container started")))
 	fmt.Print("    pod stopped:\n" + harness.PhaseTable(harness.Phases(log, "pod stopped"), "vm_stop", "cgroup_leave", "network_down", "unmount"))
+}
+
+// stopped says whether `ctr task ls` lists task id as stopped.
+func stopped(ls, id string) bool {
+	for _, line := range strings.Split(ls, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id && f[2] == "STOPPED" {
+			return true
+		}
+	}
+	return false
 }
