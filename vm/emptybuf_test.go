@@ -3,7 +3,6 @@ package vm
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -47,12 +46,8 @@ func TestGuestOutputEmptyPipeBuffer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	g := startSpec(ctx, t, "hole", Streams{Stdout: true}, func(spec *specs.Spec, rootfs string) {
-		src := filepath.Join(t.TempDir(), "hole.c")
-		if err := os.WriteFile(src, []byte(holeWriter), 0o644); err != nil {
+		if err := harness.StaticC(holeWriter, filepath.Join(rootfs, "hole")); err != nil {
 			t.Fatal(err)
-		}
-		if out, err := exec.Command("gcc", "-static", "-O2", "-o", filepath.Join(rootfs, "hole"), src).CombinedOutput(); err != nil {
-			t.Fatalf("gcc: %v: %s", err, out)
 		}
 		spec.Process.Args = []string{"/hole"}
 	})

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -167,14 +166,9 @@ func buildImage(base v1.Layer, ti testImage) (v1.Image, error) {
 
 // buildNNP compiles /nnp into dir: static, setuid root.
 func buildNNP(dir string) error {
-	src := filepath.Join(dir, "nnp.c")
 	prog := "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"Effective uid: %d\\n\", geteuid()); return 0; }\n"
-	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+	if err := harness.StaticC(prog, filepath.Join(dir, "nnp")); err != nil {
 		return err
-	}
-	defer os.Remove(src)
-	if out, err := exec.Command("gcc", "-static", "-O2", "-o", filepath.Join(dir, "nnp"), src).CombinedOutput(); err != nil {
-		return fmt.Errorf("gcc: %v: %s", err, out)
 	}
 	return os.Chmod(filepath.Join(dir, "nnp"), 0o4755)
 }
