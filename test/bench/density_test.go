@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/podvm/podvm/test/harness"
+	"github.com/podvm/podvm/vmconfig"
 )
 
 // BenchmarkDensity starts idle pods through CRI one after the other (each
@@ -63,6 +64,7 @@ func BenchmarkDensity(b *testing.B) {
 	time.Sleep(5 * time.Second)
 	c := harness.TakeCensus()
 	var qemu, shim harness.Memory
+	kinds := map[string]float64{} // QEMU's PSS by what it holds
 	var pids []int
 	for _, pod := range pods {
 		qp, sp := c.QEMUPid(pod), c.ShimPid(pod)
@@ -78,6 +80,15 @@ func BenchmarkDensity(b *testing.B) {
 			b.Fatal(err)
 		}
 		qemu, shim = qemu.Add(qm), shim.Add(sm)
+		maps, err := harness.ReadMappings(qp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, m := range maps {
+			for kind, pss := range qemuKinds(m) {
+				kinds[kind] += pss
+			}
+		}
 		pids = append(pids, qp, sp)
 	}
 	availAfter := memAvailableMiB(b)
@@ -108,9 +119,44 @@ func BenchmarkDensity(b *testing.B) {
 	fmt.Printf("    shim                %8.1f %8.1f %8.1f\n", shim.RSS/f, shim.PSS/f, shim.Anon/f)
 	both := qemu.Add(shim)
 	fmt.Printf("    QEMU + shim         %8.1f %8.1f %8.1f\n", both.RSS/f, both.PSS/f, both.Anon/f)
+	fmt.Printf("  QEMU's PSS by what it holds, per pod, MiB (smaps; docs/design.md, \"Memory per pod\"):\n")
+	for _, kind := range qemuKindOrder {
+		fmt.Printf("    %-38s %6.1f\n", kind, kinds[kind]/f)
+	}
 	fmt.Printf("  host MemAvailable fell by %.1f MiB per pod (page cache and the kernel's own included)\n", (availBefore-availAfter)/f)
 	fmt.Printf("  while idle (%v): host CPU busy %.1f%%, the pods' QEMUs and shims %.2f%% of one CPU each\n", window, hostBusy, podsCPU/f)
 	fmt.Printf("  removed in %v (%v per pod)\n", removal.Round(time.Millisecond), (removal / time.Duration(n)).Round(time.Millisecond))
+}
+
+// The kinds of QEMU's memory the density account tells apart.
+const (
+	kindTCG        = "TCG translation cache"
+	kindRAMWritten = "guest RAM written since the restore"
+	kindRAMShared  = "guest RAM shared with the template"
+	kindRAMBooted  = "guest RAM of a booted VM"
+	kindAnon       = "QEMU heap and other anonymous memory"
+	kindFiles      = "QEMU binary and libraries"
+)
+
+var qemuKindOrder = []string{kindTCG, kindRAMWritten, kindRAMShared, kindRAMBooted, kindAnon, kindFiles}
+
+// qemuKinds says what a QEMU mapping holds and its PSS for each. TCG's
+// translation cache is QEMU's one anonymous mapping it writes code into
+// (rwx); a template's RAM is its memory file mapped private, where the
+// anonymous pages are those the guest wrote since the restore; a booted
+// guest's RAM is an anonymous mapping the size of the guest.
+func qemuKinds(m harness.Mapping) map[string]float64 {
+	switch {
+	case m.Name == "" && m.Perms == "rwxp":
+		return map[string]float64{kindTCG: m.PSS}
+	case strings.HasPrefix(m.Name, harness.TemplateDir()+"/"):
+		return map[string]float64{kindRAMWritten: m.Anon, kindRAMShared: m.PSS - m.Anon}
+	case m.Name == "" && m.SizeMiB >= vmconfig.MinMemoryMiB:
+		return map[string]float64{kindRAMBooted: m.PSS}
+	case strings.HasPrefix(m.Name, "/"):
+		return map[string]float64{kindFiles: m.PSS}
+	}
+	return map[string]float64{kindAnon: m.PSS}
 }
 
 // memAvailableMiB is the host's MemAvailable.
