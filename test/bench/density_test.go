@@ -65,6 +65,7 @@ func BenchmarkDensity(b *testing.B) {
 	c := harness.TakeCensus()
 	var qemu, shim harness.Memory
 	kinds := map[string]float64{} // QEMU's PSS by what it holds
+	templates := harness.TemplateDir() + "/"
 	var pids []int
 	for _, pod := range pods {
 		qp, sp := c.QEMUPid(pod), c.ShimPid(pod)
@@ -85,7 +86,7 @@ func BenchmarkDensity(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, m := range maps {
-			for kind, pss := range qemuKinds(m) {
+			for kind, pss := range qemuKinds(m, templates) {
 				kinds[kind] += pss
 			}
 		}
@@ -144,12 +145,13 @@ var qemuKindOrder = []string{kindTCG, kindRAMWritten, kindRAMShared, kindRAMBoot
 // translation cache is QEMU's one anonymous mapping it writes code into
 // (rwx); a template's RAM is its memory file mapped private, where the
 // anonymous pages are those the guest wrote since the restore; a booted
-// guest's RAM is an anonymous mapping the size of the guest.
-func qemuKinds(m harness.Mapping) map[string]float64 {
+// guest's RAM is an anonymous mapping the size of the guest. templates is
+// the directory (with its slash) the templates' memory files are in.
+func qemuKinds(m harness.Mapping, templates string) map[string]float64 {
 	switch {
 	case m.Name == "" && m.Perms == "rwxp":
 		return map[string]float64{kindTCG: m.PSS}
-	case strings.HasPrefix(m.Name, harness.TemplateDir()+"/"):
+	case strings.HasPrefix(m.Name, templates):
 		return map[string]float64{kindRAMWritten: m.Anon, kindRAMShared: m.PSS - m.Anon}
 	case m.Name == "" && m.SizeMiB >= vmconfig.MinMemoryMiB:
 		return map[string]float64{kindRAMBooted: m.PSS}

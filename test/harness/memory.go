@@ -70,7 +70,8 @@ func ReadMappings(pid int) ([]Mapping, error) {
 	return maps, sc.Err()
 }
 
-// take adds a "Rss:", "Pss:" or "Anonymous:" line of smaps to m.
+// take sets m's field from a "Rss:", "Pss:" or "Anonymous:" line of
+// smaps or smaps_rollup; other lines leave m as it is.
 func (m *Memory) take(line string) {
 	fields := strings.Fields(line)
 	if len(fields) < 2 {
