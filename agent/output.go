@@ -124,17 +124,8 @@ func (o *stdioPort) splice(id uint32, src *os.File, limit int) (int, bool, error
 	var ended bool
 	var ioErr error
 	err = rc.Read(func(fd uintptr) bool {
-		avail, ioErr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) // FIONREAD
-		if ioErr != nil || avail > 0 {
-			return true
-		}
-		// Empty: ended if no writer is left, otherwise wait.
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		if _, perr := unix.Poll(fds, 0); perr == nil && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
-			ended = true
-			return true
-		}
-		return false
+		avail, ended, ioErr = pipeState(int(fd))
+		return ioErr != nil || ended || avail > 0
 	})
 	if err != nil {
 		// Closed under us: the process's streams were released.
@@ -175,6 +166,31 @@ func (o *stdioPort) splice(id uint32, src *os.File, limit int) (int, bool, error
 		moved += int(k)
 	}
 	return n, false, nil
+}
+
+// pipeState says what the read end of a pipe holds: bytes to read, or
+// ended (empty, and no writer is left), or neither (wait). One poll
+// decides both: a process that writes its last line and exits between
+// two separate looks (empty, then hung up) would otherwise lose that line.
+func pipeState(fd int) (avail int, ended bool, err error) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		_, err = unix.Poll(fds, 0)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	switch {
+	case err != nil:
+		return 0, false, err
+	case fds[0].Revents&unix.POLLIN != 0:
+		// This goroutine is the only reader: what poll saw stays.
+		avail, err = unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+		return avail, false, err
+	case fds[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
+		return 0, true, nil
+	}
+	return 0, false, nil
 }
 
 // copyRest moves n bytes of a data frame whose splice failed by read and
