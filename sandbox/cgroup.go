@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/cgroups/v3"
@@ -35,6 +36,9 @@ type podCgroup struct {
 
 	v1, home1 cgroup1.Cgroup
 	v2, home2 *cgroup2.Manager
+
+	homeOnce sync.Once
+	homeErr  error
 }
 
 // cgroupfsPath turns a spec's cgroupsPath into a path below the cgroup
@@ -138,19 +142,37 @@ func joinPodCgroup(path string) (*podCgroup, error) {
 	return c, nil
 }
 
-// leave moves the shim back to its own cgroup and removes the pod's, which
-// must hold nothing else by then (QEMU has exited).
+// goHome moves the shim back to its own cgroup. Only the first call moves
+// it; later ones wait for that and return its result. A move costs the
+// kernel's cgroup lock (on cgroup v1, an RCU grace period: 5-28 ms here),
+// so a stopping pod starts it while its VM shuts down, which needs the
+// shim in no particular cgroup.
+func (c *podCgroup) goHome() error {
+	c.homeOnce.Do(func() {
+		self := uint64(os.Getpid())
+		switch {
+		case c.v2 != nil:
+			c.homeErr = c.home2.AddProc(self)
+		case c.v1 != nil:
+			c.homeErr = c.home1.AddProc(self)
+		}
+	})
+	return c.homeErr
+}
+
+// leave moves the shim back to its own cgroup (if goHome has not) and
+// removes the pod's, which must hold nothing else by then (QEMU has
+// exited).
 func (c *podCgroup) leave() error {
 	if c == nil {
 		return nil
 	}
-	self := uint64(os.Getpid())
-	var errs []error
+	errs := []error{c.goHome()}
 	switch {
 	case c.v2 != nil:
-		errs = append(errs, c.home2.AddProc(self), c.v2.Delete())
+		errs = append(errs, c.v2.Delete())
 	case c.v1 != nil:
-		errs = append(errs, c.home1.AddProc(self), c.v1.Delete())
+		errs = append(errs, c.v1.Delete())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("leave cgroup %s: %w", c.Path, err)

@@ -266,6 +266,9 @@ func (sb *Pod) Stop(ctx context.Context) error {
 		metricsServer.Close()
 	}
 	ph := newPhases(nil)
+	if cg := sb.cgroup; cg != nil {
+		go cg.goHome()
+	}
 	if g != nil {
 		if err := g.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
