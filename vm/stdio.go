@@ -69,6 +69,7 @@ func (g *Guest) CopyOutput(ctx context.Context, containerID, execID string, s St
 			}
 		}
 		g.out.credit(id, len(chunk))
+		putPiece(chunk)
 	}
 }
 

@@ -208,8 +208,16 @@ func (o *stdioPort) credit(id uint32, n int) {
 	}
 	s.room += int64(n)
 	o.credits[id] += uint32(n)
-	o.poke()
+	if o.credits[id] >= creditBatch {
+		o.poke()
+	}
 }
+
+// creditBatch is how much output the host writes out before it returns the
+// room to the guest: each credit wakes the agent, which costs more under
+// emulation than the bytes. The guest keeps at least outputWindow -
+// creditBatch of room, so it is never held up by a credit not yet sent.
+const creditBatch = outputWindow / 4
 
 func (o *stdioPort) poke() {
 	select {
@@ -292,15 +300,39 @@ func (o *stdioPort) frame(hdr []byte) error {
 	if int64(h.Len) > room {
 		return fmt.Errorf("%d bytes for stream %d, which had room for %d", h.Len, h.Stream, room)
 	}
-	data := make([]byte, h.Len)
-	if _, err := io.ReadFull(o.conn, data); err != nil {
-		return err
+	// In pieces from the pool: streaming output then allocates nothing
+	// per frame (a fresh buffer per frame kept the shim's GC busy), and
+	// the copy starts on a frame's first piece.
+	for left := int(h.Len); left > 0; {
+		piece := getPiece(left)
+		if _, err := io.ReadFull(o.conn, piece); err != nil {
+			putPiece(piece)
+			return err
+		}
+		left -= len(piece)
+		o.mu.Lock()
+		s.chunks = append(s.chunks, piece)
+		o.mu.Unlock()
+		signal(s.ready)
 	}
-	o.mu.Lock()
-	s.chunks = append(s.chunks, data)
-	o.mu.Unlock()
-	signal(s.ready)
 	return nil
+}
+
+// pieceSize bounds the buffers output is read into.
+const pieceSize = 64 << 10
+
+var pieces = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
+
+// getPiece returns a pooled buffer of min(n, pieceSize) bytes.
+func getPiece(n int) []byte {
+	b := *pieces.Get().(*[]byte)
+	return b[:min(n, pieceSize)]
+}
+
+// putPiece returns a buffer from getPiece once its bytes are written out.
+func putPiece(b []byte) {
+	b = b[:cap(b)]
+	pieces.Put(&b)
 }
 
 func signal(c chan struct{}) {

@@ -1,0 +1,108 @@
+package vm
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+
+	agentapi "github.com/podvm/podvm/api/agent/v1"
+)
+
+// TestOutputPiecesAndCredits plays the guest's side of an output stream
+// on a socket pair: it sends whole windows in the largest frames, and
+// more only as credits come. Every byte must come out in order, though
+// the host reads frames into pooled pieces that it reuses, and the host
+// returns room in batches (creditBatch), not a credit per piece: each
+// credit wakes the agent.
+func TestOutputPiecesAndCredits(t *testing.T) {
+	host, guest := net.Pipe()
+	o := newStdioPort(host)
+	defer o.Close()
+	id, st, err := o.open(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 4 * outputWindow
+	data := make([]byte, total)
+	for i := range data {
+		data[i] = byte(rand.Uint32())
+	}
+
+	credits := make(chan uint32, total) // never full: a credit is at least a byte
+	creditFrames := 0                   // the host sent
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // the guest's reader: credit frames
+		defer wg.Done()
+		defer close(credits)
+		var hdr [agentapi.FrameHeaderSize]byte
+		for {
+			if _, err := io.ReadFull(guest, hdr[:]); err != nil {
+				return
+			}
+			h, err := agentapi.ParseFrameHeader(hdr[:])
+			if err != nil || h.Kind != agentapi.FrameCredit || h.Stream != id {
+				t.Errorf("the host sent %+v (%v), want credits for stream %d", h, err, id)
+				return
+			}
+			creditFrames++
+			credits <- h.Len
+		}
+	}()
+	go func() { // the guest's writer: data within its window
+		defer wg.Done()
+		room := int64(outputWindow)
+		for sent := 0; sent < total; {
+			for room == 0 {
+				n, ok := <-credits
+				if !ok {
+					t.Error("the port closed while the guest waited for room")
+					return
+				}
+				room += int64(n)
+			}
+			n := min(int(room), agentapi.MaxFrameData, total-sent)
+			frame := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: uint32(n)}.Marshal(nil)
+			if _, err := guest.Write(append(frame, data[sent:sent+n]...)); err != nil {
+				t.Error(err)
+				return
+			}
+			sent += n
+			room -= int64(n)
+		}
+		if _, err := guest.Write(agentapi.FrameHeader{Kind: agentapi.FrameEnd, Stream: id}.Marshal(nil)); err != nil {
+			t.Error(err)
+		}
+	}()
+
+	var got bytes.Buffer
+	for {
+		chunk, ended, err := o.next(st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ended {
+			break
+		}
+		if len(chunk) > pieceSize {
+			t.Fatalf("a piece of %d bytes, more than %d", len(chunk), pieceSize)
+		}
+		got.Write(chunk)
+		o.credit(id, len(chunk))
+		putPiece(chunk)
+	}
+	o.Close()
+	guest.Close()
+	wg.Wait()
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("%d bytes out, want the %d sent, in order", got.Len(), len(data))
+	}
+	// The host wrote out 4 windows: at most one credit per 512 KiB,
+	// however small the pieces.
+	if max := total / (512 << 10); creditFrames > max {
+		t.Errorf("the host sent %d credit frames for %d bytes, want at most %d", creditFrames, total, max)
+	}
+}
