@@ -189,7 +189,8 @@ bench: build guest
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench
 
 ## density: DENSITY_N idle pods started through CRI one after the other;
-## prints the time, each pod's host memory (QEMU + shim PSS) and the host
+## prints the time, each pod's host memory (QEMU + shim PSS, 5 s after the
+## last start and settled, PODVM_DENSITY_SETTLE s after it) and the host
 ## CPU while they idle, then removes them (nothing may be left)
 DENSITY_N ?= 100
 density: build guest
