@@ -215,8 +215,9 @@ func (o *stdioPort) credit(id uint32, n int) {
 
 // creditBatch is how much output the host writes out before it returns the
 // room to the guest: each credit wakes the agent, which costs more under
-// emulation than the bytes. The guest keeps at least outputWindow -
-// creditBatch of room, so it is never held up by a credit not yet sent.
+// emulation than the bytes. What is held back is less than a quarter of
+// the window, so a guest out of room waits for the host's writes, never
+// for a credit held back.
 const creditBatch = outputWindow / 4
 
 func (o *stdioPort) poke() {
