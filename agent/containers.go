@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -66,7 +65,23 @@ func newContainerService(r *reaper, prep *prepared, out *stdioPort) *containerSe
 	return &containerService{reaper: r, prep: prep, output: out, containers: make(map[string]*container), oom: make(chan *agentapi.OOMEvent, 64)}
 }
 
-var validID = regexp.MustCompile(`^[\w+.-]{1,128}$`)
+// validID says whether id may name a container or an exec process in the
+// guest: 1 to 128 of [A-Za-z0-9_+.-]. Code, not a regexp: compiling the
+// {1,128} repetition took 1,700 allocations and 8 ms of every cold boot
+// under TCG.
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '+', c == '.', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func (s *containerService) get(id string) (*container, error) {
 	s.mu.Lock()
@@ -112,7 +127,7 @@ func (s *containerService) getProcess(containerID, execID string) (*container, *
 
 func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.CreateContainerRequest) (_ *agentapi.CreateContainerResponse, retErr error) {
 	id := req.ContainerId
-	if !validID.MatchString(id) {
+	if !validID(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid container ID %q", id)
 	}
 	s.mu.Lock()

@@ -24,7 +24,7 @@ func (s *containerService) ExecProcess(ctx context.Context, req *agentapi.ExecPr
 	if err != nil {
 		return nil, err
 	}
-	if !validID.MatchString(req.ExecId) {
+	if !validID(req.ExecId) {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid exec ID %q", req.ExecId)
 	}
 	spec, err := decodeProcess(req.Process)
