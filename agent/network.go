@@ -172,11 +172,26 @@ func addNeighbour(nb *agentapi.Neighbour) error {
 	return netlink.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, State: netlink.NUD_PERMANENT, IP: net.ParseIP(nb.Ip), HardwareAddr: mac})
 }
 
-// loopbackUp brings up lo, which every container of the pod shares.
+// loopbackUp brings up lo, which every container of the pod shares. By
+// ioctl: it runs on every cold boot before the agent answers, and the
+// netlink package's first lookup and parse of a link cost ~20 ms there
+// under TCG.
 func loopbackUp() error {
-	lo, err := netlink.LinkByName("lo")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
-	return netlink.LinkSetUp(lo)
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("flags of lo: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	return nil
 }
