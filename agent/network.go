@@ -121,14 +121,14 @@ func configureInterface(iface *agentapi.Interface) error {
 func waitForLink(want, find net.HardwareAddr) (netlink.Link, error) {
 	deadline := time.Now().Add(nicTimeout)
 	for {
-		ifaces, err := net.Interfaces()
+		links, err := netlink.LinkList()
 		if err != nil {
 			return nil, err
 		}
-		for _, i := range ifaces {
-			mac := i.HardwareAddr.String()
+		for _, l := range links {
+			mac := l.Attrs().HardwareAddr.String()
 			if mac == want.String() || mac == find.String() {
-				return linkOf(i), nil
+				return l, nil
 			}
 		}
 		if time.Now().After(deadline) {
@@ -138,25 +138,8 @@ func waitForLink(want, find net.HardwareAddr) (netlink.Link, error) {
 	}
 }
 
-// linkOf is what the netlink calls here need of an interface: its index,
-// and its name, MAC and MTU to compare. The net package's list has them;
-// the netlink package's full parse of every link was 14-24 ms of each pod
-// start under TCG.
-func linkOf(i net.Interface) netlink.Link {
-	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: i.Index, Name: i.Name, HardwareAddr: i.HardwareAddr, MTU: i.MTU}}
-}
-
-// linkByName is linkOf the interface called name.
-func linkByName(name string) (netlink.Link, error) {
-	i, err := net.InterfaceByName(name)
-	if err != nil {
-		return nil, err
-	}
-	return linkOf(*i), nil
-}
-
 func addRoute(r *agentapi.Route) error {
-	link, err := linkByName(r.Device)
+	link, err := netlink.LinkByName(r.Device)
 	if err != nil {
 		return err
 	}
@@ -178,7 +161,7 @@ func addRoute(r *agentapi.Route) error {
 }
 
 func addNeighbour(nb *agentapi.Neighbour) error {
-	link, err := linkByName(nb.Device)
+	link, err := netlink.LinkByName(nb.Device)
 	if err != nil {
 		return err
 	}
