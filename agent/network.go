@@ -173,9 +173,9 @@ func addNeighbour(nb *agentapi.Neighbour) error {
 }
 
 // loopbackUp brings up lo, which every container of the pod shares. By
-// ioctl: it runs on every cold boot before the agent answers, and the
-// netlink package's first lookup and parse of a link cost ~20 ms there
-// under TCG.
+// ioctl: it runs on every cold boot before the agent answers, where under
+// TCG it took 13 ms this way and 23 ms through the netlink package (the
+// kernel's own work is most of the 13).
 func loopbackUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
