@@ -301,9 +301,11 @@ func (o *stdioPort) frame(hdr []byte) error {
 	if int64(h.Len) > room {
 		return fmt.Errorf("%d bytes for stream %d, which had room for %d", h.Len, h.Stream, room)
 	}
-	// In pieces from the pool: streaming output then allocates nothing
-	// per frame (a fresh buffer per frame kept the shim's GC busy), and
-	// the copy starts on a frame's first piece.
+	// In whole pieces from the pool, the rest in a buffer of its size:
+	// streaming output then allocates little per frame (a fresh buffer
+	// per frame kept the shim's GC busy), the copy starts on a frame's
+	// first piece, and what the host holds stays what the guest sent (a
+	// pooled piece per tiny frame would hold 64 KiB per byte of window).
 	for left := int(h.Len); left > 0; {
 		piece := getPiece(left)
 		if _, err := io.ReadFull(o.conn, piece); err != nil {
@@ -324,15 +326,22 @@ const pieceSize = 64 << 10
 
 var pieces = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
 
-// getPiece returns a pooled buffer of min(n, pieceSize) bytes.
+// getPiece returns a buffer of min(n, pieceSize) bytes: a pooled piece
+// when it fills one, otherwise one of just that size.
 func getPiece(n int) []byte {
-	b := *pieces.Get().(*[]byte)
-	return b[:min(n, pieceSize)]
+	if n < pieceSize {
+		return make([]byte, n)
+	}
+	return *pieces.Get().(*[]byte)
 }
 
-// putPiece returns a buffer from getPiece once its bytes are written out.
+// putPiece returns a buffer from getPiece once its bytes are written out;
+// only whole pieces go back to the pool.
 func putPiece(b []byte) {
-	b = b[:cap(b)]
+	if cap(b) != pieceSize {
+		return
+	}
+	b = b[:pieceSize]
 	pieces.Put(&b)
 }
 

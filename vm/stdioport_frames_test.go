@@ -106,3 +106,48 @@ func TestOutputPiecesAndCredits(t *testing.T) {
 		t.Errorf("the host sent %d credit frames for %d bytes, want at most %d", creditFrames, total, max)
 	}
 }
+
+// TestSmallFramesHeldExactly: a guest that sends output in tiny frames
+// while the host is not writing out makes the host hold what it sent, not
+// a pooled piece per frame.
+func TestSmallFramesHeldExactly(t *testing.T) {
+	host, guest := net.Pipe()
+	o := newStdioPort(host)
+	defer o.Close()
+	id, st, err := o.open(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const frames, size = 1000, 10
+	go func() {
+		for i := 0; i < frames; i++ {
+			frame := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: size}.Marshal(nil)
+			if _, err := guest.Write(append(frame, make([]byte, size)...)); err != nil {
+				return
+			}
+		}
+		guest.Write(agentapi.FrameHeader{Kind: agentapi.FrameEnd, Stream: id}.Marshal(nil))
+	}()
+	for {
+		o.mu.Lock()
+		ended := st.ended
+		o.mu.Unlock()
+		if ended {
+			break
+		}
+		select {
+		case <-st.ready:
+		case <-o.done:
+			t.Fatal("the port stopped")
+		}
+	}
+	o.mu.Lock()
+	held := 0
+	for _, c := range st.chunks {
+		held += cap(c)
+	}
+	o.mu.Unlock()
+	if held != frames*size {
+		t.Errorf("the host holds buffers of %d bytes for %d bytes sent", held, frames*size)
+	}
+}
