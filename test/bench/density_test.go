@@ -54,6 +54,7 @@ func BenchmarkDensity(b *testing.B) {
 		pods = append(pods, pod)
 	}
 	all := time.Since(t0)
+	lastStart := time.Now()
 	defer func() {
 		// Also when a measurement below fails: the pods must go.
 		for _, pod := range pods {
@@ -84,9 +85,7 @@ func BenchmarkDensity(b *testing.B) {
 	settle := densitySettle(b)
 	var settled podsMemory
 	if settle > 0 {
-		if rest := settle - time.Since(t0) + all; rest > 0 {
-			time.Sleep(rest)
-		}
+		time.Sleep(time.Until(lastStart.Add(settle)))
 		settled = measurePods(b, pods)
 	}
 
