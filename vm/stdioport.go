@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,8 @@ type stdioPort struct {
 	credits map[uint32]uint32 // to send, by stream
 	detach  []uint32          // to send
 	err     error             // why the port stopped
+
+	scratch []byte // small frames are read into this (by read only)
 
 	kick chan struct{} // credits or detaches to send
 	done chan struct{} // closed once the port has stopped
@@ -301,23 +304,48 @@ func (o *stdioPort) frame(hdr []byte) error {
 	if int64(h.Len) > room {
 		return fmt.Errorf("%d bytes for stream %d, which had room for %d", h.Len, h.Stream, room)
 	}
-	// In whole pieces from the pool, the rest in a buffer of its size:
-	// streaming output then allocates little per frame (a fresh buffer
-	// per frame kept the shim's GC busy), the copy starts on a frame's
-	// first piece, and what the host holds stays what the guest sent (a
-	// pooled piece per tiny frame would hold 64 KiB per byte of window).
-	for left := int(h.Len); left > 0; {
-		piece := getPiece(left)
+	// Whole pieces are read into pooled buffers: streaming output then
+	// allocates little per frame (a fresh buffer per frame kept the
+	// shim's GC busy) and the copy starts on a frame's first piece.
+	left := int(h.Len)
+	for ; left >= pieceSize; left -= pieceSize {
+		piece := *pieces.Get().(*[]byte)
 		if _, err := io.ReadFull(o.conn, piece); err != nil {
 			putPiece(piece)
 			return err
 		}
-		left -= len(piece)
 		o.mu.Lock()
 		s.chunks = append(s.chunks, piece)
 		o.mu.Unlock()
 		signal(s.ready)
 	}
+	if left > 0 {
+		return o.small(s, left)
+	}
+	return nil
+}
+
+// small takes the last n (< pieceSize) bytes of a data frame for s. They
+// join the stream's last chunk when that has not been taken and stays
+// within a piece: a guest sending tiny frames then makes the host hold
+// about what it sent (a buffer per frame and its slice entry would hold
+// ~30 times a window of 1-byte frames).
+func (o *stdioPort) small(s *portStream, n int) error {
+	if o.scratch == nil {
+		o.scratch = make([]byte, pieceSize)
+	}
+	b := o.scratch[:n]
+	if _, err := io.ReadFull(o.conn, b); err != nil {
+		return err
+	}
+	o.mu.Lock()
+	if last := len(s.chunks) - 1; last >= 0 && len(s.chunks[last])+n <= pieceSize {
+		s.chunks[last] = append(s.chunks[last], b...)
+	} else {
+		s.chunks = append(s.chunks, bytes.Clone(b))
+	}
+	o.mu.Unlock()
+	signal(s.ready)
 	return nil
 }
 
@@ -326,17 +354,8 @@ const pieceSize = 64 << 10
 
 var pieces = sync.Pool{New: func() any { b := make([]byte, pieceSize); return &b }}
 
-// getPiece returns a buffer of min(n, pieceSize) bytes: a pooled piece
-// when it fills one, otherwise one of just that size.
-func getPiece(n int) []byte {
-	if n < pieceSize {
-		return make([]byte, n)
-	}
-	return *pieces.Get().(*[]byte)
-}
-
-// putPiece returns a buffer from getPiece once its bytes are written out;
-// only whole pieces go back to the pool.
+// putPiece returns a chunk once its bytes are written out; only whole
+// pieces go back to the pool.
 func putPiece(b []byte) {
 	if cap(b) != pieceSize {
 		return

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"unsafe"
 
 	agentapi "github.com/podvm/podvm/api/agent/v1"
 )
@@ -107,10 +108,12 @@ func TestOutputPiecesAndCredits(t *testing.T) {
 	}
 }
 
-// TestSmallFramesHeldExactly: a guest that sends output in tiny frames
-// while the host is not writing out makes the host hold what it sent, not
-// a pooled piece per frame.
-func TestSmallFramesHeldExactly(t *testing.T) {
+// TestTinyFramesHeld: a guest that fills a stream's whole window with
+// 1-byte frames while the host is not writing out makes the host hold
+// about what it sent: the frames join the stream's last chunk, never a
+// buffer and a slice entry each (~30 bytes held per byte sent), nor a
+// pooled piece each (64 KiB per byte).
+func TestTinyFramesHeld(t *testing.T) {
 	host, guest := net.Pipe()
 	o := newStdioPort(host)
 	defer o.Close()
@@ -118,11 +121,13 @@ func TestSmallFramesHeldExactly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const frames, size = 1000, 10
+	frame := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: 1}.Marshal(nil)
+	frame = append(frame, 'x')
 	go func() {
-		for i := 0; i < frames; i++ {
-			frame := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: size}.Marshal(nil)
-			if _, err := guest.Write(append(frame, make([]byte, size)...)); err != nil {
+		// Many frames per write: net.Pipe hands each write over whole.
+		batch := bytes.Repeat(frame, 4096)
+		for sent := 0; sent < outputWindow; sent += 4096 {
+			if _, err := guest.Write(batch); err != nil {
 				return
 			}
 		}
@@ -142,12 +147,20 @@ func TestSmallFramesHeldExactly(t *testing.T) {
 		}
 	}
 	o.mu.Lock()
-	held := 0
+	held, got := cap(st.chunks)*int(unsafe.Sizeof([]byte(nil))), 0
 	for _, c := range st.chunks {
 		held += cap(c)
+		got += len(c)
+		if len(c) > pieceSize {
+			t.Errorf("a chunk of %d bytes, more than a piece", len(c))
+		}
 	}
 	o.mu.Unlock()
-	if held != frames*size {
-		t.Errorf("the host holds buffers of %d bytes for %d bytes sent", held, frames*size)
+	t.Logf("%d bytes sent in 1-byte frames, held in %d chunks of %d bytes of buffers", got, len(st.chunks), held)
+	if got != outputWindow {
+		t.Fatalf("the host holds %d bytes, want the %d sent", got, outputWindow)
+	}
+	if held > 2*outputWindow {
+		t.Errorf("the host holds %d bytes of buffers for %d bytes sent, want at most twice that", held, outputWindow)
 	}
 }
