@@ -118,7 +118,7 @@ func (o *stdioPort) read() {
 		}
 		switch h.Kind {
 		case agentapi.FrameData:
-			data := make([]byte, h.Len)
+			data := getInput(int(h.Len))
 			if err := o.readFull(data); err != nil {
 				logf(levelWarn, "stdio port: %v; streams stop", err)
 				o.stopAll()
