@@ -1,9 +1,10 @@
-// Command podvm-agent is /init of the podvm guest: see package agent.
+// Command podvm-agent is /init of the podvm guest: see package agent. Run
+// as agent.PauseName it is a pod's infra process, which pause.c serves
+// before the Go runtime starts.
 package main
 
 import (
 	"os"
-	"path/filepath"
 
 	"github.com/opencontainers/runc/libcontainer"
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -20,9 +21,5 @@ func init() {
 }
 
 func main() {
-	if filepath.Base(os.Args[0]) == agent.PauseName {
-		agent.Pause()
-		return
-	}
 	agent.Main()
 }

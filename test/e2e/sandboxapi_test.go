@@ -96,6 +96,11 @@ func TestSandboxAPI(t *testing.T) {
 		if !strings.Contains(ps, "sleep 200002") || !strings.Contains(ps, "1 65535    /pause") {
 			t.Errorf("ps in a container of a pod sharing its PID namespace:\n%s", ps)
 		}
+		// The infra process is pause.c, which never starts Go's runtime
+		// (and its threads) in the guest.
+		if out := c.must("exec", "-s", a, "grep", "Threads", "/proc/1/status"); out != "Threads:\t1" {
+			t.Errorf("the infra process's /proc/1/status: %q, want one thread", out)
+		}
 		for _, ns := range []string{"ipc", "uts"} {
 			if na, nb := c.must("exec", "-s", a, "readlink", "/proc/self/ns/"+ns), c.must("exec", "-s", b, "readlink", "/proc/self/ns/"+ns); na != nb {
 				t.Errorf("%s namespaces of the pod's containers: %s, %s", ns, na, nb)
