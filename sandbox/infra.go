@@ -15,7 +15,8 @@ import (
 // share IPC and UTS namespaces (and with shareProcessNamespace a PID
 // namespace, whose PID 1 must reap). The infra process holds them: the
 // guest agent's own binary, bind-mounted read-only into an empty tmpfs
-// root, which as /pause does what Kubernetes' pause does (agent.Pause).
+// root, which as /pause does what Kubernetes' pause does
+// (cmd/podvm-agent/pause.c).
 // It runs in the guest as the container named after the sandbox, which
 // CRI never uses for a container of a pod it started this way.
 
