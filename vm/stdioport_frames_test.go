@@ -19,13 +19,7 @@ import (
 // returns room in batches (creditBatch), not a credit per piece: each
 // credit wakes the agent.
 func TestOutputPiecesAndCredits(t *testing.T) {
-	host, guest := net.Pipe()
-	o := newStdioPort(host)
-	defer o.Close()
-	id, st, err := o.open(false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o, guest, id, st := outputStream(t)
 	const total = 4 * outputWindow
 	data := make([]byte, total)
 	for i := range data {
@@ -114,13 +108,7 @@ func TestOutputPiecesAndCredits(t *testing.T) {
 // buffer and a slice entry each (~30 bytes held per byte sent), nor a
 // pooled piece each (64 KiB per byte).
 func TestTinyFramesHeld(t *testing.T) {
-	host, guest := net.Pipe()
-	o := newStdioPort(host)
-	defer o.Close()
-	id, st, err := o.open(false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o, guest, id, st := outputStream(t)
 	frame := agentapi.FrameHeader{Kind: agentapi.FrameData, Stream: id, Len: 1}.Marshal(nil)
 	frame = append(frame, 'x')
 	go func() {
@@ -147,7 +135,7 @@ func TestTinyFramesHeld(t *testing.T) {
 		}
 	}
 	o.mu.Lock()
-	held, got := cap(st.chunks)*int(unsafe.Sizeof([]byte(nil))), 0
+	held, got, chunks := cap(st.chunks)*int(unsafe.Sizeof([]byte(nil))), 0, len(st.chunks)
 	for _, c := range st.chunks {
 		held += cap(c)
 		got += len(c)
@@ -156,11 +144,24 @@ func TestTinyFramesHeld(t *testing.T) {
 		}
 	}
 	o.mu.Unlock()
-	t.Logf("%d bytes sent in 1-byte frames, held in %d chunks of %d bytes of buffers", got, len(st.chunks), held)
+	t.Logf("%d bytes sent in 1-byte frames, held in %d chunks of %d bytes of buffers", got, chunks, held)
 	if got != outputWindow {
 		t.Fatalf("the host holds %d bytes, want the %d sent", got, outputWindow)
 	}
 	if held > 2*outputWindow {
 		t.Errorf("the host holds %d bytes of buffers for %d bytes sent, want at most twice that", held, outputWindow)
 	}
+}
+
+// outputStream is a stdio port on a pipe, closed when the test ends, with
+// one output stream open; guest is the guest's end.
+func outputStream(t *testing.T) (*stdioPort, net.Conn, uint32, *portStream) {
+	host, guest := net.Pipe()
+	o := newStdioPort(host)
+	t.Cleanup(o.Close)
+	id, st, err := o.open(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, guest, id, st
 }
