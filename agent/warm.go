@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,20 +25,30 @@ import (
 // Nothing here touches the guest beyond the agent's own memory.
 func warmUp(srv *ttrpc.Server) {
 	t0 := time.Now()
-	protoregistry.GlobalTypes.RangeMessages(func(mt protoreflect.MessageType) bool {
-		if strings.HasPrefix(string(mt.Descriptor().FullName()), "podvm.agent.") {
-			m := mt.New().Interface()
-			if b, err := proto.Marshal(m); err == nil {
-				_ = proto.Unmarshal(b, m)
-			}
-		}
-		return true
-	})
+	warmMessages()
 	t1 := time.Now()
 	warmServer(srv)
 	t2 := time.Now()
 	warmSpec()
 	logf(levelDebug, "template: warmed up (protobuf %v, ttrpc %v, spec %v)", t1.Sub(t0), t2.Sub(t1), time.Since(t2))
+}
+
+// warmMessages builds the protobuf coders of every message the agent
+// links, not only its API's: ttrpc's envelope, google.protobuf.Empty (the
+// answer of many calls; an exec's is its first use after a create) and
+// google.rpc.Status (every error answer) build theirs on first use too.
+// It returns the messages' names.
+func warmMessages() []protoreflect.FullName {
+	var names []protoreflect.FullName
+	protoregistry.GlobalTypes.RangeMessages(func(mt protoreflect.MessageType) bool {
+		m := mt.New().Interface()
+		if b, err := proto.Marshal(m); err == nil {
+			_ = proto.Unmarshal(b, m)
+		}
+		names = append(names, mt.Descriptor().FullName())
+		return true
+	})
+	return names
 }
 
 // warmServer makes calls to srv over an in-memory connection.
