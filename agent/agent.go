@@ -81,7 +81,9 @@ func run() error {
 	agentapi.RegisterContainersService(srv, cs)
 	agentapi.RegisterStdioService(srv, cs)
 	agentapi.RegisterNetworkService(srv, &networkService{})
-	agentapi.RegisterDebugService(srv, newDebugService(p.DebugConsole, r, cs))
+	dbg := newDebugService(p.DebugConsole, r, cs)
+	agentapi.RegisterDebugService(srv, dbg)
+	svc.quiet = func() bool { return cs.empty() && !dbg.used() }
 	agentapi.RegisterForwardService(srv, newForwardService())
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)

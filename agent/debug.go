@@ -39,6 +39,14 @@ func newDebugService(enabled bool, r *reaper, cs *containerService) *debugServic
 	return d
 }
 
+// used reports whether a console was ever started: what its shell
+// started may outlive it, outside any container.
+func (d *debugService) used() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.n > 0
+}
+
 func (d *debugService) console(id string) (*process, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

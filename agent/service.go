@@ -21,6 +21,9 @@ type service struct {
 	// answered runs once, at the first Health.
 	answered func()
 	once     sync.Once
+	// quiet reports whether no process but the agent's own spare inits
+	// can be left in the guest: no container, no debug console.
+	quiet func() bool
 }
 
 // prepareDelay lets a cold boot's first answer reach the host before the
@@ -70,7 +73,14 @@ func (s *service) Shutdown(ctx context.Context, req *agentapi.ShutdownRequest) (
 	// Nothing to wait for: with the processes gone and their writes
 	// synced before the answer, the host ends the VM at once instead of
 	// waiting for the reset (~50 ms under TCG).
-	endProcesses(0)
+	if s.quiet != nil && s.quiet() {
+		// Every container's processes went with its delete (cgroup.kill);
+		// the spare inits left write nothing. Signalling them took 15-30
+		// ms under TCG, on the clock of every pod's stop.
+		unix.Sync()
+	} else {
+		endProcesses(0)
+	}
 	go s.shutdown(0)
 	return &agentapi.ShutdownResponse{Synced: true}, nil
 }
