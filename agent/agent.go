@@ -83,7 +83,7 @@ func run() error {
 	agentapi.RegisterNetworkService(srv, &networkService{})
 	dbg := newDebugService(p.DebugConsole, r, cs)
 	agentapi.RegisterDebugService(srv, dbg)
-	svc.quiet = func() bool { return cs.empty() && !dbg.used() }
+	svc.quiet = func() bool { return !dbg.used() && cs.emptied() }
 	agentapi.RegisterForwardService(srv, newForwardService())
 
 	ctx, cancel := context.WithTimeout(context.Background(), portTimeout)

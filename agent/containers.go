@@ -83,13 +83,6 @@ func validID(id string) bool {
 	return true
 }
 
-// empty reports whether every container has been deleted.
-func (s *containerService) empty() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.containers) == 0
-}
-
 func (s *containerService) get(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

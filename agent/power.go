@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,4 +45,28 @@ func endProcesses(grace time.Duration) {
 // still runs: kill(-1, 0) succeeds while one can be signalled.
 func othersAlive() bool {
 	return unix.Kill(-1, 0) == nil
+}
+
+// emptied reports whether no process is left in any container: each
+// container's cgroup is empty, so its init, its execs and whatever they
+// started have exited. (The host skips deleting a pod's last container
+// before it stops the VM.)
+func (s *containerService) emptied() bool {
+	s.mu.Lock()
+	cs := make([]*container, 0, len(s.containers))
+	for _, c := range s.containers {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		// nil: being created.
+		if c == nil || c.rt == nil || c.rt.cgroupDir() == "" {
+			return false
+		}
+		b, err := os.ReadFile(filepath.Join(c.rt.cgroupDir(), "cgroup.events"))
+		if err != nil || !bytes.Contains(b, []byte("populated 0\n")) {
+			return false
+		}
+	}
+	return true
 }

@@ -22,7 +22,7 @@ type service struct {
 	answered func()
 	once     sync.Once
 	// quiet reports whether no process but the agent's own spare inits
-	// can be left in the guest: no container, no debug console.
+	// can be left in the guest: none in a container, no debug console.
 	quiet func() bool
 }
 
@@ -74,9 +74,9 @@ func (s *service) Shutdown(ctx context.Context, req *agentapi.ShutdownRequest) (
 	// synced before the answer, the host ends the VM at once instead of
 	// waiting for the reset (~50 ms under TCG).
 	if s.quiet != nil && s.quiet() {
-		// Every container's processes went with its delete (cgroup.kill);
-		// the spare inits left write nothing. Signalling them took 15-30
-		// ms under TCG, on the clock of every pod's stop.
+		// No container has a process left; the spare inits write
+		// nothing. Signalling them took 15-30 ms under TCG, on the clock
+		// of every pod's stop.
 		unix.Sync()
 	} else {
 		endProcesses(0)

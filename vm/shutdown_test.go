@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,16 +35,26 @@ int main(void) {
 }
 `
 
-// TestShutdownSyncsMappedWrites: what a running container wrote through a
-// shared mapping is on the host once Shutdown returns, whether the
-// container was deleted first (its processes go with it; the agent then
-// has only its spare inits left and syncs without signalling them) or not
-// (the agent kills every process, then syncs).
+// TestShutdownSyncsMappedWrites: what a container wrote through a shared
+// mapping is on the host once Shutdown returns. With the container deleted
+// first, or its process ended (as the host leaves a pod's last container),
+// the agent has only its spare inits left and syncs without signalling
+// them; with the writer still running it kills every process, then syncs.
 func TestShutdownSyncsMappedWrites(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		delete bool
-	}{{"deleted", true}, {"left", false}} {
+		before func(ctx context.Context, g *Guest) error
+	}{
+		{"deleted", func(ctx context.Context, g *Guest) error { return g.DeleteContainer(ctx, "c1") }},
+		{"exited", func(ctx context.Context, g *Guest) error {
+			if err := g.Signal(ctx, "c1", "", uint32(syscall.SIGKILL), false); err != nil {
+				return err
+			}
+			_, err := g.Wait(ctx, "c1", "")
+			return err
+		}},
+		{"running", nil},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
@@ -64,8 +75,8 @@ func TestShutdownSyncsMappedWrites(t *testing.T) {
 			if b, err := os.ReadFile(file); err != nil || bytes.HasPrefix(b, want) {
 				t.Fatalf("before the shutdown the host has %q, %v: want the page still in the guest", b[:min(len(b), 32)], err)
 			}
-			if tt.delete {
-				if err := g.DeleteContainer(ctx, "c1"); err != nil {
+			if tt.before != nil {
+				if err := tt.before(ctx, g); err != nil {
 					t.Fatal(err)
 				}
 			}
