@@ -176,16 +176,26 @@ func (r *cinitRuntime) destroy() error {
 		r.pending = nil
 	}
 	r.mu.Unlock()
-	dir := r.mgr.Path("")
-	if err := cgroups.WriteFile(dir, "cgroup.kill", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		pids, _ := r.mgr.GetAllPids()
-		for _, pid := range pids {
-			_ = unix.Kill(pid, unix.SIGKILL)
-		}
-	}
+	killCgroup(r.mgr.Path(""))
 	err := r.mgr.Destroy()
 	if rerr := os.RemoveAll(filepath.Join(stateRoot, r.id)); rerr != nil && err == nil {
 		err = rerr
 	}
 	return err
+}
+
+// killCgroup kills every process in the cgroup at dir (and below it).
+func killCgroup(dir string) {
+	if err := cgroups.WriteFile(dir, "cgroup.kill", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		pids, _ := cgroups.GetAllPids(dir)
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+}
+
+// ownPIDNamespace reports whether cfg gives the container a PID namespace
+// of its own, whose members the kernel ends with its init.
+func ownPIDNamespace(cfg *configs.Config) bool {
+	return cfg.Namespaces.Contains(configs.NEWPID) && cfg.Namespaces.PathOf(configs.NEWPID) == ""
 }

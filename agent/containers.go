@@ -200,6 +200,13 @@ func (s *containerService) CreateContainer(ctx context.Context, req *agentapi.Cr
 	}
 	pid := p.pid
 	t2 := time.Now()
+	if !ownPIDNamespace(cfg) {
+		// As runc's shim does: with a PID namespace it shares (or none),
+		// the init's exit does not end the rest of the container, which
+		// would hold its output open; they go with the init.
+		dir := rt.cgroupDir()
+		p.onExit = func() { killCgroup(dir) }
+	}
 	go p.wait(s.reaper)
 	if err := pio.started(); err != nil {
 		_ = rt.signalInit(syscall.SIGKILL)

@@ -25,6 +25,9 @@ type process struct {
 	io    *processIO
 	pid   int
 
+	// onExit, when set, runs once the process has exited, before that
+	// is known.
+	onExit   func()
 	exited   chan struct{} // closed once the process has been waited for
 	status   int           // exit status as runc reports it (128+signal when killed)
 	exitedAt time.Time
@@ -273,6 +276,9 @@ func (p *process) wait(r *reaper) {
 		}
 	} else if err != nil {
 		logf(levelWarn, "wait for pid %d: %v", p.pid, err)
+	}
+	if p.onExit != nil {
+		p.onExit()
 	}
 	close(p.exited)
 }
